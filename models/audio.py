@@ -45,10 +45,14 @@ def load_audio(
         wav, native_sr = sf.read(path, dtype="float32", always_2d=True)
     except Exception as sf_error:  # soundfile lacks some codecs; librosa tries audioread
         try:
+            import warnings
+
             import librosa
 
-            wav, native_sr = librosa.load(path, sr=None, mono=False)
-            wav = np.atleast_2d(wav).T
+            with warnings.catch_warnings():  # its fallback chatter; failure is reported below
+                warnings.simplefilter("ignore")
+                wav, native_sr = librosa.load(path, sr=None, mono=False)
+            wav = np.atleast_2d(wav).T  # librosa gives (channels, time)
         except Exception as error:
             raise AudioError(f"Could not read audio file {path.name}: {sf_error}") from error
     wav = to_mono(wav)
@@ -90,11 +94,10 @@ def to_float32(wav: np.ndarray) -> np.ndarray:
 
 
 def to_mono(wav: np.ndarray) -> np.ndarray:
-    """(time,) or (time, channels) to (time,) by averaging channels."""
+    """(time,) or (time, channels), as soundfile and Gradio deliver audio, to (time,)."""
     wav = to_float32(wav)
     if wav.ndim == 2:
-        # Channels are the short axis; (2, T) from some readers is transposed here too.
-        wav = wav.mean(axis=1 if wav.shape[0] >= wav.shape[1] else 0)
+        wav = wav.mean(axis=1) if wav.shape[0] else wav[:, 0]
     if wav.ndim != 1:
         raise AudioError(f"Expected mono or multichannel audio, got an array of shape {wav.shape}")
     return np.ascontiguousarray(wav, dtype=np.float32)

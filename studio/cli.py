@@ -24,6 +24,16 @@ def _vocode(args: argparse.Namespace) -> int:
     return 0
 
 
+def _bench(args: argparse.Namespace) -> int:
+    from evaluation import bench
+
+    from models.registry import ASSETS
+
+    recording = args.input or ASSETS / "audio" / "arctic_a0007.wav"
+    print(bench.write_json(bench.bench_vocoder(recording), args.out))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="speech-studio", description=__doc__)
     parser.add_argument("--device", help="cuda, mps or cpu (default: the best available)")
@@ -40,6 +50,12 @@ def build_parser() -> argparse.ArgumentParser:
     vocode.add_argument("output", help="output .wav, .flac or .ogg (22.05 kHz)")
     vocode.add_argument("--max-seconds", type=float, default=600.0, help="refuse longer inputs")
     vocode.set_defaults(run=_vocode)
+
+    bench = commands.add_parser("bench", help="measure speed and quality, print JSON")
+    bench.add_argument("target", choices=["vocoder"], help="what to measure")
+    bench.add_argument("--input", help="recording to resynthesize (default: the CMU ARCTIC fixture)")
+    bench.add_argument("--out", help="also write the JSON here")
+    bench.set_defaults(run=_bench)
     return parser
 
 

@@ -1,0 +1,101 @@
+import os
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from models import audio
+from models.audio import AudioError
+from tests.conftest import tone
+
+
+@pytest.mark.parametrize("suffix", [".wav", ".flac", ".ogg"])
+def test_save_load_round_trip(tmp_path, suffix):
+    wav = tone(1.0)
+    path = audio.save_audio(tmp_path / f"x{suffix}", wav)
+    back = audio.load_audio(path)
+    assert back.dtype == np.float32 and back.ndim == 1
+    assert abs(len(back) - len(wav)) <= 1
+    tolerance = 0.05 if suffix == ".ogg" else 1e-3  # ogg is lossy
+    assert np.max(np.abs(back[: len(wav)] - wav[: len(back)])) < tolerance
+
+
+def test_save_leaves_no_temp_files_and_keeps_old_file_on_failure(tmp_path):
+    path = audio.save_audio(tmp_path / "a.wav", tone(0.5))
+    before = path.read_bytes()
+    with pytest.raises(AudioError, match="Unsupported output format"):
+        audio.save_audio(tmp_path / "a.mp4", tone(0.5))
+    assert path.read_bytes() == before
+    assert sorted(os.listdir(tmp_path)) == ["a.wav"]
+
+
+def test_load_resamples_and_downmixes(tmp_path):
+    stereo = np.stack([tone(1.0, 16000), tone(1.0, 16000)], axis=1)
+    sf.write(tmp_path / "s.wav", stereo, 16000)
+    wav = audio.load_audio(tmp_path / "s.wav", sr=22050)
+    assert wav.ndim == 1 and abs(len(wav) - 22050) <= 2
+
+
+def test_pcm_conversion():
+    assert audio.to_float32(np.array([-32768, 0, 16384], np.int16)).tolist() == [-1.0, 0.0, 0.5]
+    assert audio.to_float32(np.array([0, 128], np.uint8)).tolist() == [-1.0, 0.0]
+    assert audio.to_mono(np.zeros((100, 2), np.int16)).shape == (100,)
+
+
+def test_missing_file():
+    with pytest.raises(AudioError, match="not found"):
+        audio.load_audio("/no/such/file.wav")
+
+
+def test_unreadable_file(tmp_path):
+    bad = tmp_path / "bad.wav"
+    bad.write_bytes(b"this is not audio at all" * 10)
+    with pytest.raises(AudioError, match="Could not read audio file bad.wav"):
+        audio.load_audio(bad)
+
+
+def test_empty_file(tmp_path):
+    sf.write(tmp_path / "empty.wav", np.zeros(0, np.float32), 22050)
+    with pytest.raises(AudioError, match="empty"):
+        audio.load_audio(tmp_path / "empty.wav")
+
+
+def test_silent_audio(tmp_path):
+    sf.write(tmp_path / "silent.wav", np.zeros(22050, np.float32), 22050)
+    with pytest.raises(AudioError, match="silent"):
+        audio.load_audio(tmp_path / "silent.wav")
+
+
+def test_non_finite_samples():
+    wav = tone(0.5)
+    wav[100] = np.nan
+    with pytest.raises(AudioError, match="NaN or infinite"):
+        audio.prepare_audio(wav, 22050)
+    wav[100] = np.inf
+    with pytest.raises(AudioError, match="NaN or infinite"):
+        audio.check_audio(wav, 22050)
+
+
+def test_too_long(tmp_path):
+    sf.write(tmp_path / "long.wav", tone(3.0, 8000), 8000)
+    with pytest.raises(AudioError, match="3.0 s long; the limit is 2 s"):
+        audio.load_audio(tmp_path / "long.wav", max_seconds=2)
+    assert len(audio.load_audio(tmp_path / "long.wav", max_seconds=None)) > 0
+
+
+def test_peak_and_loudness_normalization():
+    import pyloudnorm
+
+    wav = tone(2.0, amp=0.1)
+    assert np.isclose(np.max(np.abs(audio.normalize_peak(wav, 0.9))), 0.9, atol=1e-4)
+    out = audio.normalize_loudness(wav, 22050, target_lufs=-20.0)
+    assert abs(pyloudnorm.Meter(22050).integrated_loudness(out.astype(np.float64)) + 20.0) < 0.5
+    loud = audio.normalize_loudness(tone(2.0, amp=0.9), 22050, target_lufs=0.0)
+    assert np.max(np.abs(loud)) <= 0.99 + 1e-6  # limited, never clipped
+
+
+def test_trim_silence():
+    sr = 22050
+    wav = np.concatenate([np.zeros(sr), tone(1.0), np.zeros(sr)]).astype(np.float32)
+    trimmed = audio.trim_silence(wav, sr, pad_seconds=0.05)
+    assert 1.0 <= len(trimmed) / sr < 1.25

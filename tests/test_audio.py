@@ -20,6 +20,12 @@ def test_save_load_round_trip(tmp_path, suffix):
     assert np.max(np.abs(back[: len(wav)] - wav[: len(back)])) < tolerance
 
 
+def test_load_mp3(tmp_path):
+    sf.write(tmp_path / "x.mp3", tone(1.0), 22050, format="MP3")
+    wav = audio.load_audio(tmp_path / "x.mp3")
+    assert abs(len(wav) - 22050) < 2000 and 0.3 < np.max(np.abs(wav)) < 0.7
+
+
 def test_save_leaves_no_temp_files_and_keeps_old_file_on_failure(tmp_path):
     path = audio.save_audio(tmp_path / "a.wav", tone(0.5))
     before = path.read_bytes()

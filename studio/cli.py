@@ -34,6 +34,15 @@ def _bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def _corpus_build(args: argparse.Namespace) -> int:
+    from models.data import corpus
+
+    voices = [v for item in args.voices or [] for v in item.split(",") if v]
+    report = corpus.build(args.out, profile=args.profile, train_hours=args.hours, voices=voices or None,
+                          workers=args.workers, seed=args.seed)
+    return 0 if report["finished"] else 1
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="speech-studio", description=__doc__)
     parser.add_argument("--device", help="cuda, mps or cpu (default: the best available)")
@@ -50,6 +59,17 @@ def build_parser() -> argparse.ArgumentParser:
     vocode.add_argument("output", help="output .wav, .flac or .ogg (22.05 kHz)")
     vocode.add_argument("--max-seconds", type=float, default=600.0, help="refuse longer inputs")
     vocode.set_defaults(run=_vocode)
+
+    corpus = commands.add_parser("corpus", help="build the synthetic speech corpus and task sets")
+    corpus_commands = corpus.add_subparsers(dest="corpus_command", required=True, metavar="ACTION")
+    build = corpus_commands.add_parser("build", help="synthesize a multi-speaker corpus (resumable)")
+    build.add_argument("--out", required=True, help="corpus folder (created; an existing one is resumed)")
+    build.add_argument("--profile", choices=["mini", "default"], default="default")
+    build.add_argument("--hours", type=float, help="training hours over seen speakers (overrides the profile)")
+    build.add_argument("--voices", nargs="+", help="voice names, engines or speakers (default: all installed)")
+    build.add_argument("--workers", type=int, help="processes (default: one per core)")
+    build.add_argument("--seed", type=int, default=0)
+    build.set_defaults(run=_corpus_build)
 
     bench = commands.add_parser("bench", help="measure speed and quality, print JSON")
     bench.add_argument("target", choices=["vocoder"], help="what to measure")

@@ -11,7 +11,9 @@ PYTEST_ARGS ?=
 
 # System packages: packages.txt is also what a Hugging Face Space installs.
 APT_RUNTIME := $(shell grep -v '^\s*\#' packages.txt)
-APT_TEST    :=
+# Corpus voices and a real noise recording (alsa-utils' Noise.wav) for the corpus tests.
+APT_CORPUS  := flite festival festvox-kallpc16k festvox-kdlpc16k festvox-us-slt-hts alsa-utils
+APT_TEST    := $(APT_CORPUS)
 
 PIP_INSTALL := $(PY) -m pip install --quiet --constraint constraints.txt
 

@@ -43,6 +43,16 @@ def _corpus_build(args: argparse.Namespace) -> int:
     return 0 if report["finished"] else 1
 
 
+def _corpus_tasks(args: argparse.Namespace) -> int:
+    from models.data import tasks
+
+    sizes = tasks.TaskSizes(train=args.train, valid=args.valid, test=args.test)
+    counts = tasks.build_tasks(args.corpus, args.out, seed=args.seed, sizes=sizes)
+    for name, count in counts.items():
+        print(f"{name}: {count} items")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="speech-studio", description=__doc__)
     parser.add_argument("--device", help="cuda, mps or cpu (default: the best available)")
@@ -70,6 +80,13 @@ def build_parser() -> argparse.ArgumentParser:
     build.add_argument("--workers", type=int, help="processes (default: one per core)")
     build.add_argument("--seed", type=int, default=0)
     build.set_defaults(run=_corpus_build)
+    task_sets = corpus_commands.add_parser("tasks", help="enhancement, extraction and conversion sets from a corpus")
+    task_sets.add_argument("--corpus", required=True, help="folder with the corpus manifest.jsonl")
+    task_sets.add_argument("--out", required=True, help="output folder (an existing one is resumed)")
+    task_sets.add_argument("--seed", type=int, default=0)
+    for split, default in (("train", 4000), ("valid", 200), ("test", 300)):
+        task_sets.add_argument(f"--{split}", type=int, default=default, help=f"items per task in {split}")
+    task_sets.set_defaults(run=_corpus_tasks)
 
     bench = commands.add_parser("bench", help="measure speed and quality, print JSON")
     bench.add_argument("target", choices=["vocoder"], help="what to measure")

@@ -1,0 +1,91 @@
+import numpy as np
+import pytest
+
+from models.audio import load_audio
+from models.data import manifest as mf
+from models.data import tasks
+
+SIZES = tasks.TaskSizes(train=12, valid=4, test=12)
+
+
+@pytest.fixture(scope="module")
+def task_dir(mini, tmp_path_factory):
+    out = tmp_path_factory.mktemp("tasks")
+    tasks.build_tasks(mini[0], out, seed=0, sizes=SIZES, log=lambda _: None)
+    return out
+
+
+def _load(manifest, row, key):
+    return load_audio(mf.resolve(manifest, row[key]), max_seconds=None)
+
+
+def test_enhancement_pairs_hit_the_requested_snr(task_dir):
+    seen = {"train": set(), "test": set()}
+    for split in ("train", "valid", "test"):
+        manifest = task_dir / "enhancement" / f"{split}.jsonl"
+        for row in mf.read_jsonl(manifest):
+            assert tasks.SNR_RANGE[0] <= row["snr_db"] <= tasks.SNR_RANGE[1]
+            seen.setdefault(split, set()).add(row["noise"])
+            clean, noisy = _load(manifest, row, "clean"), _load(manifest, row, "noisy")
+            assert len(clean) == len(noisy)
+            if row["rt60"] is None:  # the residual is exactly the noise
+                assert abs(tasks.ratio_db(clean, noisy - clean) - row["snr_db"]) < 0.5
+    assert not seen["test"] & set(tasks.NOISE_RECIPES["train"])  # unseen noise recipes at test time
+
+
+def test_extraction_mixtures_hit_the_requested_sir(task_dir):
+    manifest = task_dir / "tse" / "test.jsonl"
+    rows = mf.read_jsonl(manifest)
+    assert rows
+    for row in rows:
+        assert row["target_speaker"] != row["interferer_speaker"]
+        target, mixture = _load(manifest, row, "target"), _load(manifest, row, "mixture")
+        assert abs(tasks.ratio_db(target, mixture - target) - row["sir_db"]) < 0.5
+        assert mf.resolve(manifest, row["enrollment"]).is_file()
+        assert row["enrollment"].rsplit("/", 1)[1] != row["target_id"].rsplit("_", 1)[1] + ".wav"
+
+
+def test_conversion_triples(task_dir):
+    manifest = task_dir / "vc" / "test.jsonl"
+    rows = mf.read_jsonl(manifest)
+    assert rows
+    for row in rows:
+        assert row["source_speaker"] != row["target_speaker"]
+        for key in ("source", "reference"):
+            assert mf.resolve(manifest, row[key]).is_file()
+        # Test sentences are read by every voice, so the ground truth always exists there.
+        truth = mf.resolve(manifest, row["ground_truth"])
+        assert truth.is_file() and truth.name == mf.resolve(manifest, row["source"]).name
+
+
+def test_rerun_resumes_without_rewriting(task_dir, mini):
+    manifest = task_dir / "enhancement" / "train.jsonl"
+    before = manifest.read_text()
+    files = {p: p.stat().st_mtime_ns for p in (task_dir / "enhancement" / "audio").iterdir()}
+    tasks.build_tasks(mini[0], task_dir, seed=0, sizes=SIZES, log=lambda _: None)
+    assert manifest.read_text() == before
+    assert all(p.stat().st_mtime_ns == t for p, t in files.items())
+
+
+@pytest.mark.parametrize("ratio", [-5.0, 0.0, 7.5, 20.0])
+def test_scale_to_ratio(ratio):
+    rng = np.random.default_rng(0)
+    speech, noise = rng.standard_normal(8000), 3 * rng.standard_normal(8000)
+    assert abs(tasks.ratio_db(speech, tasks.scale_to_ratio(speech, noise, ratio)) - ratio) < 1e-9
+
+
+@pytest.mark.parametrize("name, exponent", [("white", 0.0), ("pink", 1.0), ("brown", 2.0)])
+def test_colored_noise_slope(name, exponent):
+    import random
+
+    noise = tasks.colored_noise(2**16, exponent, random.Random(0))
+    psd = np.abs(np.fft.rfft(noise)) ** 2
+    freqs = np.fft.rfftfreq(len(noise))
+    band = (freqs > 0.001) & (freqs < 0.4)
+    slope = np.polyfit(np.log(freqs[band]), np.log(psd[band]), 1)[0]
+    assert abs(slope + exponent) < 0.15
+
+
+def test_missing_corpus_is_a_clear_error(tmp_path):
+    with pytest.raises(FileNotFoundError, match="speech-studio corpus build"):
+        tasks.build_tasks(tmp_path / "nothing", tmp_path / "out")

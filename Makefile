@@ -17,13 +17,18 @@ APT_TEST    := $(APT_CORPUS)
 
 PIP_INSTALL := $(PY) -m pip install --quiet --constraint constraints.txt
 
-.PHONY: studio test setup setup-test system-packages system-packages-test clean
+.PHONY: studio test corpus setup setup-test system-packages system-packages-test system-packages-corpus clean
 
 studio: setup
 	$(PY) -m studio serve --host $(HOST) --port $(PORT)
 
 test: setup-test
 	$(PY) -m pytest -q $(PYTEST_ARGS)
+
+# The default training corpus (about 22 h, 16 min on 2 cores) and its task sets, under data/.
+corpus: system-packages-corpus $(VENV)/.corpus-installed
+	$(PY) -m studio corpus build --out data/corpus --profile default
+	$(PY) -m studio corpus tasks --corpus data/corpus --out data/tasks
 
 setup: system-packages $(VENV)/.runtime-installed
 setup-test: system-packages-test $(VENV)/.test-installed
@@ -35,6 +40,10 @@ $(PY):
 $(VENV)/.runtime-installed: pyproject.toml constraints.txt | $(PY)
 	$(PIP_INSTALL) --editable .
 	touch $@
+
+$(VENV)/.corpus-installed: pyproject.toml constraints.txt | $(PY)
+	$(PIP_INSTALL) --editable '.[corpus]'
+	touch $@ $(VENV)/.runtime-installed
 
 $(VENV)/.test-installed: pyproject.toml constraints.txt | $(PY)
 	$(PIP_INSTALL) --editable '.[test]'
@@ -62,6 +71,9 @@ system-packages:
 
 system-packages-test:
 	$(call ensure_apt,$(APT_RUNTIME) $(APT_TEST))
+
+system-packages-corpus:
+	$(call ensure_apt,$(APT_RUNTIME) $(APT_CORPUS))
 
 clean:
 	rm -rf $(VENV) .pytest_cache

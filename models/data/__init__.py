@@ -1,0 +1,1 @@
+"""Corpus synthesis, manifests, task sets and training data loading."""

@@ -1,0 +1,269 @@
+"""Builds the multi-speaker speech corpus from text-to-speech voices.
+
+    plan (texts x voices, seeded) -> synthesize in worker processes -> trim, 22.05 kHz,
+    -23 LUFS -> wavs/<voice>/<text id>.wav -> manifest.jsonl + eval lists + build.json
+
+Splits are by sentence: Harvard lines 601-720 are the test sentences, Harvard 541-600 and
+300 LJ Speech lines validation, the rest training. Held-out speakers (voices.py) speak
+only test sentences, in the split "heldout". A build resumes: finished files are final
+(temp file, then rename) and skipped; a sentence an engine fails on is logged and skipped.
+"""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+import random
+import shutil
+import tempfile
+import time
+import zlib
+from collections import defaultdict
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import soundfile as sf
+
+from models import audio
+from models.data import manifest as mf
+from models.data.voices import ENGINES, INSTALL, Job, Voice, select_voices
+from models.registry import ASSETS
+from models.text import TextFrontend, normalize_text
+
+TEXTS = ASSETS / "text"
+CHARS_PER_SECOND = 17.0  # measured over all engines (mini build), to plan hours before synthesis
+TARGET_LUFS = -23.0
+RATE_RANGE = (0.9, 1.15)  # duration stretch per utterance
+PITCH_RANGE = (-1.5, 1.5)  # semitones, where the engine can shift pitch
+BATCH = 24
+
+
+@dataclass(frozen=True)
+class Profile:
+    name: str
+    train_hours: float | None  # spread evenly over seen speakers; None: train_sentences each
+    train_sentences: int
+    valid_sentences: int
+    test_sentences: int
+
+
+PROFILES = {
+    "mini": Profile("mini", None, train_sentences=3, valid_sentences=1, test_sentences=2),
+    "default": Profile("default", 20.0, train_sentences=0, valid_sentences=40, test_sentences=120),
+}
+
+
+# ------------------------------------------------------------------ texts
+
+
+def sentence_pools() -> dict[str, list[tuple[str, str]]]:
+    """(text id, text) per split; fixed, whatever the build's seed."""
+    harvard = [line.strip() for line in (TEXTS / "harvard_sentences.txt").read_text().splitlines()]
+    harvard = [(f"harvard-{i:03d}", t) for i, t in enumerate(harvard, start=1)]
+    lj = [tuple(line.split("\t", 1)) for line in (TEXTS / "ljspeech_texts.tsv").read_text().splitlines() if line]
+    random.Random(1234).shuffle(lj)
+    return {
+        "test": harvard[600:720],
+        "valid": harvard[540:600] + lj[:300],
+        "train": harvard[:540] + lj[300:],
+    }
+
+
+def _rng(seed: int, *keys: str) -> random.Random:
+    return random.Random(zlib.crc32("/".join([str(seed), *keys]).encode()))
+
+
+def plan(profile: Profile, voices: list[Voice], seed: int = 0, train_hours: float | None = None) -> list[dict]:
+    """Manifest rows (without duration and phonemes) for every utterance to synthesize."""
+    pools = sentence_pools()
+    hours = train_hours if train_hours is not None else profile.train_hours
+    seen_speakers = sorted({v.speaker for v in voices if not v.held_out})
+    rows = []
+    for voice in voices:
+        rng = _rng(seed, voice.name)
+        if voice.held_out:
+            chosen = [("heldout", t) for t in pools["test"][: profile.test_sentences]]
+        else:
+            chosen = [("test", t) for t in pools["test"][: profile.test_sentences]]
+            valid = rng.sample(pools["valid"], k=min(profile.valid_sentences, len(pools["valid"])))
+            chosen += [("valid", t) for t in sorted(valid)]
+            order = rng.sample(pools["train"], k=len(pools["train"]))
+            if hours is None:
+                chosen += [("train", t) for t in order[: profile.train_sentences]]
+            else:
+                # A speaker's quota is shared by the engines that voice it.
+                engines = sum(1 for v in voices if v.speaker == voice.speaker and not v.held_out)
+                budget = hours * 3600 / len(seen_speakers) / engines
+                for text_id, text in order:
+                    if budget <= 0:
+                        break
+                    chosen.append(("train", (text_id, text)))
+                    budget -= len(text) / CHARS_PER_SECOND
+        for split, (text_id, text) in chosen:
+            rows.append({
+                "id": f"{voice.name}_{text_id}", "speaker": voice.speaker, "engine": voice.engine,
+                "voice": voice.voice, "text": text, "normalized_text": normalize_text(text),
+                "path": f"wavs/{voice.name}/{text_id}.wav", "split": split,
+                "rate": round(rng.uniform(*RATE_RANGE), 3),
+                "pitch": round(rng.uniform(*PITCH_RANGE), 2) if ENGINES[voice.engine].pitch else 0.0,
+            })
+    return rows
+
+
+# -------------------------------------------------------------- synthesis
+
+
+def _finish(raw: Path, final: Path) -> None:
+    """Engine output -> trimmed, 22.05 kHz, loudness-levelled 16-bit wav at its final path."""
+    wav = audio.load_audio(raw, audio.SAMPLE_RATE, max_seconds=None)
+    wav = audio.trim_silence(wav, audio.SAMPLE_RATE, top_db=40.0, pad_seconds=0.1)
+    audio.save_audio(final, audio.normalize_loudness(wav, audio.SAMPLE_RATE, TARGET_LUFS), audio.SAMPLE_RATE)
+
+
+def _synthesize_batch(task: tuple[list[dict], str]) -> list[tuple[str, str | None]]:
+    """Worker: one voice's batch -> [(id, error or None)]."""
+    rows, out_dir = task
+    from models.data.voices import VOICES
+
+    voice = next(v for v in VOICES if v.engine == rows[0]["engine"] and v.voice == rows[0]["voice"])
+    jobs = [Job(r["id"], voice, r["normalized_text"], r["rate"], r["pitch"]) for r in rows]
+    work = Path(tempfile.mkdtemp(prefix="batch-", dir=Path(out_dir) / ".tmp"))
+    try:
+        raw = ENGINES[voice.engine].synthesize(jobs, work)
+        results = []
+        for row in rows:
+            outcome = raw.get(row["id"], "engine returned nothing")
+            if isinstance(outcome, Path):
+                try:
+                    _finish(outcome, Path(out_dir) / row["path"])
+                    outcome = None
+                except ValueError as error:  # silent or unreadable engine output
+                    outcome = str(error)
+            results.append((row["id"], outcome))
+        return results
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def build(
+    out_dir: str | Path, profile: str = "default", train_hours: float | None = None,
+    voices: list[str] | None = None, workers: int | None = None, seed: int = 0, log=print,
+) -> dict:
+    """Synthesize (or finish) a corpus in out_dir; returns the build report (also build.json)."""
+    from tqdm import tqdm
+
+    if profile not in PROFILES:
+        raise ValueError(f"unknown profile {profile!r} (choose from {', '.join(PROFILES)})")
+    out = Path(out_dir)
+    (out / ".tmp").mkdir(parents=True, exist_ok=True)
+    wanted = select_voices(voices)
+    missing = sorted({v.engine for v in wanted if not ENGINES[v.engine].available()})
+    for engine in missing:
+        log(f"engine {engine} is not installed; skipping its voices. Install: {INSTALL[engine]}")
+    usable = [v for v in wanted if v.engine not in missing]
+    if not any(not v.held_out for v in usable):
+        raise RuntimeError("no voice for training is available: install at least one engine (see above)")
+
+    rows = plan(PROFILES[profile], usable, seed, train_hours)
+    todo = [r for r in rows if not (out / r["path"]).is_file()]
+    log(f"{len(rows)} utterances planned from {len(usable)} voices; {len(rows) - len(todo)} already done")
+    batches = []
+    for voice_rows in _group(todo, key=lambda r: (r["engine"], r["voice"])).values():
+        batches += [(voice_rows[i : i + BATCH], str(out)) for i in range(0, len(voice_rows), BATCH)]
+    random.Random(seed).shuffle(batches)  # mix slow and fast engines across workers
+
+    failures, start = {}, time.perf_counter()
+    workers = workers or multiprocessing.cpu_count()
+    try:
+        with multiprocessing.get_context("spawn").Pool(workers) as pool, \
+                tqdm(total=len(todo), unit="utt", desc="synthesizing", disable=not todo) as bar:
+            for results in pool.imap_unordered(_synthesize_batch, batches):
+                for utt_id, error in results:
+                    if error:
+                        failures[utt_id] = error
+                bar.update(len(results))
+    finally:  # also after Ctrl-C: describe what is finished, so nothing is lost
+        wall = time.perf_counter() - start
+        report = _write_outputs(out, rows, todo, failures, wall, profile, seed, usable, missing, workers)
+        shutil.rmtree(out / ".tmp", ignore_errors=True)
+    for utt_id, error in sorted(failures.items()):
+        log(f"failed {utt_id}: {error}")
+    log(summary_table(report))
+    return report
+
+
+def _group(rows, key) -> dict:
+    groups = defaultdict(list)
+    for row in rows:
+        groups[key(row)].append(row)
+    return groups
+
+
+def _write_outputs(out, rows, todo, failures, wall, profile, seed, voices, missing, workers) -> dict:
+    done = []
+    for row in rows:
+        path = out / row["path"]
+        if path.is_file():
+            done.append({**row, "duration": round(sf.info(path).duration, 3)})
+    frontend = TextFrontend.default()
+    texts = sorted({r["normalized_text"] for r in done})
+    phonemes = dict(zip(texts, frontend.units(texts))) if texts else {}
+    for row in done:
+        row["phonemes"] = phonemes[row["normalized_text"]] if frontend.mode == "phoneme" else None
+    done.sort(key=lambda r: r["id"])
+    mf.write_jsonl(out / "manifest.jsonl", done)
+    _write_eval_lists(out, done)
+
+    todo_ids = {t["id"] for t in todo}
+    new_seconds = sum(r["duration"] for r in done if r["id"] in todo_ids)
+    stats = defaultdict(lambda: {"utterances": 0, "hours": 0.0})
+    for row in done:
+        for key in (f"{row['speaker']}/{row['split']}", f"{row['speaker']}/all", f"all/{row['split']}", "all/all"):
+            stats[key]["utterances"] += 1
+            stats[key]["hours"] += row["duration"] / 3600
+    report = {
+        "profile": profile, "seed": seed, "workers": workers, "complete": len(done) + len(failures) >= len(rows),
+        "planned": len(rows), "finished": len(done), "failed": failures,
+        "synthesized_now": {"utterances": len(todo) - len(failures), "audio_hours": round(new_seconds / 3600, 3),
+                            "wall_minutes": round(wall / 60, 2),
+                            "audio_hours_per_wall_minute": round(new_seconds / 3600 / max(wall / 60, 1e-9), 3)},
+        "voices": [asdict(v) | {"name": v.name} for v in voices], "missing_engines": missing,
+        "text_mode": frontend.mode,
+        "stats": {k: {"utterances": v["utterances"], "hours": round(v["hours"], 3)} for k, v in sorted(stats.items())},
+    }
+    mf.write_text_atomic(out / "build.json", json.dumps(report, indent=2) + "\n")
+    return report
+
+
+def _write_eval_lists(out: Path, rows: list[dict]) -> None:
+    """seed-tts-eval lists for zero-shot TTS: each test sentence, prompted by another
+    test utterance of the same voice; ground truth is that voice reading the sentence."""
+    for split, name in (("test", "tts_seen.lst"), ("heldout", "tts_heldout.lst")):
+        entries = []
+        for voice_rows in _group([r for r in rows if r["split"] == split], key=lambda r: r["id"].rsplit("_", 1)[0]).values():
+            voice_rows.sort(key=lambda r: r["id"])
+            if len(voice_rows) < 2:
+                continue
+            for i, row in enumerate(voice_rows):
+                prompt = voice_rows[(i + 1) % len(voice_rows)]
+                entries.append({"utt": row["id"], "prompt_text": prompt["normalized_text"],
+                                "prompt_wav": f"../{prompt['path']}", "target_text": row["normalized_text"],
+                                "gt_wav": f"../{row['path']}"})
+        mf.write_seed_tts(out / "eval" / name, entries)
+
+
+def summary_table(report: dict) -> str:
+    stats = report["stats"]
+    speakers = sorted({k.split("/")[0] for k in stats if not k.startswith("all/")})
+    splits = ["train", "valid", "test", "heldout"]
+    lines = ["| speaker | " + " | ".join(splits) + " | total |", "|---" * (len(splits) + 2) + "|"]
+    for speaker in speakers + ["all"]:
+        cells = []
+        for split in splits + ["all"]:
+            s = stats.get(f"{speaker}/{split}")
+            cells.append(f"{s['hours']:.2f} h / {s['utterances']}" if s else "-")
+        lines.append(f"| {speaker} | " + " | ".join(cells) + " |")
+    now = report["synthesized_now"]
+    lines.append(f"\nsynthesized {now['audio_hours']:.2f} h in {now['wall_minutes']:.1f} min with "
+                 f"{report['workers']} workers: {now['audio_hours_per_wall_minute']:.3f} h of audio per minute")
+    return "\n".join(lines)

@@ -1,0 +1,149 @@
+"""Training data: a dataset over a corpus manifest and a length-bucketing batch sampler.
+
+Features are computed on the fly, or once into a cache folder (fp16 .npy, read with
+allow_pickle=False) that later epochs and runs reuse. The default feature is the shared
+mel; a model can pass any `Feature` (e.g. a codec's latents) under its own cache name.
+The split is the manifest's own `split` field, fixed when the corpus was built.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterator
+
+import numpy as np
+import torch
+
+from models import audio
+from models.data import manifest as mf
+from models.text import TextFrontend
+
+
+@dataclass(frozen=True)
+class Feature:
+    """A named waveform -> (channels, frames) transform; the name keys the cache."""
+
+    name: str
+    compute: Callable[[np.ndarray], torch.Tensor]
+    frames_per_second: float
+
+
+MEL = Feature("mel", lambda wav: audio.mel_spectrogram(wav),
+              audio.SAMPLE_RATE / audio.MelConfig().hop_length)
+
+
+class SpeechDataset(torch.utils.data.Dataset):
+    """Utterances of one or more splits: text ids, features, speaker index."""
+
+    def __init__(self, manifest: str | Path, splits: tuple[str, ...] = ("train",),
+                 frontend: TextFrontend | None = None, feature: Feature = MEL,
+                 cache_dir: str | Path | None = None, max_seconds: float | None = 20.0):
+        self.manifest = Path(manifest)
+        rows = mf.read_jsonl(self.manifest)
+        self.speakers = sorted({r["speaker"] for r in rows})  # over all splits: stable indices
+        self.speaker_index = {name: i for i, name in enumerate(self.speakers)}
+        self.rows = [r for r in rows if r["split"] in splits and (max_seconds is None or r["duration"] <= max_seconds)]
+        if not self.rows:
+            raise ValueError(f"{manifest}: no utterances in split(s) {', '.join(splits)}")
+        self.frontend = frontend or TextFrontend.default()
+        self.feature = feature
+        self.cache = Path(cache_dir) / feature.name if cache_dir else None
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def frames(self, index: int) -> int:
+        """Feature length, known from the manifest without reading audio (for bucketing)."""
+        return max(1, int(self.rows[index]["duration"] * self.feature.frames_per_second))
+
+    def text_ids(self, row: dict) -> list[int]:
+        if self.frontend.mode == "phoneme" and row.get("phonemes"):
+            return self.frontend.symbols.encode(row["phonemes"])
+        return self.frontend.encode([row["normalized_text"]])[0]
+
+    def features(self, row: dict) -> torch.Tensor:
+        cached = self.cache / f"{row['id']}.npy" if self.cache else None
+        if cached is not None and cached.is_file():
+            return torch.from_numpy(np.load(cached, allow_pickle=False).astype(np.float32))
+        wav = audio.load_audio(mf.resolve(self.manifest, row["path"]), audio.SAMPLE_RATE, max_seconds=None)
+        value = self.feature.compute(wav).float().cpu()
+        if cached is not None:
+            cached.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(suffix=".npy", dir=cached.parent)
+            os.close(fd)
+            np.save(tmp, value.numpy().astype(np.float16))
+            os.replace(tmp, cached)
+        return value
+
+    def __getitem__(self, index: int) -> dict:
+        row = self.rows[index]
+        return {"id": row["id"], "speaker": self.speaker_index[row["speaker"]],
+                "text": torch.tensor(self.text_ids(row), dtype=torch.long), "features": self.features(row)}
+
+
+def collate(items: list[dict]) -> dict:
+    """Pad text and features to the longest in the batch; lengths say what is real."""
+    texts = torch.nn.utils.rnn.pad_sequence([i["text"] for i in items], batch_first=True)
+    feats = torch.nn.utils.rnn.pad_sequence([i["features"].T for i in items], batch_first=True).transpose(1, 2)
+    return {"ids": [i["id"] for i in items], "speaker": torch.tensor([i["speaker"] for i in items]),
+            "text": texts, "text_lengths": torch.tensor([len(i["text"]) for i in items]),
+            "features": feats, "feature_lengths": torch.tensor([i["features"].shape[-1] for i in items])}
+
+
+class BucketBatchSampler(torch.utils.data.Sampler):
+    """Batches of similar length under a frame budget, reshuffled per epoch from a seed.
+
+    Utterances are sorted by length within shuffled windows of `bucket_size`, cut into
+    batches of at most `max_frames` padded frames, and the batches shuffled. With
+    `num_replicas` > 1 (DDP), each rank takes every num_replicas-th batch of the same order.
+    """
+
+    def __init__(self, lengths: list[int], max_frames: int, seed: int = 0, bucket_size: int = 512,
+                 num_replicas: int = 1, rank: int = 0, drop_last: bool = False):
+        if max_frames < max(lengths):
+            raise ValueError(f"max_frames {max_frames} is below the longest item ({max(lengths)} frames)")
+        self.lengths, self.max_frames, self.seed = lengths, max_frames, seed
+        self.bucket_size, self.num_replicas, self.rank, self.drop_last = bucket_size, num_replicas, rank, drop_last
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def _batches(self) -> list[list[int]]:
+        rng = random.Random(self.seed * 100_003 + self.epoch)
+        order = list(range(len(self.lengths)))
+        rng.shuffle(order)
+        batches = []
+        for start in range(0, len(order), self.bucket_size):
+            bucket = sorted(order[start : start + self.bucket_size], key=self.lengths.__getitem__)
+            batch, longest = [], 0
+            for index in bucket:
+                length = self.lengths[index]
+                if batch and max(longest, length) * (len(batch) + 1) > self.max_frames:
+                    batches.append(batch)
+                    batch, longest = [], 0
+                batch.append(index)
+                longest = max(longest, length)
+            if batch:
+                batches.append(batch)
+        rng.shuffle(batches)
+        usable = len(batches) // self.num_replicas * self.num_replicas if self.drop_last else len(batches)
+        return batches[self.rank : usable : self.num_replicas]
+
+    def __iter__(self) -> Iterator[list[int]]:
+        return iter(self._batches())
+
+    def __len__(self) -> int:
+        return len(self._batches())
+
+
+def loader(dataset: SpeechDataset, max_frames: int, seed: int = 0, workers: int = 0, **sampler_kwargs):
+    """A DataLoader with bucketed batches; call `.batch_sampler.set_epoch(e)` each epoch."""
+    lengths = [dataset.frames(i) for i in range(len(dataset))]
+    sampler = BucketBatchSampler(lengths, max_frames, seed=seed, **sampler_kwargs)
+    return torch.utils.data.DataLoader(dataset, batch_sampler=sampler, collate_fn=collate, num_workers=workers,
+                                       persistent_workers=workers > 0)

@@ -1,0 +1,74 @@
+"""Manifests: JSONL rows (one utterance each) and the community list formats.
+
+Audio paths inside a manifest are relative to the manifest's own folder, so a corpus can
+be moved or copied whole.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Iterable
+
+SEED_TTS_FIELDS = ("utt", "prompt_text", "prompt_wav", "target_text", "gt_wav")
+
+
+def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
+    """Write a text file through a temp file in the same folder and a rename."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return path
+
+
+def write_jsonl(path: str | os.PathLike, rows: Iterable[dict]) -> Path:
+    return write_text_atomic(path, "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows))
+
+
+def read_jsonl(path: str | os.PathLike) -> list[dict]:
+    rows = []
+    with open(path) as f:
+        for number, line in enumerate(f, start=1):
+            if line.strip():
+                try:
+                    rows.append(json.loads(line))
+                except json.JSONDecodeError as error:
+                    raise ValueError(f"{path}:{number}: not a JSON line ({error.msg})") from None
+    return rows
+
+
+def resolve(manifest: str | os.PathLike, relative: str) -> Path:
+    """An audio path from a manifest, resolved against the manifest's folder."""
+    return (Path(manifest).resolve().parent / relative).resolve()
+
+
+def write_seed_tts(path: str | os.PathLike, rows: Iterable[dict]) -> Path:
+    """seed-tts-eval list: `utt|prompt_text|prompt_wav|target_text[|gt_wav]` per line."""
+    lines = []
+    for row in rows:
+        fields = [row[k] for k in SEED_TTS_FIELDS if row.get(k) is not None]
+        if any("|" in str(f) or "\n" in str(f) for f in fields):
+            raise ValueError(f"{row['utt']}: a field contains '|' or a newline")
+        lines.append("|".join(str(f) for f in fields))
+    return write_text_atomic(path, "\n".join(lines) + "\n")
+
+
+def read_seed_tts(path: str | os.PathLike) -> list[dict]:
+    rows = []
+    for number, line in enumerate(Path(path).read_text().splitlines(), start=1):
+        if not line.strip():
+            continue
+        fields = line.split("|")
+        if len(fields) not in (4, 5):
+            raise ValueError(f"{path}:{number}: expected 4 or 5 '|'-separated fields, got {len(fields)}")
+        rows.append(dict(zip(SEED_TTS_FIELDS, fields)))
+    return rows

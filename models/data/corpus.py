@@ -26,7 +26,7 @@ import soundfile as sf
 
 from models import audio
 from models.data import manifest as mf
-from models.data.voices import ENGINES, INSTALL, Job, Voice, select_voices
+from models.data.voices import ENGINES, INSTALL, VOICES, Job, Voice, select_voices
 from models.registry import ASSETS
 from models.text import TextFrontend, normalize_text
 
@@ -123,8 +123,6 @@ def _finish(raw: Path, final: Path) -> None:
 def _synthesize_batch(task: tuple[list[dict], str]) -> list[tuple[str, str | None]]:
     """Worker: one voice's batch -> [(id, error or None)]."""
     rows, out_dir = task
-    from models.data.voices import VOICES
-
     voice = next(v for v in VOICES if v.engine == rows[0]["engine"] and v.voice == rows[0]["voice"])
     jobs = [Job(r["id"], voice, r["normalized_text"], r["rate"], r["pitch"]) for r in rows]
     work = Path(tempfile.mkdtemp(prefix="batch-", dir=Path(out_dir) / ".tmp"))
@@ -162,7 +160,7 @@ def build(
         log(f"engine {engine} is not installed; skipping its voices. Install: {INSTALL[engine]}")
     usable = [v for v in wanted if v.engine not in missing]
     if not any(not v.held_out for v in usable):
-        raise RuntimeError("no voice for training is available: install at least one engine (see above)")
+        raise ValueError("no voice for training is available: install at least one engine (see above)")
 
     rows = plan(PROFILES[profile], usable, seed, train_hours)
     todo = [r for r in rows if not (out / r["path"]).is_file()]

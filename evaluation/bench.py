@@ -12,6 +12,7 @@ import torch
 
 from evaluation.metrics import pesq_score, stoi_score
 from models import audio
+from models.data.manifest import write_text_atomic
 from models.vocoder import get_vocoder
 
 
@@ -46,9 +47,5 @@ def bench_vocoder(path: str | os.PathLike, device: str | None = None, repeats: i
 def write_json(result: dict, out: str | os.PathLike | None) -> str:
     text = json.dumps(result, indent=2)
     if out:
-        out = Path(out)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = out.with_name(f".{out.name}.tmp")
-        tmp.write_text(text + "\n")
-        tmp.replace(out)
+        write_text_atomic(out, text + "\n")
     return text

@@ -1,0 +1,63 @@
+import numpy as np
+import pytest
+
+from evaluation.arena import Vote, bradley_terry, leaderboard
+
+STRENGTHS = {"gt": 2.0, "sled": 1.0, "kalle": 0.0, "noise": -1.5}  # log-odds scale
+
+
+def simulate(n: int, seed: int = 0, tie_rate: float = 0.1) -> list[Vote]:
+    rng = np.random.default_rng(seed)
+    names = list(STRENGTHS)
+    votes = []
+    for _ in range(n):
+        a, b = rng.choice(names, size=2, replace=False)
+        if rng.random() < tie_rate:
+            votes.append(Vote(a, b, "tie"))
+            continue
+        p_a = 1 / (1 + np.exp(STRENGTHS[b] - STRENGTHS[a]))
+        votes.append(Vote(a, b, "A" if rng.random() < p_a else "B"))
+    return votes
+
+
+def test_recovers_the_order_of_known_strengths():
+    board = leaderboard(simulate(3000), bootstrap=100)
+    assert [r["system"] for r in board] == ["gt", "sled", "kalle", "noise"]
+    assert all(r["ci_low"] <= r["score"] <= r["ci_high"] for r in board)
+
+
+def test_recovers_the_size_of_known_gaps():
+    """Without ties (which pull scores together), the fitted gaps are the true log-odds
+    gaps on the Elo scale (x 400 / ln 10)."""
+    systems = list(STRENGTHS)
+    scores = bradley_terry(simulate(6000, seed=1, tie_rate=0.0), systems)
+    true = np.array([STRENGTHS[s] for s in systems]) * 400 / np.log(10)
+    assert np.max(np.abs((scores - scores.mean()) - (true - true.mean()))) < 40
+
+
+def test_equal_systems_tie_and_symmetry():
+    votes = [Vote("x", "y", "A"), Vote("x", "y", "B")] * 20
+    scores = bradley_terry(votes, ["x", "y"])
+    assert abs(scores[0] - scores[1]) < 1e-6 and abs(scores.mean() - 1000) < 1e-6
+
+
+def test_unbeaten_system_stays_finite_and_win_rates():
+    votes = [Vote("a", "b", "A")] * 12 + [Vote("a", "b", "both_bad")] * 4
+    board = {r["system"]: r for r in leaderboard(votes, bootstrap=20)}
+    assert np.isfinite(board["a"]["score"]) and board["a"]["score"] > board["b"]["score"]
+    assert board["a"]["win_rate"] == pytest.approx(14 / 16) and board["b"]["votes"] == 16
+
+
+def test_min_votes_marks_provisional_and_ranks_last():
+    votes = simulate(400) + [Vote("newcomer", "noise", "A")] * 3
+    board = leaderboard(votes, bootstrap=20, min_votes=10)
+    assert board[-1]["system"] == "newcomer" and board[-1]["provisional"]
+    assert [r["rank"] for r in board] == list(range(1, len(board) + 1))
+
+
+def test_bad_votes_are_refused():
+    with pytest.raises(ValueError, match="unknown outcome"):
+        Vote("a", "b", "maybe")
+    with pytest.raises(ValueError, match="two different systems"):
+        Vote("a", "a", "A")
+    assert leaderboard([]) == []

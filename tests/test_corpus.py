@@ -113,3 +113,17 @@ def test_plan_is_seeded_and_sized():
     estimated = sum(len(r["text"]) / corpus.CHARS_PER_SECOND for r in train) / 3600
     assert 0.5 <= estimated < 0.55  # the quota is met, overshooting by one sentence per voice at most
     assert {r["speaker"] for r in train} == {"kal", "awb"}
+
+
+@pytest.mark.parametrize("kwargs, message", [({"train_hours": 0}, "--hours must be positive"),
+                                             ({"workers": 0}, "--workers must be at least 1")])
+def test_bad_build_options(tmp_path, kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        corpus.build(tmp_path / "c", profile="mini", log=lambda _: None, **kwargs)
+
+
+def test_output_that_is_a_file_is_refused(tmp_path):
+    (tmp_path / "file").write_text("keep me")
+    with pytest.raises(ValueError, match="not a folder"):
+        corpus.build(tmp_path / "file", profile="mini", log=lambda _: None)
+    assert (tmp_path / "file").read_text() == "keep me"

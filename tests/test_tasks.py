@@ -19,6 +19,13 @@ def _load(manifest, row, key):
     return load_audio(mf.resolve(manifest, row[key]), max_seconds=None)
 
 
+def _ratio_of_parts(manifest, row, part, mixture):
+    """dB ratio of a written part to the rest of the written mixture (mixture - part)."""
+    part, mixture = _load(manifest, row, part), _load(manifest, row, mixture)
+    assert len(part) == len(mixture)
+    return tasks.ratio_db(part, mixture - part)
+
+
 def test_enhancement_pairs_hit_the_requested_snr(task_dir):
     seen = {"train": set(), "test": set()}
     for split in ("train", "valid", "test"):
@@ -26,10 +33,8 @@ def test_enhancement_pairs_hit_the_requested_snr(task_dir):
         for row in mf.read_jsonl(manifest):
             assert tasks.SNR_RANGE[0] <= row["snr_db"] <= tasks.SNR_RANGE[1]
             seen.setdefault(split, set()).add(row["noise"])
-            clean, noisy = _load(manifest, row, "clean"), _load(manifest, row, "noisy")
-            assert len(clean) == len(noisy)
             if row["rt60"] is None:  # the residual is exactly the noise
-                assert abs(tasks.ratio_db(clean, noisy - clean) - row["snr_db"]) < 0.5
+                assert abs(_ratio_of_parts(manifest, row, "clean", "noisy") - row["snr_db"]) < 0.5
     assert not seen["test"] & set(tasks.NOISE_RECIPES["train"])  # unseen noise recipes at test time
 
 
@@ -39,8 +44,7 @@ def test_extraction_mixtures_hit_the_requested_sir(task_dir):
     assert rows
     for row in rows:
         assert row["target_speaker"] != row["interferer_speaker"]
-        target, mixture = _load(manifest, row, "target"), _load(manifest, row, "mixture")
-        assert abs(tasks.ratio_db(target, mixture - target) - row["sir_db"]) < 0.5
+        assert abs(_ratio_of_parts(manifest, row, "target", "mixture") - row["sir_db"]) < 0.5
         assert mf.resolve(manifest, row["enrollment"]).is_file()
         assert row["enrollment"].rsplit("/", 1)[1] != row["target_id"].rsplit("_", 1)[1] + ".wav"
 
@@ -86,6 +90,8 @@ def test_colored_noise_slope(name, exponent):
     assert abs(slope + exponent) < 0.15
 
 
-def test_missing_corpus_is_a_clear_error(tmp_path):
+def test_missing_corpus_and_bad_sizes_are_clear_errors(tmp_path):
     with pytest.raises(FileNotFoundError, match="speech-studio corpus build"):
         tasks.build_tasks(tmp_path / "nothing", tmp_path / "out")
+    with pytest.raises(ValueError, match="must not be negative"):
+        tasks.build_tasks(tmp_path / "nothing", tmp_path / "out", sizes=tasks.TaskSizes(train=-1))

@@ -152,7 +152,13 @@ def build(
 
     if profile not in PROFILES:
         raise ValueError(f"unknown profile {profile!r} (choose from {', '.join(PROFILES)})")
+    if train_hours is not None and train_hours <= 0:
+        raise ValueError(f"--hours must be positive, got {train_hours}")
+    if workers is not None and workers < 1:
+        raise ValueError(f"--workers must be at least 1, got {workers}")
     out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"output {out} exists and is not a folder")
     (out / ".tmp").mkdir(parents=True, exist_ok=True)
     wanted = select_voices(voices)
     missing = sorted({v.engine for v in wanted if not ENGINES[v.engine].available()})

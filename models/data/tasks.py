@@ -141,6 +141,8 @@ def build_tasks(corpus_dir: str | Path, out_dir: str | Path, seed: int = 0, size
     """Write enhancement/, tse/ and vc/ manifests (and audio) under out_dir; returns counts."""
     from tqdm import tqdm
 
+    if min(sizes.train, sizes.valid, sizes.test) < 0:
+        raise ValueError(f"item counts must not be negative: {sizes}")
     corpus_manifest = Path(corpus_dir) / "manifest.jsonl"
     if not corpus_manifest.is_file():
         raise FileNotFoundError(f"no corpus manifest at {corpus_manifest} (run: speech-studio corpus build)")

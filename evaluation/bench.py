@@ -12,7 +12,7 @@ import torch
 
 from evaluation.metrics import pesq_score, stoi_score
 from models import audio
-from models.data.manifest import write_text_atomic
+from models.files import write_text_atomic
 from models.vocoder import get_vocoder
 
 

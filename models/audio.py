@@ -10,7 +10,6 @@ problem, so the studio and the CLI can show it to the user as it is.
 from __future__ import annotations
 
 import os
-import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -19,6 +18,7 @@ import soundfile as sf
 import soxr
 import torch
 
+from models.files import atomic_path
 SAMPLE_RATE = 22050
 MAX_SECONDS = 60.0  # default limit for user-supplied audio; every loader takes its own
 SILENCE_PEAK = 1e-3  # -60 dBFS: a clip whose loudest sample is below this is silence
@@ -63,20 +63,12 @@ def load_audio(
 def save_audio(path: str | os.PathLike, wav: np.ndarray, sr: int = SAMPLE_RATE) -> Path:
     """Write audio atomically: a temp file in the same folder, then a rename."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     wav = np.clip(np.asarray(wav, dtype=np.float32).reshape(-1), -1.0, 1.0)
     fmt = {".wav": "WAV", ".flac": "FLAC", ".ogg": "OGG"}.get(path.suffix.lower())
     if fmt is None:
         raise AudioError(f"Unsupported output format '{path.suffix}' (use .wav, .flac or .ogg)")
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=path.suffix, dir=path.parent)
-    os.close(fd)
-    try:
-        subtype = "VORBIS" if fmt == "OGG" else "PCM_16"
-        sf.write(tmp, wav, sr, format=fmt, subtype=subtype)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    with atomic_path(path) as tmp:
+        sf.write(tmp, wav, sr, format=fmt, subtype="VORBIS" if fmt == "OGG" else "PCM_16")
     return path
 
 

@@ -36,3 +36,19 @@ def reconstruct(
         "codec": codec, "device": str(vocoder.device), "input_seconds": round(duration, 3),
         "wall_seconds": round(seconds, 3), "rtf": round(seconds / duration, 4),
     }
+
+
+def encode_latents(
+    wav: np.ndarray, sr: int, codec: str = "vocoder", device: str | None = None,
+    max_seconds: float | None = audio.MAX_SECONDS,
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """A codec's latent frames for one recording: (mean (frames, dims), std or None).
+
+    A variational codec gives its posterior mean and standard deviation; the "vocoder"
+    codec's latents are its 80-band log-mel frames, deterministic (std None).
+    """
+    if codec not in CODECS:
+        raise ValueError(f"unknown codec {codec!r} (available: {', '.join(CODECS)})")
+    wav = audio.prepare_audio(wav, sr, max_seconds=max_seconds, name="input audio")
+    mel = get_vocoder(device).analyze(wav)
+    return mel.T.cpu().numpy(), None

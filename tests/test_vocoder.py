@@ -1,7 +1,6 @@
 import importlib.metadata
 import importlib.util
 
-import numpy as np
 import pytest
 import torch
 

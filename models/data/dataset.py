@@ -8,9 +8,7 @@ The split is the manifest's own `split` field, fixed when the corpus was built.
 
 from __future__ import annotations
 
-import os
 import random
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator
@@ -20,6 +18,7 @@ import torch
 
 from models import audio
 from models.data import manifest as mf
+from models.files import atomic_path
 from models.text import TextFrontend
 
 
@@ -72,11 +71,8 @@ class SpeechDataset(torch.utils.data.Dataset):
         wav = audio.load_audio(mf.resolve(self.manifest, row["path"]), audio.SAMPLE_RATE, max_seconds=None)
         value = self.feature.compute(wav).float().cpu()
         if cached is not None:
-            cached.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(suffix=".npy", dir=cached.parent)
-            os.close(fd)
-            np.save(tmp, value.numpy().astype(np.float16))
-            os.replace(tmp, cached)
+            with atomic_path(cached) as tmp:
+                np.save(tmp, value.numpy().astype(np.float16))
         return value
 
     def __getitem__(self, index: int) -> dict:

@@ -8,26 +8,12 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from pathlib import Path
 from typing import Iterable
 
+from models.files import write_text_atomic
+
 SEED_TTS_FIELDS = ("utt", "prompt_text", "prompt_wav", "target_text", "gt_wav")
-
-
-def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
-    """Write a text file through a temp file in the same folder and a rename."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return path
 
 
 def write_jsonl(path: str | os.PathLike, rows: Iterable[dict]) -> Path:

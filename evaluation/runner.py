@@ -1,0 +1,245 @@
+"""The batch runner behind `speech-studio eval`: resumable, shardable, one model load per metric.
+
+Order of work: (1) every generated system makes its audio, timed for RTF after one
+warm-up call; (2) one metric at a time loads its model, scores every system x item, and
+is freed before the next loads. Each finished unit is one JSON line appended and
+flushed to `results/shard-I-of-N.jsonl`:
+
+    {"system", "key", "speaker", "metric", "values": {column: value}}      or
+    {"system", "key", "speaker", "metric", "values": null, "reason": "..."}  (NaN, and why)
+
+A crash or Ctrl-C loses at most the unit in flight; `resume` reads every results file
+and skips the (system, key, metric) units already there. Shards take every N-th item
+and write their own files, so shards (or `torchrun` ranks) never share a file.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import shlex
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from tqdm import tqdm
+
+from evaluation.bench import hardware
+from evaluation.metrics import MetricError, MetricUnavailable, Sample, get_metric
+from evaluation.metrics.base import free_device_memory
+from evaluation.systems import GENERATORS, Item, System, read_items
+from models import audio
+from models.files import write_text_atomic
+from models.registry import REPO_ROOT, pick_device
+
+RTF = "rtf"  # the row metric written while generating
+
+
+@dataclass
+class RunConfig:
+    manifest: str
+    systems: list[System]
+    metrics: list[str]
+    out: str
+    split: str | None = None
+    resume: bool = False
+    shard: tuple[int, int] = (0, 1)
+    limit: int | None = None
+    per_speaker: int | None = None
+    options: dict = field(default_factory=dict)  # asr, latent_codec, ... passed to metric factories
+    seed: int = 0
+    report: bool = True
+
+
+def parse_shard(text: str | None) -> tuple[int, int]:
+    """"I/N" -> (I, N); without one, torchrun's RANK / WORLD_SIZE, else (0, 1)."""
+    if text is None:
+        return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+    try:
+        index, count = (int(x) for x in text.split("/"))
+    except ValueError:
+        raise ValueError(f"--shard must look like 0/4, not {text!r}") from None
+    if not 0 <= index < count:
+        raise ValueError(f"--shard {text}: the index must be in 0..{count - 1}")
+    return index, count
+
+
+def select_items(items: list[Item], limit: int | None, per_speaker: int | None) -> list[Item]:
+    if per_speaker is not None:
+        counts: dict[str | None, int] = {}
+        kept = []
+        for item in items:
+            if counts.get(item.speaker, 0) < per_speaker:
+                counts[item.speaker] = counts.get(item.speaker, 0) + 1
+                kept.append(item)
+        items = kept
+    return items[:limit] if limit is not None else items
+
+
+def read_results(out: str | os.PathLike) -> list[dict]:
+    """Every row of every shard file; a torn last line (a crash mid-write) is ignored."""
+    rows = []
+    for path in sorted((Path(out) / "results").glob("shard-*.jsonl")):
+        with open(path) as f:
+            for line in f:
+                try:
+                    rows.append(json.loads(line))
+                except json.JSONDecodeError:
+                    continue
+    return rows
+
+
+def latest_rows(rows: list[dict]) -> list[dict]:
+    """One row per (system, key, metric), the last written (a rerun overrides)."""
+    unique = {}
+    for row in rows:
+        unique[(row["system"], row["key"], row["metric"])] = row
+    return list(unique.values())
+
+
+def git_commit() -> str:
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO_ROOT, capture_output=True, text=True,
+                                timeout=10).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO_ROOT,
+                               capture_output=True, text=True, timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return (commit + ("+dirty" if dirty else "")) if commit else "unknown"
+
+
+class ResultWriter:
+    """Appends one JSON line per unit and flushes it to disk before the next unit starts."""
+
+    def __init__(self, path: Path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.file = open(path, "a")
+
+    def write(self, row: dict) -> None:
+        self.file.write(json.dumps(row, ensure_ascii=False) + "\n")
+        self.file.flush()
+        os.fsync(self.file.fileno())
+
+    def close(self) -> None:
+        self.file.close()
+
+
+def _row(system: System, item: Item, metric: str, values: dict | None = None, reason: str | None = None) -> dict:
+    row = {"system": system.name, "key": item.key, "speaker": item.speaker, "metric": metric, "values": values}
+    if reason is not None:
+        row["reason"] = reason
+    return row
+
+
+def _generate(config: RunConfig, items: list[Item], done: set, writer: ResultWriter, device: str) -> None:
+    run_audio = Path(config.out) / "audio"
+    for system in (s for s in config.systems if s.kind == "generator"):
+        todo = [item for item in items if (system.name, item.key, RTF) not in done]
+        if not todo:
+            continue
+        generate = GENERATORS[system.source](device)
+        generate(todo[0])  # warm-up: first-call allocations and caches stay out of the RTF
+        for item in tqdm(todo, desc=f"generate {system.name}", unit="utt", dynamic_ncols=True):
+            try:
+                start = time.perf_counter()
+                wav, sr = generate(item)
+                seconds = time.perf_counter() - start
+                audio.save_audio(system.audio_path(item, run_audio), wav, sr)
+                duration = len(wav) / sr
+                writer.write(_row(system, item, RTF, {"rtf": seconds / duration, "generation_seconds": seconds,
+                                                      "audio_seconds": duration}))
+            except (ValueError, RuntimeError) as error:  # bad item or model failure: recorded, run goes on
+                writer.write(_row(system, item, RTF, reason=f"generation failed: {error}"))
+        del generate
+        free_device_memory(device)
+
+
+def _sample(system: System, item: Item, run: Path) -> Sample:
+    return Sample(key=item.key, audio_path=system.audio_path(item, run / "audio"), system=system.name,
+                  text=item.text, reference_path=item.reference, enrollment_path=item.enrollment,
+                  input_path=item.input, speaker=item.speaker)
+
+
+def _score(config: RunConfig, items: list[Item], done: set, failed: set, writer: ResultWriter, device: str,
+           meta: dict) -> None:
+    run = Path(config.out)
+    options = {**config.options, "latent_dir": run / "latents"}
+    for name in config.metrics:
+        spec = get_metric(name)
+        todo = [(s, i) for s in config.systems for i in items if (s.name, i.key, name) not in done]
+        if not todo:
+            continue
+        try:
+            scorer = spec.factory(device, options)
+        except MetricUnavailable as reason:
+            meta["skipped"][name] = str(reason)
+            print(f"metric {name} skipped: {reason}", file=sys.stderr)
+            continue
+        meta["metrics"][name] = {"columns": list(spec.columns), "needs": list(spec.needs), **scorer.info}
+        _write_meta(run, config, meta)
+        for system, item in tqdm(todo, desc=name, unit="utt", dynamic_ncols=True):
+            if (system.name, item.key) in failed:
+                writer.write(_row(system, item, name, reason="no audio: generation failed"))
+                continue
+            sample = _sample(system, item, run)
+            try:
+                if not sample.audio_path or not Path(sample.audio_path).is_file():
+                    raise MetricError(f"no audio file for this system: {sample.audio_path}")
+                values = scorer(sample)
+                writer.write(_row(system, item, name, values))
+            except MetricError as reason:
+                writer.write(_row(system, item, name, reason=str(reason)))
+        scorer.close()
+        del scorer
+        free_device_memory(device)
+
+
+def _write_meta(run: Path, config: RunConfig, meta: dict) -> None:
+    index, count = config.shard
+    write_text_atomic(run / "results" / f"shard-{index}-of-{count}.meta.json", json.dumps(meta, indent=2) + "\n")
+
+
+def run_eval(config: RunConfig, argv: list[str] | None = None) -> dict:
+    """Run (or resume) an evaluation; returns a summary of what this process did."""
+    for name in config.metrics:
+        get_metric(name)  # unknown names fail before any work
+    index, count = config.shard
+    if not 0 <= index < count:
+        raise ValueError(f"shard {index}/{count}: the index must be in 0..{count - 1}")
+    out = Path(config.out)
+    results = out / "results"
+    existing = read_results(out)
+    if existing and not config.resume:
+        raise ValueError(f"{out} already holds results: pass --resume to continue it, or choose another --out")
+    items = select_items(read_items(config.manifest, config.split), config.limit, config.per_speaker)
+    items = items[index::count]
+    device = pick_device()
+    meta = {"command": shlex.join(argv if argv is not None else sys.argv), "git_commit": git_commit(),
+            "manifest": str(Path(config.manifest).resolve()), "split": config.split, "shard": f"{index}/{count}",
+            "items": len(items), "systems": {s.name: f"{s.kind}:{s.source}" for s in config.systems},
+            "device": device, "hardware": hardware(), "python": platform.python_version(), "seed": config.seed,
+            "options": {k: str(v) for k, v in config.options.items()}, "metrics": {}, "skipped": {},
+            "started": time.strftime("%Y-%m-%dT%H:%M:%S")}
+    _write_meta(out, config, meta)
+
+    latest = latest_rows(existing)
+    done = {(r["system"], r["key"], r["metric"]) for r in latest}
+    failed = {(r["system"], r["key"]) for r in latest if r["metric"] == RTF and r["values"] is None}
+    writer = ResultWriter(results / f"shard-{index}-of-{count}.jsonl")
+    try:
+        _generate(config, items, done, writer, device)
+        failed |= {(r["system"], r["key"]) for r in read_results(out) if r["metric"] == RTF and r["values"] is None}
+        _score(config, items, done, failed, writer, device, meta)
+    finally:
+        writer.close()
+    meta["finished"] = time.strftime("%Y-%m-%dT%H:%M:%S")
+    _write_meta(out, config, meta)
+    summary = {"out": str(out), "items": len(items), "systems": len(config.systems), "skipped": meta["skipped"]}
+    if config.report:
+        from evaluation.report import write_report
+
+        summary["report"] = [str(p) for p in write_report(out, seed=config.seed)]
+    return summary

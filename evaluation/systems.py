@@ -1,0 +1,142 @@
+"""What the runner evaluates: items read from a manifest, and systems that give audio for them.
+
+Manifests: a seed-tts-eval list (`utt|prompt_text|prompt_wav|target_text[|gt_wav]`), or
+JSONL rows from the corpus and task sets. Field names map onto one item:
+
+    key         id | utt
+    text        text | target_text
+    reference   gt_wav | path | clean | target | ground_truth     (clean ground truth)
+    enrollment  prompt_wav | enrollment | reference               (the target voice)
+    input       noisy | mixture | source                          (what a system is given)
+    speaker     speaker | target_speaker | the reference's folder name
+
+Systems: `gt` and `input` read the manifest's own audio; `vocoder` resynthesizes the
+reference through the shared HiFi-GAN (the ceiling of every mel-based model); a folder
+holds `<key>.wav` files made elsewhere. Generated systems are registered with
+`@generator(name)`: a factory `factory(device) -> fn(item) -> (wav, sr)`.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from models import audio
+from models.data.manifest import read_jsonl, read_seed_tts, resolve
+
+FIELDS = {
+    "key": ("id", "utt"),
+    "text": ("text", "target_text"),
+    "reference": ("gt_wav", "path", "clean", "target", "ground_truth"),
+    "enrollment": ("prompt_wav", "enrollment", "reference"),
+    "input": ("noisy", "mixture", "source"),
+    "speaker": ("speaker", "target_speaker"),
+}
+AUDIO_FIELDS = ("reference", "enrollment", "input")
+
+
+@dataclass(frozen=True)
+class Item:
+    key: str
+    text: str | None = None
+    reference: Path | None = None
+    enrollment: Path | None = None
+    input: Path | None = None
+    speaker: str | None = None
+
+
+def _first(row: dict, names: tuple[str, ...]):
+    return next((row[n] for n in names if row.get(n) not in (None, "")), None)
+
+
+def read_items(manifest: str | os.PathLike, split: str | None = None) -> list[Item]:
+    """Items of a .lst or .jsonl manifest (optionally one split of a corpus manifest)."""
+    manifest = Path(manifest)
+    if not manifest.is_file():
+        raise FileNotFoundError(f"manifest not found: {manifest}")
+    rows = read_seed_tts(manifest) if manifest.suffix == ".lst" else read_jsonl(manifest)
+    if split is not None:
+        rows = [row for row in rows if row.get("split") == split]
+    items, seen = [], set()
+    for number, row in enumerate(rows, start=1):
+        key = _first(row, FIELDS["key"])
+        if key is None:
+            raise ValueError(f"{manifest}: row {number} has no id/utt")
+        if key in seen:
+            raise ValueError(f"{manifest}: duplicate key {key!r}")
+        if "/" in str(key) or str(key).startswith("."):
+            raise ValueError(f"{manifest}: key {key!r} cannot name a file")
+        seen.add(key)
+        paths = {f: _first(row, FIELDS[f]) for f in AUDIO_FIELDS}
+        paths = {f: resolve(manifest, p) if p else None for f, p in paths.items()}
+        speaker = _first(row, FIELDS["speaker"])
+        if speaker is None and (paths["reference"] or paths["enrollment"]):
+            speaker = (paths["reference"] or paths["enrollment"]).parent.name
+        items.append(Item(str(key), _first(row, FIELDS["text"]), speaker=speaker, **paths))
+    if not items:
+        raise ValueError(f"{manifest}: no items" + (f" in split {split!r}" if split else ""))
+    return items
+
+
+Generate = Callable[[Item], tuple[np.ndarray, int]]
+GENERATORS: dict[str, Callable[[str], Generate]] = {}
+
+
+def generator(name: str) -> Callable:
+    def decorate(factory: Callable[[str], Generate]) -> Callable[[str], Generate]:
+        GENERATORS[name] = factory
+        return factory
+
+    return decorate
+
+
+@generator("vocoder")
+def _vocoder(device: str) -> Generate:
+    from models.vocoder import get_vocoder
+
+    vocoder = get_vocoder(device)
+
+    def generate(item: Item) -> tuple[np.ndarray, int]:
+        if item.reference is None:
+            raise ValueError("no reference audio to resynthesize")
+        return vocoder.resynthesize(audio.load_audio(item.reference, audio.SAMPLE_RATE)), audio.SAMPLE_RATE
+
+    return generate
+
+
+@dataclass(frozen=True)
+class System:
+    """name, and either a folder of wavs, a manifest field (gt, input), or a generator."""
+
+    name: str
+    kind: str  # "folder", "manifest" or "generator"
+    source: str
+
+    def audio_path(self, item: Item, run_audio: Path) -> Path | None:
+        if self.kind == "manifest":
+            return getattr(item, "reference" if self.source == "gt" else "input")
+        folder = Path(self.source) if self.kind == "folder" else run_audio / self.name
+        return folder / f"{item.key}.wav"
+
+
+MANIFEST_SYSTEMS = ("gt", "input")
+
+
+def parse_system(spec: str) -> System:
+    """`NAME` (a built-in) or `NAME=FOLDER_OR_BUILTIN`."""
+    name, _, source = spec.partition("=")
+    source = source or name
+    if not name or "/" in name or name.startswith("."):
+        raise ValueError(f"bad system name in {spec!r}")
+    if Path(source).is_dir():
+        return System(name, "folder", str(Path(source).resolve()))
+    if source in MANIFEST_SYSTEMS:
+        return System(name, "manifest", source)
+    if source in GENERATORS:
+        return System(name, "generator", source)
+    raise ValueError(f"system {spec!r}: {source!r} is neither a folder nor one of "
+                     f"{', '.join(MANIFEST_SYSTEMS + tuple(GENERATORS))}")

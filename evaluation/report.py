@@ -32,6 +32,11 @@ BOOTSTRAP = 1000
 NOT_AVERAGED = {"substitutions", "deletions", "insertions", "reference_words", "transcript", "generation_seconds",
                 "audio_seconds", "latent_frames"}
 CORPUS_WER = ("wer_corpus", "substitution_rate", "deletion_rate", "insertion_rate")
+ORDER = [c for spec in METRICS.values() for c in spec.columns if c not in NOT_AVERAGED]
+ORDER[ORDER.index("cer") + 1:ORDER.index("cer") + 1] = list(CORPUS_WER)
+ORDER.append("rtf")
+HIGHER_IS_BETTER = {c: b for spec in METRICS.values() for c, b in spec.higher_is_better.items()}
+HIGHER_IS_BETTER.update({c: False for c in CORPUS_WER + ("rtf",)})
 CSV_FIELDS = ("system", "speaker", "metric", "mean", "std", "ci_low", "ci_high", "n", "n_nan")
 
 
@@ -47,6 +52,10 @@ def bootstrap_ci(values: np.ndarray, seed: int = 0, statistic=np.mean, level: fl
     stats = np.array([statistic(values[d]) for d in draws])
     tail = (1 - level) / 2 * 100
     return float(np.percentile(stats, tail)), float(np.percentile(stats, 100 - tail))
+
+
+def _column_order(column: str) -> tuple[int, str]:
+    return (ORDER.index(column) if column in ORDER else len(ORDER), column)
 
 
 def _columns(metric: str) -> tuple[str, ...]:
@@ -170,7 +179,7 @@ def _table(header: list[str], body: list[list[str]]) -> str:
 def _figures(rows: list[dict], table: list[dict]) -> list[go.Figure]:
     overall = [e for e in table if e["speaker"] == "all"]
     figures = []
-    for column in sorted({e["metric"] for e in overall}):
+    for column in sorted({e["metric"] for e in overall}, key=_column_order):
         entries = [e for e in overall if e["metric"] == column and math.isfinite(e["mean"])]
         if not entries:
             continue
@@ -214,21 +223,25 @@ def _html(out: Path, rows: list[dict], table: list[dict], meta: list[dict], late
         header_rows.append([f"metric {html.escape(name)}",
                             "<br>".join(f"{html.escape(k)}: {html.escape(str(v))}" for k, v in info.items())])
     for m in meta:
+        for name, timing in m.get("timing", {}).items():
+            header_rows.append([f"time {html.escape(name)} (shard {html.escape(m.get('shard', '?'))})",
+                                f"{timing['units']} in {timing['seconds']} s = {timing['units_per_minute']} per minute"])
+    for m in meta:
         for name, reason in m.get("skipped", {}).items():
             header_rows.append([f"skipped {html.escape(name)}", html.escape(reason)])
 
     overall = [e for e in table if e["speaker"] == "all"]
     systems = sorted({e["system"] for e in overall})
-    columns = sorted({e["metric"] for e in overall})
+    columns = sorted({e["metric"] for e in overall}, key=_column_order)
     lookup = {(e["system"], e["metric"]): e for e in overall}
     summary = []
-    for system in systems:
-        cells = [html.escape(system)]
-        for column in columns:
+    for column in columns:
+        better = HIGHER_IS_BETTER.get(column)
+        cells = [html.escape(column) + ("" if better is None else (" ↑" if better else " ↓"))]
+        for system in systems:
             e = lookup.get((system, column))
-            cells.append("" if e is None else f"{_fmt(e['mean'])}<br><small>[{_fmt(e['ci_low'])}, "
-                                              f"{_fmt(e['ci_high'])}] n={e['n']}"
-                                              + (f", NaN {e['n_nan']}" if e["n_nan"] else "") + "</small>")
+            cells.append("" if e is None else f"{_fmt(e['mean'])} <small>[{_fmt(e['ci_low'])}, {_fmt(e['ci_high'])}] "
+                                              f"n={e['n']}" + (f", NaN {e['n_nan']}" if e["n_nan"] else "") + "</small>")
         summary.append(cells)
 
     speakers = sorted({e["speaker"] for e in table if e["speaker"] != "all"})
@@ -266,7 +279,7 @@ def _html(out: Path, rows: list[dict], table: list[dict], meta: list[dict], late
         "th{background:#f3f3f3}small{color:#666}</style>", plotly_js, "</head><body>",
         f"<h1>Evaluation report: {html.escape(out.name)}</h1>",
         _table(["", ""], header_rows),
-        "<h2>Summary (mean, 95 % bootstrap CI, n)</h2>", _table(["system"] + columns, summary),
+        "<h2>Summary (mean, 95 % bootstrap CI, n)</h2>", _table(["metric"] + systems, summary),
         "<p><small>wer is the mean of per-utterance WER (seed-tts-eval); wer_corpus is all errors over all "
         "reference words, split into substitution, deletion and insertion rates.</small></p>",
     ]

@@ -116,7 +116,10 @@ class ResultWriter:
 
     def __init__(self, path: Path):
         path.parent.mkdir(parents=True, exist_ok=True)
+        torn = path.is_file() and path.stat().st_size > 0 and not path.read_bytes().endswith(b"\n")
         self.file = open(path, "a")
+        if torn:  # a crash cut the last line: end it, so the next row starts on its own line
+            self.file.write("\n")
 
     def write(self, row: dict) -> None:
         self.file.write(json.dumps(row, ensure_ascii=False) + "\n")
@@ -134,7 +137,8 @@ def _row(system: System, item: Item, metric: str, values: dict | None = None, re
     return row
 
 
-def _generate(config: RunConfig, items: list[Item], done: set, writer: ResultWriter, device: str) -> None:
+def _generate(config: RunConfig, items: list[Item], done: set, writer: ResultWriter, device: str,
+              meta: dict) -> None:
     run_audio = Path(config.out) / "audio"
     for system in (s for s in config.systems if s.kind == "generator"):
         todo = [item for item in items if (system.name, item.key, RTF) not in done]
@@ -142,6 +146,7 @@ def _generate(config: RunConfig, items: list[Item], done: set, writer: ResultWri
             continue
         generate = GENERATORS[system.source](device)
         generate(todo[0])  # warm-up: first-call allocations and caches stay out of the RTF
+        start = time.perf_counter()
         for item in tqdm(todo, desc=f"generate {system.name}", unit="utt", dynamic_ncols=True):
             try:
                 start = time.perf_counter()
@@ -155,6 +160,9 @@ def _generate(config: RunConfig, items: list[Item], done: set, writer: ResultWri
                 writer.write(_row(system, item, RTF, reason=f"generation failed: {error}"))
         del generate
         free_device_memory(device)
+        seconds = time.perf_counter() - start
+        meta["timing"][f"generate {system.name}"] = {"units": len(todo), "seconds": round(seconds, 2),
+                                                     "units_per_minute": round(60 * len(todo) / max(seconds, 1e-9), 1)}
 
 
 def _sample(system: System, item: Item, run: Path) -> Sample:
@@ -180,21 +188,27 @@ def _score(config: RunConfig, items: list[Item], done: set, failed: set, writer:
             continue
         meta["metrics"][name] = {"columns": list(spec.columns), "needs": list(spec.needs), **scorer.info}
         _write_meta(run, config, meta)
-        for system, item in tqdm(todo, desc=name, unit="utt", dynamic_ncols=True):
-            if (system.name, item.key) in failed:
-                writer.write(_row(system, item, name, reason="no audio: generation failed"))
-                continue
-            sample = _sample(system, item, run)
-            try:
-                if not sample.audio_path or not Path(sample.audio_path).is_file():
-                    raise MetricError(f"no audio file for this system: {sample.audio_path}")
-                values = scorer(sample)
-                writer.write(_row(system, item, name, values))
-            except MetricError as reason:
-                writer.write(_row(system, item, name, reason=str(reason)))
-        scorer.close()
-        del scorer
-        free_device_memory(device)
+        start = time.perf_counter()
+        try:
+            for system, item in tqdm(todo, desc=name, unit="utt", dynamic_ncols=True):
+                if (system.name, item.key) in failed:
+                    writer.write(_row(system, item, name, reason="no audio: generation failed"))
+                    continue
+                sample = _sample(system, item, run)
+                try:
+                    if not sample.audio_path or not Path(sample.audio_path).is_file():
+                        raise MetricError(f"no audio file for this system: {sample.audio_path}")
+                    writer.write(_row(system, item, name, scorer(sample)))
+                except MetricError as reason:
+                    writer.write(_row(system, item, name, reason=str(reason)))
+        finally:
+            scorer.close()
+            del scorer
+            free_device_memory(device)
+        seconds = time.perf_counter() - start
+        meta["timing"][name] = {"units": len(todo), "seconds": round(seconds, 2),
+                                "units_per_minute": round(60 * len(todo) / max(seconds, 1e-9), 1)}
+        _write_meta(run, config, meta)
 
 
 def _write_meta(run: Path, config: RunConfig, meta: dict) -> None:
@@ -221,7 +235,7 @@ def run_eval(config: RunConfig, argv: list[str] | None = None) -> dict:
             "manifest": str(Path(config.manifest).resolve()), "split": config.split, "shard": f"{index}/{count}",
             "items": len(items), "systems": {s.name: f"{s.kind}:{s.source}" for s in config.systems},
             "device": device, "hardware": hardware(), "python": platform.python_version(), "seed": config.seed,
-            "options": {k: str(v) for k, v in config.options.items()}, "metrics": {}, "skipped": {},
+            "options": {k: str(v) for k, v in config.options.items()}, "metrics": {}, "skipped": {}, "timing": {},
             "started": time.strftime("%Y-%m-%dT%H:%M:%S")}
     _write_meta(out, config, meta)
 
@@ -230,7 +244,7 @@ def run_eval(config: RunConfig, argv: list[str] | None = None) -> dict:
     failed = {(r["system"], r["key"]) for r in latest if r["metric"] == RTF and r["values"] is None}
     writer = ResultWriter(results / f"shard-{index}-of-{count}.jsonl")
     try:
-        _generate(config, items, done, writer, device)
+        _generate(config, items, done, writer, device, meta)
         failed |= {(r["system"], r["key"]) for r in read_results(out) if r["metric"] == RTF and r["values"] is None}
         _score(config, items, done, failed, writer, device, meta)
     finally:

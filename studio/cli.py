@@ -58,7 +58,7 @@ def _eval(args: argparse.Namespace) -> int:
 def _report(args: argparse.Namespace) -> int:
     from evaluation.report import write_report
 
-    for path in write_report(args.run, seed=args.seed):
+    for path in write_report(args.folder, seed=args.seed):
         print(f"wrote {path}")
     return 0
 
@@ -138,7 +138,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.set_defaults(run=_eval)
 
     report = commands.add_parser("report", help="CSV, JSON and HTML report of an eval run folder")
-    report.add_argument("run", help="the --out folder of speech-studio eval")
+    report.add_argument("folder", help="the --out folder of speech-studio eval")
     report.add_argument("--seed", type=int, default=0, help="bootstrap seed")
     report.set_defaults(run=_report)
 

@@ -73,7 +73,7 @@ class MetricSpec:
     name: str
     columns: tuple[str, ...]
     needs: tuple[str, ...]
-    higher_is_better: dict[str, bool]
+    higher_is_better: dict[str, bool]  # columns without an entry have no better direction
     description: str
     factory: Callable[[str, dict], Scorer]
 

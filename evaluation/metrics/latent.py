@@ -53,7 +53,7 @@ class LatentScorer:
 
 
 @metric("latent", ("latent_frames", "latent_mean", "latent_std", "posterior_std"), needs=(),
-        higher_is_better={"latent_frames": True, "latent_mean": True, "latent_std": True, "posterior_std": True},
+        higher_is_better={},  # descriptive: compared through the distribution distances
         description="codec latents of the output, stored for distribution statistics and plots")
 def _latent(device: str, options: dict) -> LatentScorer:
     return LatentScorer(options.get("latent_codec") or "vocoder", device, options["latent_dir"])

@@ -1,0 +1,199 @@
+import csv
+import json
+from collections import Counter
+
+import numpy as np
+import pytest
+
+from evaluation import report as report_module
+from evaluation.metrics import MetricError, MetricUnavailable
+from evaluation.metrics.base import METRICS, metric
+from evaluation.runner import RunConfig, latest_rows, parse_shard, read_results, run_eval
+from evaluation.systems import parse_system, read_items
+from models import audio
+from studio.cli import main
+
+CHEAP = ["stoi", "sisdr"]
+
+
+@pytest.fixture
+def seen(mini):
+    return mini[0] / "eval" / "tts_seen.lst"
+
+
+@pytest.fixture
+def fake_metric():
+    """A registered metric whose scorer can be told to crash or to refuse items."""
+    state = {"calls": 0, "crash_at": None}
+
+    class Scorer:
+        info = {"model": "fake"}
+
+        def __call__(self, sample):
+            state["calls"] += 1
+            if state["calls"] == state["crash_at"]:
+                raise KeyboardInterrupt  # Ctrl-C in the middle of a run
+            if sample.key.endswith("602"):
+                raise MetricError("refused on purpose")
+            return {"duration": len(sample.audio()) / 16000}
+
+        def close(self):
+            pass
+
+    metric("fake", ("duration",), needs=(), higher_is_better=False, description="test")(lambda device, options: Scorer())
+    yield state
+    METRICS.pop("fake")
+
+
+def config(manifest, out, systems=("gt",), metrics=CHEAP, **kwargs) -> RunConfig:
+    return RunConfig(manifest=str(manifest), systems=[parse_system(s) for s in systems], metrics=list(metrics),
+                     out=str(out), **kwargs)
+
+
+def units(out) -> Counter:
+    return Counter((r["system"], r["key"], r["metric"]) for r in read_results(out))
+
+
+def test_items_map_every_manifest_kind(mini, seen):
+    items = read_items(seen)
+    first = items[0]
+    assert first.text and first.reference.is_file() and first.enrollment.is_file()
+    assert first.speaker == first.reference.parent.name
+    corpus = read_items(mini[0] / "manifest.jsonl", split="test")
+    assert corpus and all(i.reference.is_file() and i.enrollment is None for i in corpus)
+    with pytest.raises(ValueError, match="no items in split 'nope'"):
+        read_items(mini[0] / "manifest.jsonl", split="nope")
+
+
+def test_system_specs(tmp_path):
+    assert parse_system("gt").kind == "manifest"
+    assert parse_system("resynth=vocoder").kind == "generator"
+    assert parse_system(f"mine={tmp_path}").kind == "folder"
+    with pytest.raises(ValueError, match="neither a folder nor one of"):
+        parse_system("sled=/no/such/folder")
+
+
+def test_parse_shard(monkeypatch):
+    assert parse_shard("1/4") == (1, 4)
+    monkeypatch.setenv("RANK", "2")
+    monkeypatch.setenv("WORLD_SIZE", "3")
+    assert parse_shard(None) == (2, 3)
+    for bad in ("4/4", "x", "1-2"):
+        with pytest.raises(ValueError, match="--shard"):
+            parse_shard(bad)
+
+
+def test_run_scores_generates_and_reports(tmp_path, seen):
+    out = tmp_path / "run"
+    summary = run_eval(config(seen, out, systems=("gt", "vocoder"), metrics=["pesq", "stoi", "sisdr"], limit=3))
+    rows = latest_rows(read_results(out))
+    assert len(rows) == 3 * 2 * 3 + 3  # items x systems x metrics, plus the vocoder's RTF rows
+    assert all(r["values"] is not None for r in rows)
+    assert sorted(p.name for p in (out / "audio" / "vocoder").glob("*.wav")) == sorted(
+        f"{i.key}.wav" for i in read_items(seen)[:3])
+    gt_pesq = [r["values"]["pesq_wb"] for r in rows if r["system"] == "gt" and r["metric"] == "pesq"]
+    assert min(gt_pesq) > 4.6  # ground truth against itself
+
+    assert [p.split("/")[-1] for p in summary["report"]] == ["report.csv", "report.json", "report.html"]
+    table = list(csv.DictReader(open(out / "report.csv")))
+    vocoder_stoi = next(r for r in table if r["system"] == "vocoder" and r["speaker"] == "all" and r["metric"] == "stoi")
+    assert 0.8 < float(vocoder_stoi["mean"]) <= 1 and int(vocoder_stoi["n"]) == 3
+    assert float(vocoder_stoi["ci_low"]) <= float(vocoder_stoi["mean"]) <= float(vocoder_stoi["ci_high"])
+    assert any(r["metric"] == "rtf" and r["system"] == "vocoder" for r in table)
+    document = json.loads((out / "report.json").read_text())
+    assert document["meta"][0]["git_commit"] and document["meta"][0]["hardware"]["cpu_threads"] >= 1
+    page = (out / "report.html").read_text()
+    assert "plotly" in page and "pesq_wb" in page and "<script src=" not in page  # self-contained
+
+
+def test_existing_run_needs_resume(tmp_path, seen):
+    out = tmp_path / "run"
+    run_eval(config(seen, out, limit=1, report=False))
+    with pytest.raises(ValueError, match="--resume"):
+        run_eval(config(seen, out, limit=1))
+
+
+def test_nan_with_reason_and_missing_audio(tmp_path, seen, fake_metric):
+    folder = tmp_path / "system"
+    items = read_items(seen)[:4]
+    for item in items[:3]:  # the fourth has no file
+        audio.save_audio(folder / f"{item.key}.wav", audio.load_audio(item.reference))
+    out = tmp_path / "run"
+    run_eval(config(seen, out, systems=(f"mine={folder}",), metrics=["fake"], limit=4))
+    rows = {r["key"]: r for r in read_results(out)}
+    assert rows[items[1].key]["values"] is None and rows[items[1].key]["reason"] == "refused on purpose"
+    assert rows[items[3].key]["values"] is None and "no audio file" in rows[items[3].key]["reason"]
+    assert rows[items[0].key]["values"]["duration"] > 0.5
+    table = list(csv.DictReader(open(out / "report.csv")))
+    overall = next(r for r in table if r["speaker"] == "all" and r["metric"] == "duration")
+    assert (overall["n"], overall["n_nan"]) == ("2", "2")
+
+
+def test_resume_after_a_crash_has_no_duplicates(tmp_path, seen, fake_metric):
+    out = tmp_path / "run"
+    fake_metric["crash_at"] = 5
+    with pytest.raises(KeyboardInterrupt):
+        run_eval(config(seen, out, systems=("gt", "input=gt"), metrics=["fake"], limit=6))
+    assert sum(units(out).values()) == 4  # units before the crash were flushed
+    with open(next((out / "results").glob("shard-*.jsonl")), "a") as f:
+        f.write('{"system": "gt", "key": "torn')  # a line cut off mid-write
+    fake_metric["crash_at"] = None
+    run_eval(config(seen, out, systems=("gt", "input=gt"), metrics=["fake"], limit=6, resume=True))
+    counts = units(out)
+    assert len(counts) == 12 and set(counts.values()) == {1}
+
+
+def test_shards_merge_to_the_single_run(tmp_path, seen):
+    single, sharded = tmp_path / "single", tmp_path / "sharded"
+    run_eval(config(seen, single, limit=5, report=False))
+    for index in range(2):
+        run_eval(config(seen, sharded, limit=5, shard=(index, 2), resume=index > 0, report=False))
+    assert len(list((sharded / "results").glob("shard-*-of-2.jsonl"))) == 2
+
+    def table(out):
+        return sorted(json.dumps([r["system"], r["key"], r["metric"], r["values"]]) for r in read_results(out))
+
+    assert table(single) == table(sharded)
+    merged = report_module.aggregate(latest_rows(read_results(sharded)))
+    assert merged == report_module.aggregate(latest_rows(read_results(single)))
+
+
+def test_unavailable_metric_is_skipped_with_its_reason(tmp_path, seen):
+    def factory(device, options):
+        raise MetricUnavailable("needs a model this machine cannot download")
+
+    metric("unloadable", ("x",), needs=(), higher_is_better=True, description="test")(factory)
+    try:
+        summary = run_eval(config(seen, tmp_path / "run", metrics=["unloadable", "sisdr"], limit=2))
+    finally:
+        METRICS.pop("unloadable")
+    assert summary["skipped"] == {"unloadable": "needs a model this machine cannot download"}
+    assert {r["metric"] for r in read_results(tmp_path / "run")} == {"sisdr"}
+
+
+def test_wer_corpus_and_per_utterance_differ_as_defined():
+    rows = [{"system": "s", "key": k, "speaker": "a", "metric": "wer",
+             "values": {"wer": e / n, "cer": 0.0, "substitutions": e, "deletions": 0, "insertions": 0,
+                        "reference_words": n}} for k, e, n in (("1", 1, 2), ("2", 0, 8))]
+    table = {r["metric"]: r for r in report_module.aggregate(rows) if r["speaker"] == "all"}
+    assert table["wer"]["mean"] == pytest.approx(0.25)  # mean of 0.5 and 0
+    assert table["wer_corpus"]["mean"] == pytest.approx(0.1)  # 1 error in 10 words
+    assert table["substitution_rate"]["mean"] == pytest.approx(0.1)
+
+
+def test_cli_eval_with_real_models_and_report(tmp_path, seen, capsys):
+    out = tmp_path / "run"
+    code = main(["eval", "--manifest", str(seen), "--system", "gt", "--metrics", "wer,sim,latent", "--out", str(out),
+                 "--limit", "2"])
+    assert code == 0
+    rows = read_results(out)
+    wer = [r["values"]["wer"] for r in rows if r["metric"] == "wer"]
+    sim = [r["values"]["sim"] for r in rows if r["metric"] == "sim"]
+    assert len(wer) == 2 and all(0 <= w < 0.5 for w in wer)
+    assert all(s > 0.7 for s in sim)  # the prompt is the same voice reading another sentence
+    latents = list((out / "latents" / "vocoder" / "gt").glob("*.npz"))
+    assert len(latents) == 2 and np.load(latents[0])["mean"].shape[1] == 80
+    assert main(["report", str(out)]) == 0
+    assert "report.html" in capsys.readouterr().out
+    assert main(["eval", "--manifest", str(seen), "--system", "gt", "--out", str(out)]) == 2
+    assert "--resume" in capsys.readouterr().err

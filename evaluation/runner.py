@@ -30,7 +30,7 @@ from tqdm import tqdm
 from evaluation.bench import hardware
 from evaluation.metrics import MetricError, MetricUnavailable, Sample, get_metric
 from evaluation.metrics.base import free_device_memory
-from evaluation.systems import GENERATORS, Item, System, read_items
+from evaluation.systems import Item, System, read_items
 from models import audio
 from models.files import write_text_atomic
 from models.registry import REPO_ROOT, pick_device
@@ -140,11 +140,11 @@ def _row(system: System, item: Item, metric: str, values: dict | None = None, re
 def _generate(config: RunConfig, items: list[Item], done: set, writer: ResultWriter, device: str,
               meta: dict) -> None:
     run_audio = Path(config.out) / "audio"
-    for system in (s for s in config.systems if s.kind == "generator"):
+    for system in (s for s in config.systems if s.generated):
         todo = [item for item in items if (system.name, item.key, RTF) not in done]
         if not todo:
             continue
-        generate = GENERATORS[system.source](device)
+        generate = system.generator(device)
         generate(todo[0])  # warm-up: first-call allocations and caches stay out of the RTF
         start = time.perf_counter()
         for item in tqdm(todo, desc=f"generate {system.name}", unit="utt", dynamic_ncols=True):

@@ -10,10 +10,11 @@ JSONL rows from the corpus and task sets. Field names map onto one item:
     input       noisy | mixture | source                          (what a system is given)
     speaker     speaker | target_speaker | the reference's folder name
 
-Systems: `gt` and `input` read the manifest's own audio; `vocoder` resynthesizes the
-reference through the shared HiFi-GAN (the ceiling of every mel-based model); a folder
-holds `<key>.wav` files made elsewhere. Generated systems are registered with
-`@generator(name)`: a factory `factory(device) -> fn(item) -> (wav, sr)`.
+Systems: `gt` and `input` read the manifest's own audio; a codec (`vocoder`, the shared
+HiFi-GAN's analysis-resynthesis and the ceiling of every mel-based model, or a codec
+checkpoint such as `flow_vae`) reconstructs the reference; a folder holds `<key>.wav`
+files made elsewhere. Other generated systems are registered with `@generator(name)`:
+a factory `factory(device) -> fn(item) -> (wav, sr)`.
 """
 
 from __future__ import annotations
@@ -94,27 +95,32 @@ def generator(name: str) -> Callable:
     return decorate
 
 
-@generator("vocoder")
-def _vocoder(device: str) -> Generate:
-    from models.vocoder import get_vocoder
-
-    vocoder = get_vocoder(device)
+def _reconstruct(codec: str, device: str) -> Generate:
+    from models import pipelines
 
     def generate(item: Item) -> tuple[np.ndarray, int]:
         if item.reference is None:
-            raise ValueError("no reference audio to resynthesize")
-        return vocoder.resynthesize(audio.load_audio(item.reference, audio.SAMPLE_RATE)), audio.SAMPLE_RATE
+            raise ValueError("no reference audio to reconstruct")
+        wav = audio.load_audio(item.reference, audio.SAMPLE_RATE, max_seconds=None)
+        return pipelines.reconstruct(wav, audio.SAMPLE_RATE, codec, device, max_seconds=None)[0], audio.SAMPLE_RATE
 
     return generate
 
 
 @dataclass(frozen=True)
 class System:
-    """name, and either a folder of wavs, a manifest field (gt, input), or a generator."""
+    """name, and either a folder of wavs, a manifest field (gt, input), a codec, or a generator."""
 
     name: str
-    kind: str  # "folder", "manifest" or "generator"
+    kind: str  # "folder", "manifest", "codec" or "generator"
     source: str
+
+    @property
+    def generated(self) -> bool:
+        return self.kind in ("codec", "generator")
+
+    def generator(self, device: str) -> Generate:
+        return _reconstruct(self.source, device) if self.kind == "codec" else GENERATORS[self.source](device)
 
     def audio_path(self, item: Item, run_audio: Path) -> Path | None:
         if self.kind == "manifest":
@@ -138,5 +144,19 @@ def parse_system(spec: str) -> System:
         return System(name, "manifest", source)
     if source in GENERATORS:
         return System(name, "generator", source)
-    raise ValueError(f"system {spec!r}: {source!r} is neither a folder nor one of "
-                     f"{', '.join(MANIFEST_SYSTEMS + tuple(GENERATORS))}")
+    if source == "vocoder" or _is_codec_checkpoint(source):
+        return System(name, "codec", source)
+    raise ValueError(f"system {spec!r}: {source!r} is neither a folder, a codec checkpoint, nor one of "
+                     f"{', '.join(MANIFEST_SYSTEMS + ('vocoder',) + tuple(GENERATORS))}")
+
+
+def _is_codec_checkpoint(source: str) -> bool:
+    import json
+
+    from models import pipelines, registry
+
+    try:
+        folder = registry.resolve(source)
+    except registry.CheckpointNotFound:
+        return False
+    return json.loads((folder / registry.CONFIG).read_text()).get("model") in pipelines.LATENT_CODECS

@@ -94,6 +94,13 @@ def register(name: str) -> Callable[[Builder], Builder]:
 
 def builder(name: str) -> Builder:
     if name not in _BUILDERS:
+        import importlib
+
+        try:
+            importlib.import_module(f"models.{name}")  # a model file registers its builder on import
+        except ModuleNotFoundError:
+            pass
+    if name not in _BUILDERS:
         known = ", ".join(sorted(_BUILDERS)) or "none"
         raise KeyError(f"No model builder named '{name}' (registered: {known})")
     return _BUILDERS[name]

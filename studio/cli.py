@@ -34,6 +34,30 @@ def _bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def _train(args: argparse.Namespace) -> int:
+    from models.training import Trainer, load_config
+
+    config = load_config(args.config)
+    if args.steps is not None:
+        config["train"]["steps"] = args.steps
+    trainer = Trainer(args.model, config, data=args.data, out=args.out, resume=args.resume,
+                      device=os.environ.get("STUDIO_DEVICE"), max_steps=args.stop_after)
+    state = trainer.run()
+    print(f"stopped at step {state['step']} after {state['wall_time_s']:.0f} s; checkpoint: {args.out}/export")
+    return 0
+
+
+def _codec_reconstruct(args: argparse.Namespace) -> int:
+    from models import audio, pipelines
+
+    wav = audio.load_audio(args.input, audio.SAMPLE_RATE, max_seconds=args.max_seconds)
+    out, info = pipelines.reconstruct(wav, audio.SAMPLE_RATE, codec=args.codec, max_seconds=args.max_seconds)
+    audio.save_audio(args.output, out, audio.SAMPLE_RATE)
+    print(f"wrote {args.output} through {args.codec}: {len(out) / audio.SAMPLE_RATE:.2f} s, RTF {info['rtf']:.3f} "
+          f"on {info['device']}")
+    return 0
+
+
 def _eval(args: argparse.Namespace) -> int:
     from evaluation.runner import RTF, RunConfig, parse_shard, run_eval
     from evaluation.systems import parse_system
@@ -116,6 +140,25 @@ def build_parser() -> argparse.ArgumentParser:
     for split, default in (("train", 4000), ("valid", 200), ("test", 300)):
         task_sets.add_argument(f"--{split}", type=int, default=default, help=f"items per task in {split}")
     task_sets.set_defaults(run=_corpus_tasks)
+
+    train = commands.add_parser("train", help="train a model (resumable; DDP under torchrun)")
+    train.add_argument("model", help="what to train, e.g. flow_vae")
+    train.add_argument("--config", required=True, help="YAML with model: and train: sections (models/configs/)")
+    train.add_argument("--data", required=True, help="corpus folder (or its manifest.jsonl)")
+    train.add_argument("--out", required=True, help="run folder: logs, checkpoints, samples, export/")
+    train.add_argument("--resume", action="store_true", help="continue from the run's latest checkpoint")
+    train.add_argument("--steps", type=int, help="override train.steps (the schedule's length)")
+    train.add_argument("--stop-after", type=int, help="stop this process at this step (resume later)")
+    train.set_defaults(run=_train)
+
+    codec = commands.add_parser("codec", help="encode and decode audio through a codec")
+    codec_commands = codec.add_subparsers(dest="codec_command", required=True, metavar="ACTION")
+    reconstruct = codec_commands.add_parser("reconstruct", help="audio -> codec -> audio")
+    reconstruct.add_argument("input", help="audio file")
+    reconstruct.add_argument("output", help="output .wav, .flac or .ogg (22.05 kHz)")
+    reconstruct.add_argument("--codec", default="flow_vae", help="vocoder, or a codec checkpoint name or folder")
+    reconstruct.add_argument("--max-seconds", type=float, default=600.0, help="refuse longer inputs")
+    reconstruct.set_defaults(run=_codec_reconstruct)
 
     evaluate = commands.add_parser("eval", help="score systems on a manifest (resumable, shardable)")
     evaluate.add_argument("--manifest", required=True, help="seed-tts-eval .lst or JSONL (corpus or task set)")

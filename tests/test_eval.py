@@ -67,7 +67,7 @@ def test_items_map_every_manifest_kind(mini, seen):
 
 def test_system_specs(tmp_path):
     assert parse_system("gt").kind == "manifest"
-    assert parse_system("resynth=vocoder").kind == "generator"
+    assert parse_system("resynth=vocoder").kind == "codec"
     assert parse_system(f"mine={tmp_path}").kind == "folder"
     with pytest.raises(ValueError, match="neither a folder nor one of"):
         parse_system("sled=/no/such/folder")

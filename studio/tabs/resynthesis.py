@@ -39,7 +39,7 @@ def build() -> None:
         with gr.Row():
             with gr.Column():
                 source = gr.Audio(sources=["upload", "microphone"], type="filepath", label="Input audio")
-                codec = gr.Dropdown(list(pipelines.CODECS), value="vocoder", label="Codec")
+                codec = gr.Dropdown(pipelines.available_codecs(), value="vocoder", label="Codec")
                 run = gr.Button("Resynthesize", variant="primary")
                 gr.Examples([[str(EXAMPLE)]], inputs=[source], label="Example (CMU ARCTIC, slt)")
             with gr.Column():

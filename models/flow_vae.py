@@ -1,0 +1,335 @@
+"""Flow-VAE: the continuous speech latent space of KALL-E (Zhu et al. 2024), at our scale.
+
+    encoder      mel (80 x 86 Hz) -> strided dilated convs -> posterior q(z|x) = N(mu, sigma) at 21.5 Hz
+    flow f       affine couplings with exact log-determinants; z~ = f(z) should look N(0, I)
+    decoder      z -> transposed convs with Snake activations -> mel (for the shared HiFi-GAN),
+                 and optionally a waveform head (trained adversarially, on a GPU)
+
+    L = lambda_kl L_kl + lambda_recon L1(mel) [+ lambda_adv L_adv + lambda_fm L_fm]
+
+The KL regularizer is the paper's: the prior on z is the flow's pullback of N(0, I),
+p(z) = N(f(z); 0, I) |det df/dz|, so
+
+    L_kl = E_q[ log q(z|x) - log N(f(z); 0, I) - log |det df/dz| ]
+
+estimated with the reparameterized sample z = mu + sigma * eps. With an identity flow it is
+the closed-form Gaussian KL. SLED and KALL-E model sequences of these latents.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from models import audio, registry
+from models.data.manifest import resolve
+from models.modules import (MultiDiscriminator, Snake, discriminator_loss, feature_matching_loss,
+                            generator_adversarial_loss, residual_stack, sequence_mask)
+from models.training import Task, task
+
+SILENCE = math.log(audio.MelConfig().clamp)  # log-mel of digital silence: pads inputs to whole latent frames
+
+
+@dataclass
+class FlowVAEConfig:
+    n_mels: int = 80
+    channels: int = 192
+    latent_dim: int = 64
+    strides: tuple[int, ...] = (2, 2)  # mel frames per latent frame = product (86.1 Hz -> 21.5 Hz)
+    dilations: tuple[int, ...] = (1, 3, 9)
+    flow_layers: int = 4
+    flow_hidden: int = 128
+    flow_kernel: int = 5
+    waveform_head: bool = False
+    wave_channels: int = 128
+    wave_strides: tuple[int, ...] = (8, 8, 4)  # mel rate -> 22.05 kHz (even; product = hop 256)
+    lambda_kl: float = 0.01
+    lambda_recon: float = 1.0
+    lambda_adv: float = 1.0
+    lambda_fm: float = 2.0
+    model: str = field(default="flow_vae", init=False)
+
+    @property
+    def downsample(self) -> int:
+        return int(np.prod(self.strides))
+
+    @property
+    def frame_rate(self) -> float:
+        return audio.SAMPLE_RATE / audio.MelConfig().hop_length / self.downsample
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "FlowVAEConfig":
+        data = {k: tuple(v) if isinstance(v, list) else v for k, v in data.items() if k != "model"}
+        return cls(**data)
+
+
+class Encoder(nn.Module):
+    def __init__(self, c: FlowVAEConfig):
+        super().__init__()
+        layers: list[nn.Module] = [nn.Conv1d(c.n_mels, c.channels, 7, padding=3)]
+        for s in c.strides:
+            layers += [residual_stack(c.channels, c.dilations), nn.LeakyReLU(0.1),
+                       nn.Conv1d(c.channels, c.channels, 2 * s, stride=s, padding=s // 2)]
+        layers += [residual_stack(c.channels, c.dilations), nn.LeakyReLU(0.1),
+                   nn.Conv1d(c.channels, 2 * c.latent_dim, 3, padding=1)]
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, mel: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        mu, log_sigma = self.net(mel).chunk(2, dim=1)
+        return mu, log_sigma.clamp(-9.0, 4.0)
+
+
+class Decoder(nn.Module):
+    """z -> hidden features at the mel rate; heads turn them into mel or waveform."""
+
+    def __init__(self, c: FlowVAEConfig):
+        super().__init__()
+        layers: list[nn.Module] = [nn.Conv1d(c.latent_dim, c.channels, 7, padding=3),
+                                   residual_stack(c.channels, c.dilations, snake=True)]
+        for s in reversed(c.strides):
+            layers += [Snake(c.channels), nn.ConvTranspose1d(c.channels, c.channels, 2 * s, stride=s, padding=s // 2),
+                       residual_stack(c.channels, c.dilations, snake=True)]
+        self.net = nn.Sequential(*layers)
+        self.mel_head = nn.Sequential(Snake(c.channels), nn.Conv1d(c.channels, c.n_mels, 7, padding=3))
+
+    def forward(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        hidden = self.net(z)
+        return self.mel_head(hidden), hidden
+
+
+class WaveformHead(nn.Module):
+    """BigVGAN-style upsampler from the decoder's mel-rate features to 22.05 kHz samples."""
+
+    def __init__(self, c: FlowVAEConfig):
+        super().__init__()
+        layers: list[nn.Module] = [nn.Conv1d(c.channels, c.wave_channels, 7, padding=3)]
+        channels = c.wave_channels
+        for s in c.wave_strides:
+            out = max(channels // 2, 16)
+            layers += [Snake(channels), nn.ConvTranspose1d(channels, out, 2 * s, stride=s, padding=s // 2),
+                       residual_stack(out, c.dilations, snake=True)]
+            channels = out
+        layers += [Snake(channels), nn.Conv1d(channels, 1, 7, padding=3), nn.Tanh()]
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        return self.net(hidden).squeeze(1)
+
+
+class AffineCoupling(nn.Module):
+    """Half the channels predict a scale and shift for the other half (RealNVP; Dinh et al. 2017).
+
+    The log-scale is tanh-bounded for stable training; the map stays exactly invertible.
+    The output projection starts at zero, so a new flow is the identity.
+    """
+
+    def __init__(self, dim: int, hidden: int, kernel: int):
+        super().__init__()
+        self.half = dim // 2
+        self.net = nn.Sequential(nn.Conv1d(self.half, hidden, kernel, padding=kernel // 2), nn.LeakyReLU(0.1),
+                                 nn.Conv1d(hidden, hidden, kernel, padding=kernel // 2), nn.LeakyReLU(0.1))
+        self.proj = nn.Conv1d(hidden, 2 * (dim - self.half), 1)
+        nn.init.zeros_(self.proj.weight)
+        nn.init.zeros_(self.proj.bias)
+
+    def _scale_shift(self, za: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        raw_log_s, shift = self.proj(self.net(za * mask)).chunk(2, dim=1)
+        return torch.tanh(raw_log_s) * mask, shift * mask
+
+    def forward(self, z: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        za, zb = z[:, : self.half], z[:, self.half :]
+        log_s, shift = self._scale_shift(za, mask)
+        zb = (zb * log_s.exp() + shift) * mask
+        return torch.cat([za, zb], dim=1), log_s.sum(dim=(1, 2))
+
+    def inverse(self, y: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        ya, yb = y[:, : self.half], y[:, self.half :]
+        log_s, shift = self._scale_shift(ya, mask)
+        return torch.cat([ya, (yb - shift) * (-log_s).exp() * mask], dim=1)
+
+
+class Flow(nn.Module):
+    """Couplings with a channel reversal between them (so every channel gets transformed)."""
+
+    def __init__(self, c: FlowVAEConfig):
+        super().__init__()
+        self.couplings = nn.ModuleList(AffineCoupling(c.latent_dim, c.flow_hidden, c.flow_kernel)
+                                       for _ in range(c.flow_layers))
+
+    def forward(self, z: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        logdet = torch.zeros(z.shape[0], device=z.device, dtype=z.dtype)
+        for coupling in self.couplings:
+            z, ld = coupling(z, mask)
+            logdet = logdet + ld
+            z = z.flip(1)
+        return z, logdet
+
+    def inverse(self, y: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        for coupling in reversed(self.couplings):
+            y = coupling.inverse(y.flip(1), mask)
+        return y
+
+
+def flow_kl(mu: torch.Tensor, log_sigma: torch.Tensor, eps: torch.Tensor, flow: Flow,
+            mask: torch.Tensor) -> torch.Tensor:
+    """Monte-Carlo KL(q(z|x) || p(z)) with p the flow's pullback of N(0, I), per latent element."""
+    z = mu + log_sigma.exp() * eps
+    z_tilde, logdet = flow(z, mask)
+    log_q = -log_sigma - 0.5 * eps ** 2  # the 0.5 log(2 pi) terms of q and N(0, I) cancel
+    log_p = -0.5 * z_tilde ** 2
+    elements = mask.sum() * mu.shape[1]
+    return (((log_q - log_p) * mask).sum() - logdet.sum()) / elements
+
+
+class FlowVAE(nn.Module):
+    def __init__(self, config: FlowVAEConfig = FlowVAEConfig()):
+        super().__init__()
+        self.config = config
+        self.encoder = Encoder(config)
+        self.flow = Flow(config)
+        self.decoder = Decoder(config)
+        self.waveform_head = WaveformHead(config) if config.waveform_head else None
+
+    # ---------------------------------------------------------------- shapes
+
+    def pad_mel(self, mel: torch.Tensor) -> torch.Tensor:
+        """Pad frames (with silence) to a whole number of latent frames."""
+        extra = (-mel.shape[-1]) % self.config.downsample
+        return F.pad(mel, (0, extra), value=SILENCE) if extra else mel
+
+    def latent_lengths(self, mel_lengths: torch.Tensor) -> torch.Tensor:
+        return torch.div(mel_lengths + self.config.downsample - 1, self.config.downsample, rounding_mode="floor")
+
+    # ---------------------------------------------------------------- the method
+
+    def encode(self, mel: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(batch, 80, frames) log-mel -> posterior mean and log-std, (batch, latent_dim, latent_frames)."""
+        return self.encoder(self.pad_mel(mel))
+
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        """(batch, latent_dim, latent_frames) -> log-mel (batch, 80, latent_frames * downsample)."""
+        return self.decoder(z)[0]
+
+    def forward(self, mel: torch.Tensor, mel_lengths: torch.Tensor) -> dict:
+        mu, log_sigma = self.encode(mel)
+        mask = sequence_mask(self.latent_lengths(mel_lengths), mu.shape[-1]).unsqueeze(1).to(mu.dtype)
+        eps = torch.randn_like(mu)
+        z = mu + log_sigma.exp() * eps
+        mel_hat, hidden = self.decoder(z)
+        out = {"mu": mu, "log_sigma": log_sigma, "z": z, "mask": mask, "hidden": hidden,
+               "mel_hat": mel_hat[..., : mel.shape[-1]],
+               "kl": flow_kl(mu, log_sigma, eps, self.flow, mask)}
+        if self.waveform_head is not None:
+            out["wav_hat"] = self.waveform_head(hidden)
+        return out
+
+    # ---------------------------------------------------------------- waveform API
+
+    @torch.no_grad()
+    def encode_wav(self, wav: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Waveform at 22.05 kHz -> posterior (mu, sigma), each (latent_frames, latent_dim)."""
+        device = next(self.parameters()).device
+        mel = audio.mel_spectrogram(wav, device).unsqueeze(0)
+        mu, log_sigma = self.encode(mel)
+        return mu[0].T.cpu().numpy(), log_sigma[0].exp().T.cpu().numpy()
+
+    @torch.no_grad()
+    def decode_mel(self, z: np.ndarray | torch.Tensor) -> torch.Tensor:
+        """(latent_frames, latent_dim) -> log-mel (80, frames)."""
+        device = next(self.parameters()).device
+        z = torch.as_tensor(np.asarray(z), dtype=torch.float32, device=device).T.unsqueeze(0)
+        return self.decode(z)[0]
+
+    @torch.no_grad()
+    def decode_wav(self, z: np.ndarray | torch.Tensor, head: str = "mel") -> np.ndarray:
+        """Latents -> waveform at 22.05 kHz, through the shared vocoder ("mel") or the waveform head."""
+        if head == "waveform":
+            if self.waveform_head is None:
+                raise ValueError("this checkpoint has no waveform head (trained with the mel head only)")
+            device = next(self.parameters()).device
+            z = torch.as_tensor(np.asarray(z), dtype=torch.float32, device=device).T.unsqueeze(0)
+            return self.waveform_head(self.decoder(z)[1])[0].cpu().numpy()
+        from models.vocoder import get_vocoder
+
+        mel = self.decode_mel(z)
+        return get_vocoder(str(mel.device)).synthesize(mel).cpu().numpy()
+
+
+@registry.register("flow_vae")
+def build(config: dict) -> FlowVAE:
+    return FlowVAE(FlowVAEConfig.from_dict(config))
+
+
+@task("flow_vae")
+class FlowVAETask(Task):
+    """Training recipe: mel L1 + KL on random crops; with the waveform head, also LSGAN + feature matching."""
+
+    def __init__(self, model_config: dict):
+        super().__init__(model_config)
+        self.config = FlowVAEConfig.from_dict(model_config)
+
+    def build(self) -> FlowVAE:
+        return FlowVAE(self.config)
+
+    def discriminator(self) -> MultiDiscriminator | None:
+        # Kept here too: the generator's adversarial and feature-matching losses run through it.
+        self._discriminator = MultiDiscriminator() if self.config.waveform_head else None
+        return self._discriminator
+
+    def losses(self, model: nn.Module, batch: dict, step: int) -> tuple[torch.Tensor, dict, tuple | None]:
+        c = self.config
+        features, lengths = batch["features"], batch["feature_lengths"]
+        wav = None
+        if features.shape[1] == 1:  # raw waveform batches (data.feature: wav) for the waveform head
+            wav = features[:, 0]
+            mel = audio.mel_spectrogram(wav, wav.device)
+            lengths = torch.div(lengths, audio.MelConfig().hop_length, rounding_mode="floor").clamp_min(1)
+        else:
+            mel = features
+        out = model(mel, lengths)
+        mask = sequence_mask(lengths, mel.shape[-1]).unsqueeze(1).to(mel.dtype)
+        recon = ((out["mel_hat"] - mel).abs() * mask).sum() / (mask.sum() * mel.shape[1])
+        loss = c.lambda_recon * recon + c.lambda_kl * out["kl"]
+        sigma = (out["log_sigma"].exp() * out["mask"]).sum() / (out["mask"].sum() * out["mu"].shape[1])
+        logs = {"recon": recon.item(), "kl": out["kl"].item(), "sigma": sigma.item()}
+        if wav is None or "wav_hat" not in out:
+            return loss, logs, None
+        wav_hat = out["wav_hat"][:, : wav.shape[-1]]
+        wave_mel = (audio.mel_spectrogram(wav_hat, wav.device)[..., : mel.shape[-1]] - mel).abs().mean()
+        discriminator = self._discriminator
+        real, fake = discriminator(wav), discriminator(wav_hat)
+        adv, fm = generator_adversarial_loss(fake), feature_matching_loss(real, fake)
+        loss = loss + c.lambda_recon * wave_mel + c.lambda_adv * adv + c.lambda_fm * fm
+        logs.update({"wave_mel": wave_mel.item(), "adv": adv.item(), "fm": fm.item()})
+        return loss, logs, (wav, wav_hat.detach())
+
+    def discriminator_loss(self, discriminator: nn.Module, cache: tuple) -> tuple[torch.Tensor, dict]:
+        wav, wav_hat = cache
+        loss = discriminator_loss(discriminator(wav), discriminator(wav_hat))
+        return loss, {"disc": loss.item()}
+
+    def validate(self, model: nn.Module, items: list[dict], out_dir: Path) -> dict:
+        """Reconstruct validation utterances through the mel head and the shared vocoder; PESQ-wb and STOI."""
+        from evaluation.metrics import MetricError, pesq_score, stoi_score
+
+        scores: dict[str, list[float]] = {"pesq_wb": [], "stoi": []}
+        for item in items:
+            wav = audio.load_audio(resolve(item["manifest"], item["path"]), audio.SAMPLE_RATE, max_seconds=None)
+            mu, _ = model.encode_wav(wav)
+            out = model.decode_wav(mu)
+            audio.save_audio(out_dir / f"{item['id']}.wav", out)
+            try:
+                scores["pesq_wb"].append(pesq_score(wav, out, audio.SAMPLE_RATE, "wb"))
+                scores["stoi"].append(stoi_score(wav, out, audio.SAMPLE_RATE))
+            except MetricError:
+                continue
+        return {k: float(np.mean(v)) for k, v in scores.items() if v}

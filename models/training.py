@@ -1,0 +1,495 @@
+"""The training harness every model shares: `speech-studio train <task> --config C --data D --out RUN`.
+
+A run folder holds:
+    config.yaml                 the configuration as run (model, train, data sections)
+    log.csv, val.csv            training and validation logs (and TensorBoard events when installed)
+    checkpoints/step-N/         model.safetensors, optimizer.safetensors, state.json -- everything
+                                needed to resume: weights, optimizer and scheduler state, RNG, step
+    samples/step-N/             validation audio
+    export/                     the latest registry checkpoint (safetensors + config + card)
+
+Nothing is pickled: tensors go to safetensors, the rest to JSON. With `torchrun
+--nproc_per_node K` the same command trains data-parallel (DDP; gloo on CPU, NCCL on GPU):
+each rank takes every K-th batch and gradients are averaged.
+
+A task (see `Task`) knows its model: how to build it, its losses on a batch, and how to
+validate. `TASKS` maps names to tasks; model files register theirs with `@task(name)`.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import random
+import shutil
+import time
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+import yaml
+from safetensors.torch import load_file, save_file
+from tqdm import tqdm
+
+from models import registry
+from models import audio
+from models.data.dataset import MEL, Feature, SpeechDataset, collate
+from models.files import atomic_path, write_text_atomic
+
+
+# Raw audio (1, samples), for models trained against the waveform (GAN heads); not cached.
+WAVEFORM = Feature("wav", lambda wav: torch.from_numpy(wav)[None], audio.SAMPLE_RATE)
+FEATURES = {"mel": MEL, "wav": WAVEFORM}
+
+
+@dataclass
+class TrainConfig:
+    steps: int = 10000
+    lr: float = 2e-4
+    betas: tuple[float, float] = (0.8, 0.99)
+    weight_decay: float = 0.0
+    warmup_steps: int = 500
+    min_lr_ratio: float = 0.1  # cosine decay ends at lr * min_lr_ratio
+    grad_clip: float = 1.0
+    batch_size: int = 16  # utterances per batch (per rank)
+    segment_frames: int | None = 128  # random crop per utterance, in feature frames; None = whole
+    max_seconds: float = 20.0
+    amp: str = "none"  # "bf16", "fp16" (CUDA) or "none"
+    seed: int = 0
+    log_every: int = 25
+    checkpoint_every: int = 500
+    keep_checkpoints: int = 2
+    val_every: int = 1000
+    val_batches: int = 8
+    val_samples: int = 6  # utterances decoded to audio and scored at each validation
+    workers: int = 0
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "TrainConfig":
+        known = {f.name for f in fields(cls)}
+        unknown = set(data) - known
+        if unknown:
+            raise ValueError(f"unknown train settings: {', '.join(sorted(unknown))}")
+        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in data.items()})
+
+
+def load_config(path: str | os.PathLike) -> dict:
+    """A YAML file with `model:` and `train:` sections (and optional `data:`)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"config not found: {path}")
+    config = yaml.safe_load(path.read_text()) or {}
+    if not isinstance(config, dict) or "model" not in config:
+        raise ValueError(f"{path}: a training config needs a `model:` section")
+    config.setdefault("train", {})
+    config.setdefault("data", {})
+    return config
+
+
+# ------------------------------------------------------------------------- tasks
+
+
+class Task:
+    """What the harness needs from a model. Subclasses live next to their model."""
+
+    name: str
+
+    def __init__(self, model_config: dict):
+        self.model_config = model_config
+
+    def build(self) -> torch.nn.Module:
+        raise NotImplementedError
+
+    def discriminator(self) -> torch.nn.Module | None:
+        return None
+
+    def losses(self, model: torch.nn.Module, batch: dict, step: int) -> tuple[torch.Tensor, dict, Any]:
+        """(total generator loss, named float logs, anything the discriminator step needs)."""
+        raise NotImplementedError
+
+    def discriminator_loss(self, discriminator: torch.nn.Module, cache: Any) -> tuple[torch.Tensor, dict]:
+        raise NotImplementedError
+
+    def validate(self, model: torch.nn.Module, items: list[dict], out_dir: Path) -> dict:
+        """Decode a few validation utterances to `out_dir` and return metrics."""
+        return {}
+
+
+TASKS: dict[str, Callable[[dict], Task]] = {}
+
+
+def task(name: str) -> Callable:
+    def decorate(cls):
+        cls.name = name
+        TASKS[name] = cls
+        return cls
+
+    return decorate
+
+
+def get_task(name: str, model_config: dict) -> Task:
+    if name not in TASKS:
+        import importlib
+
+        try:
+            importlib.import_module(f"models.{name}")  # model files register their tasks on import
+        except ModuleNotFoundError:
+            pass
+    if name not in TASKS:
+        raise ValueError(f"unknown model to train {name!r} (available: {', '.join(sorted(TASKS)) or 'none'})")
+    return TASKS[name](model_config)
+
+
+# ------------------------------------------------------------------ data
+
+
+def crop_batch(batch: dict, segment: int | None, generator: torch.Generator) -> dict:
+    """Random crops of `segment` feature frames (shorter items stay whole, padded and masked)."""
+    if segment is None:
+        return batch
+    features, lengths = batch["features"], batch["feature_lengths"]
+    out = features.new_full((features.shape[0], features.shape[1], segment), float(features.amin()))
+    new_lengths = torch.minimum(lengths, torch.tensor(segment))
+    for i, length in enumerate(lengths.tolist()):
+        start = int(torch.randint(0, max(1, length - segment + 1), (1,), generator=generator))
+        take = min(segment, length)
+        out[i, :, :take] = features[i, :, start:start + take]
+    return {**batch, "features": out, "feature_lengths": new_lengths}
+
+
+def epoch_batches(n_items: int, batch_size: int, epoch: int, seed: int, rank: int, world: int) -> list[list[int]]:
+    """A seeded permutation per epoch cut into batches; rank r takes batches r, r+world, ..."""
+    order = list(range(n_items))
+    random.Random(seed * 1_000_003 + epoch).shuffle(order)
+    batches = [order[i:i + batch_size] for i in range(0, n_items - batch_size + 1, batch_size)]
+    usable = len(batches) // world * world
+    return batches[rank:usable:world]
+
+
+# ------------------------------------------------------------ checkpoints
+
+
+def _flatten_optimizer(state: dict) -> tuple[dict[str, torch.Tensor], dict]:
+    tensors, meta = {}, {"param_groups": state["param_groups"], "scalars": {}}
+    for index, values in state["state"].items():
+        for key, value in values.items():
+            if torch.is_tensor(value):
+                tensors[f"{index}.{key}"] = value.contiguous()
+            else:
+                meta["scalars"][f"{index}.{key}"] = value
+    return tensors, meta
+
+
+def _unflatten_optimizer(tensors: dict[str, torch.Tensor], meta: dict) -> dict:
+    state: dict[int, dict] = {}
+    for name, value in list(tensors.items()) + list(meta["scalars"].items()):
+        index, key = name.split(".", 1)
+        state.setdefault(int(index), {})[key] = value
+    return {"state": state, "param_groups": meta["param_groups"]}
+
+
+def save_training_state(folder: Path, modules: dict[str, torch.nn.Module], optimizers: dict, schedulers: dict,
+                        state: dict) -> Path:
+    """One resumable checkpoint folder, written to a temp folder and renamed into place."""
+    tmp = folder.with_name(f".{folder.name}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    meta = {**state, "optimizers": {}, "schedulers": {k: s.state_dict() for k, s in schedulers.items()},
+            "python_rng": _json_rng(random.getstate()), "numpy_rng": _json_numpy_rng()}
+    for name, module in modules.items():
+        save_file({k: v.contiguous() for k, v in module.state_dict().items()}, str(tmp / f"{name}.safetensors"))
+    rng = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        rng["cuda"] = torch.cuda.get_rng_state()
+    save_file(rng, str(tmp / "rng.safetensors"))
+    for name, optimizer in optimizers.items():
+        tensors, opt_meta = _flatten_optimizer(optimizer.state_dict())
+        save_file(tensors, str(tmp / f"optimizer_{name}.safetensors"))
+        meta["optimizers"][name] = opt_meta
+    (tmp / "state.json").write_text(json.dumps(meta, indent=1))
+    shutil.rmtree(folder, ignore_errors=True)
+    tmp.rename(folder)
+    return folder
+
+
+def load_training_state(folder: Path, modules: dict, optimizers: dict, schedulers: dict, device: str) -> dict:
+    meta = json.loads((folder / "state.json").read_text())
+    for name, module in modules.items():
+        module.load_state_dict(load_file(str(folder / f"{name}.safetensors"), device=str(device)))
+    for name, optimizer in optimizers.items():
+        tensors = load_file(str(folder / f"optimizer_{name}.safetensors"), device=str(device))
+        optimizer.load_state_dict(_unflatten_optimizer(tensors, meta["optimizers"][name]))
+    for name, scheduler in schedulers.items():
+        scheduler.load_state_dict(meta["schedulers"][name])
+    rng = load_file(str(folder / "rng.safetensors"))
+    torch.set_rng_state(rng["torch"])
+    if "cuda" in rng and torch.cuda.is_available():
+        torch.cuda.set_rng_state(rng["cuda"])
+    random.setstate(_python_rng(meta["python_rng"]))
+    np.random.set_state(_numpy_rng(meta["numpy_rng"]))
+    return meta
+
+
+def _json_rng(state: tuple) -> list:
+    version, internal, gauss = state
+    return [version, list(internal), gauss]
+
+
+def _python_rng(data: list) -> tuple:
+    return data[0], tuple(data[1]), data[2]
+
+
+def _json_numpy_rng() -> list:
+    name, keys, pos, has_gauss, cached = np.random.get_state()
+    return [name, keys.tolist(), int(pos), int(has_gauss), float(cached)]
+
+
+def _numpy_rng(data: list) -> tuple:
+    return data[0], np.array(data[1], dtype=np.uint32), data[2], data[3], data[4]
+
+
+def latest_checkpoint(run: Path) -> Path | None:
+    folders = sorted((run / "checkpoints").glob("step-*"), key=lambda p: int(p.name.split("-")[1]))
+    return folders[-1] if folders else None
+
+
+# ------------------------------------------------------------------ the loop
+
+
+@dataclass
+class Trainer:
+    task_name: str
+    config: dict
+    data: str
+    out: str
+    resume: bool = False
+    device: str | None = None
+    max_steps: int | None = None  # stop this process early (the schedule still follows train.steps)
+    log: Callable[[str], None] = print
+    train: TrainConfig = field(init=False)
+
+    def __post_init__(self):
+        self.train = TrainConfig.from_dict(self.config.get("train", {}))
+        self.task = get_task(self.task_name, self.config["model"])
+
+    def _distributed(self) -> tuple[int, int]:
+        world = int(os.environ.get("WORLD_SIZE", 1))
+        rank = int(os.environ.get("RANK", 0))
+        if world > 1 and not torch.distributed.is_initialized():
+            backend = "nccl" if torch.cuda.is_available() and self.device != "cpu" else "gloo"
+            if backend == "nccl":
+                torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
+            torch.distributed.init_process_group(backend)
+        return rank, world
+
+    def run(self) -> dict:
+        t = self.train
+        rank, world = self._distributed()
+        device = registry.pick_device(self.device)
+        if device.startswith("cuda") and world > 1:
+            device = f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}"
+        run = Path(self.out)
+        manifest = Path(self.data) / "manifest.jsonl" if Path(self.data).is_dir() else Path(self.data)
+        if not manifest.is_file():
+            raise FileNotFoundError(f"no corpus manifest at {manifest} (build one with `speech-studio corpus build`)")
+        previous = latest_checkpoint(run)
+        if previous is not None and not self.resume:
+            raise ValueError(f"{run} already has checkpoints: pass --resume to continue, or choose another --out")
+        if rank == 0:
+            write_text_atomic(run / "config.yaml", yaml.safe_dump({**self.config, "task": self.task_name},
+                                                                   sort_keys=False))
+
+        random.seed(t.seed + rank)
+        np.random.seed(t.seed + rank)
+        torch.manual_seed(t.seed + rank)
+        data = self.config.get("data", {})
+        feature = FEATURES[data.get("feature", "mel")]
+        cache = None if feature is WAVEFORM else (data.get("cache") or str(manifest.parent / "cache"))
+        train_set = SpeechDataset(manifest, ("train",), feature=feature, cache_dir=cache, max_seconds=t.max_seconds)
+        valid_set = SpeechDataset(manifest, ("valid",), feature=feature, cache_dir=cache, max_seconds=t.max_seconds)
+
+        model = self.task.build().to(device)
+        discriminator = self.task.discriminator()
+        modules = {"model": model}
+        if discriminator is not None:
+            modules["discriminator"] = discriminator.to(device)
+        optimizers = {name: torch.optim.AdamW(m.parameters(), lr=t.lr, betas=t.betas, weight_decay=t.weight_decay)
+                      for name, m in modules.items()}
+        schedulers = {name: torch.optim.lr_scheduler.LambdaLR(o, self._lr_lambda) for name, o in optimizers.items()}
+        state = {"step": 0, "epoch": 0, "batch_in_epoch": 0, "wall_time_s": 0.0, "seen_seconds": 0.0}
+        if previous is not None:
+            meta = load_training_state(previous, modules, optimizers, schedulers, device)
+            state.update({k: meta[k] for k in state})
+            self.log(f"resumed from {previous} at step {state['step']}")
+        wrapped, wrapped_discriminator = model, discriminator
+        if world > 1:
+            ids = [device] if device.startswith("cuda") else None
+            wrapped = torch.nn.parallel.DistributedDataParallel(model, device_ids=ids)
+            if discriminator is not None:
+                wrapped_discriminator = torch.nn.parallel.DistributedDataParallel(discriminator, device_ids=ids)
+
+        self.board = _tensorboard(run) if rank == 0 else None
+        autocast = self._autocast(device)
+        stop = min(t.steps, self.max_steps) if self.max_steps else t.steps
+        progress = tqdm(total=stop, initial=state["step"], desc=f"train {self.task_name}", unit="step",
+                        disable=rank != 0, dynamic_ncols=True)
+        crop_rng = torch.Generator().manual_seed(t.seed * 7919 + rank + state["step"])
+        started = time.perf_counter() - state["wall_time_s"]
+        logs: dict[str, list[float]] = {}
+        while state["step"] < stop:
+            batches = epoch_batches(len(train_set), t.batch_size, state["epoch"], t.seed, rank, world)
+            if not batches:
+                raise ValueError(f"the training split has fewer than {t.batch_size * world} utterances")
+            for batch_index in range(state["batch_in_epoch"], len(batches)):
+                if state["step"] >= stop:
+                    break
+                batch = collate([train_set[i] for i in batches[batch_index]])
+                batch = {k: v.to(device) if torch.is_tensor(v) else v for k, v in
+                         crop_batch(batch, t.segment_frames, crop_rng).items()}
+                step_logs = self._step(wrapped, wrapped_discriminator, optimizers, schedulers, batch, state["step"], autocast)
+                for key, value in step_logs.items():
+                    logs.setdefault(key, []).append(value)
+                state["step"] += 1
+                state["batch_in_epoch"] = batch_index + 1
+                state["seen_seconds"] += float(batch["feature_lengths"].sum()) / feature.frames_per_second * world
+                state["wall_time_s"] = time.perf_counter() - started
+                progress.update(1)
+                step = state["step"]
+                if rank == 0 and step % t.log_every == 0:
+                    means = {k: float(np.mean(v)) for k, v in logs.items()}
+                    progress.set_postfix({k: f"{v:.3g}" for k, v in list(means.items())[:3]})
+                    self._record(run / "log.csv", {"step": step, "wall_time_s": round(state["wall_time_s"], 1),
+                                                   "lr": schedulers["model"].get_last_lr()[0], **means})
+                    logs = {}
+                if rank == 0 and (step % t.val_every == 0 or step == stop):
+                    self._validate(model, valid_set, run, state, device)
+                if rank == 0 and (step % t.checkpoint_every == 0 or step == stop):
+                    self._checkpoint(run, modules, optimizers, schedulers, state)
+            else:
+                state["epoch"] += 1
+                state["batch_in_epoch"] = 0
+        progress.close()
+        if world > 1:
+            torch.distributed.barrier()
+        return state
+
+    def _lr_lambda(self, step: int) -> float:
+        t = self.train
+        if step < t.warmup_steps:
+            return (step + 1) / t.warmup_steps
+        progress = min(1.0, (step - t.warmup_steps) / max(1, t.steps - t.warmup_steps))
+        return t.min_lr_ratio + (1 - t.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+    def _autocast(self, device: str):
+        amp = self.train.amp
+        if amp == "none":
+            return lambda: torch.autocast("cpu", enabled=False)
+        dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(amp)
+        if dtype is None:
+            raise ValueError(f"train.amp must be none, bf16 or fp16, not {amp!r}")
+        kind = "cuda" if device.startswith("cuda") else "cpu"
+        return lambda: torch.autocast(kind, dtype=dtype)
+
+    def _step(self, model, discriminator, optimizers, schedulers, batch, step, autocast) -> dict:
+        """Generator (model) update, then the discriminator's on the detached output, if any."""
+        t = self.train
+        with autocast():
+            loss, logs, cache = self.task.losses(model, batch, step)
+        optimizers["model"].zero_grad(set_to_none=True)
+        loss.backward()
+        logs["grad_norm"] = float(torch.nn.utils.clip_grad_norm_(model.parameters(), t.grad_clip))
+        optimizers["model"].step()
+        if discriminator is not None and cache is not None:
+            optimizers["discriminator"].zero_grad(set_to_none=True)  # drop what the generator loss left
+            with autocast():
+                d_loss, d_logs = self.task.discriminator_loss(discriminator, cache)
+            d_loss.backward()
+            torch.nn.utils.clip_grad_norm_(discriminator.parameters(), t.grad_clip)
+            optimizers["discriminator"].step()
+            logs.update(d_logs)
+        for scheduler in schedulers.values():
+            scheduler.step()
+        return logs
+
+    def _validate(self, model, valid_set, run: Path, state: dict, device: str) -> None:
+        t = self.train
+        model.eval()
+        losses: dict[str, list[float]] = {}
+        generator = torch.Generator().manual_seed(t.seed)
+        with torch.no_grad():
+            for start in range(0, min(len(valid_set), t.val_batches * t.batch_size), t.batch_size):
+                batch = collate([valid_set[i] for i in range(start, min(start + t.batch_size, len(valid_set)))])
+                batch = {k: v.to(device) if torch.is_tensor(v) else v for k, v in
+                         crop_batch(batch, t.segment_frames, generator).items()}
+                _, logs, _ = self.task.losses(model, batch, state["step"])
+                for key, value in logs.items():
+                    losses.setdefault(f"val_{key}", []).append(value)
+            items = [valid_set.rows[i] | {"manifest": str(valid_set.manifest)}
+                     for i in range(min(t.val_samples, len(valid_set)))]
+            metrics = self.task.validate(model, items, run / "samples" / f"step-{state['step']}")
+        model.train()
+        row = {"step": state["step"], **{k: float(np.mean(v)) for k, v in losses.items()}, **metrics}
+        self._record(run / "val.csv", row)
+        state["last_validation"] = row
+        self.log("validation " + ", ".join(f"{k} {v:.4g}" for k, v in row.items() if isinstance(v, float)))
+
+    def _checkpoint(self, run: Path, modules, optimizers, schedulers, state: dict) -> None:
+        save_training_state(run / "checkpoints" / f"step-{state['step']}", modules, optimizers, schedulers, state)
+        for old in sorted((run / "checkpoints").glob("step-*"), key=lambda p: int(p.name.split("-")[1]))[
+                :-self.train.keep_checkpoints]:
+            shutil.rmtree(old, ignore_errors=True)
+        self.export(run, modules["model"], state)
+
+    def export(self, run: Path, model: torch.nn.Module, state: dict) -> Path:
+        """The model as a registry checkpoint, with a card recording how it was made."""
+        card = {"data": str(Path(self.data).resolve()), "steps": state["step"],
+                "wall_time_s": round(state["wall_time_s"], 1), "device": _device_name(next(model.parameters())),
+                "metrics": {k: round(v, 4) for k, v in state.get("last_validation", {}).items()
+                            if isinstance(v, float)},
+                "audio_seen_hours": round(state["seen_seconds"] / 3600, 2), "task": self.task_name}
+        config = {"model": self.task_name, **self.config["model"]}
+        return registry.save_checkpoint(model, config, card, run / "export")
+
+    def _record(self, path: Path, row: dict) -> None:
+        self._append_csv(path, row)
+        if self.board is not None:
+            prefix = path.stem
+            for key, value in row.items():
+                if key != "step" and isinstance(value, (int, float)):
+                    self.board.add_scalar(f"{prefix}/{key}", value, row["step"])
+            self.board.flush()
+
+    @staticmethod
+    def _append_csv(path: Path, row: dict) -> None:
+        """Append a row; a new column rewrites the header (the file stays one valid CSV)."""
+        rows = list(csv.DictReader(open(path))) if path.is_file() else []
+        columns = list(rows[0].keys()) if rows else []
+        if set(row) - set(columns) or not rows:
+            columns += [k for k in row if k not in columns]
+            with atomic_path(path) as tmp, open(tmp, "w", newline="") as f:
+                writer = csv.DictWriter(f, fieldnames=columns)
+                writer.writeheader()
+                writer.writerows(rows + [row])
+            return
+        with open(path, "a", newline="") as f:
+            csv.DictWriter(f, fieldnames=columns).writerow(row)
+
+
+def _tensorboard(run: Path):
+    """A TensorBoard writer when the tensorboard package is installed; CSV logs either way."""
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        return None
+    return SummaryWriter(str(run / "tensorboard"))
+
+
+def _device_name(parameter: torch.Tensor) -> str:
+    if parameter.device.type == "cuda":
+        return torch.cuda.get_device_name(parameter.device)
+    return f"cpu ({torch.get_num_threads()} threads)"
+

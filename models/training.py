@@ -337,7 +337,6 @@ class Trainer:
         stop = min(t.steps, self.max_steps) if self.max_steps else t.steps
         progress = tqdm(total=stop, initial=state["step"], desc=f"train {self.task_name}", unit="step",
                         disable=rank != 0, dynamic_ncols=True)
-        crop_rng = torch.Generator().manual_seed(t.seed * 7919 + rank + state["step"])
         started = time.perf_counter() - state["wall_time_s"]
         logs: dict[str, list[float]] = {}
         while state["step"] < stop:
@@ -348,6 +347,8 @@ class Trainer:
                 if state["step"] >= stop:
                     break
                 batch = collate([train_set[i] for i in batches[batch_index]])
+                # crops drawn from (seed, rank, step) alone, so a resumed run crops exactly as an unbroken one
+                crop_rng = torch.Generator().manual_seed((t.seed * 1_000_003 + state["step"]) * 1009 + rank)
                 batch = {k: v.to(device) if torch.is_tensor(v) else v for k, v in
                          crop_batch(batch, t.segment_frames, crop_rng).items()}
                 step_logs = self._step(wrapped, wrapped_discriminator, optimizers, schedulers, batch, state["step"], autocast)
@@ -416,6 +417,12 @@ class Trainer:
         return logs
 
     def _validate(self, model, valid_set, run: Path, state: dict, device: str) -> None:
+        # Forked RNG: validating must not change the training run's random stream (resumes stay exact).
+        devices = [torch.device(device)] if str(device).startswith("cuda") else []
+        with torch.random.fork_rng(devices=devices):
+            self._validate_forked(model, valid_set, run, state, device)
+
+    def _validate_forked(self, model, valid_set, run: Path, state: dict, device: str) -> None:
         t = self.train
         model.eval()
         losses: dict[str, list[float]] = {}

@@ -71,8 +71,10 @@ class SpeechDataset(torch.utils.data.Dataset):
         wav = audio.load_audio(mf.resolve(self.manifest, row["path"]), audio.SAMPLE_RATE, max_seconds=None)
         value = self.feature.compute(wav).float().cpu()
         if cached is not None:
+            stored = value.numpy().astype(np.float16)
             with atomic_path(cached) as tmp:
-                np.save(tmp, value.numpy().astype(np.float16))
+                np.save(tmp, stored)
+            value = torch.from_numpy(stored.astype(np.float32))  # the same values a cache hit returns
         return value
 
     def __getitem__(self, index: int) -> dict:

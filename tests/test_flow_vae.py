@@ -1,0 +1,119 @@
+import numpy as np
+import pytest
+import torch
+
+from models import registry
+from models.flow_vae import AffineCoupling, Flow, FlowVAE, FlowVAEConfig, FlowVAETask, flow_kl
+from models.modules import MultiDiscriminator, discriminator_loss, feature_matching_loss
+
+TINY = dict(latent_dim=8, channels=16, dilations=(1, 3), flow_layers=2, flow_hidden=16, flow_kernel=3)
+
+
+def randomize_flow(flow: Flow, scale: float = 0.5) -> Flow:
+    """New couplings start as the identity; give them weights so the tests mean something."""
+    torch.manual_seed(0)
+    for coupling in flow.couplings:
+        torch.nn.init.normal_(coupling.proj.weight, std=scale)
+        torch.nn.init.normal_(coupling.proj.bias, std=scale)
+    return flow
+
+
+def test_shapes_and_frame_rate():
+    config = FlowVAEConfig(**TINY)
+    assert config.frame_rate == pytest.approx(22050 / 256 / 4) and config.frame_rate <= 25
+    model = FlowVAE(config)
+    mel = torch.randn(2, 80, 130)
+    out = model(mel, torch.tensor([130, 101]))
+    assert out["mu"].shape == (2, 8, 33) and out["log_sigma"].shape == (2, 8, 33)
+    assert out["mel_hat"].shape == mel.shape
+    assert out["mask"][1, 0].sum() == 26  # ceil(101 / 4) latent frames are real
+    wav = np.random.default_rng(0).standard_normal(22050).astype(np.float32) * 0.1
+    mu, sigma = model.encode_wav(wav)
+    assert mu.shape == (22, 8) and (sigma > 0).all()  # 86 mel frames -> 22 latent frames
+    assert model.decode_wav(mu).shape == (22 * 4 * 256,)
+
+
+def test_flow_inverts_exactly_and_log_det_matches_autograd():
+    config = FlowVAEConfig(**TINY)
+    flow = randomize_flow(Flow(config)).double()
+    z = torch.randn(1, 8, 5, dtype=torch.float64)
+    mask = torch.ones(1, 1, 5, dtype=torch.float64)
+    y, logdet = flow(z, mask)
+    assert not torch.allclose(y, z)  # not the identity
+    assert torch.allclose(flow.inverse(y, mask), z, atol=1e-4)
+    jacobian = torch.autograd.functional.jacobian(lambda x: flow(x.view(1, 8, 5), mask)[0].flatten(), z.flatten())
+    assert logdet.item() == pytest.approx(torch.linalg.slogdet(jacobian)[1].item(), abs=1e-6)
+
+
+def test_masked_frames_do_not_change_the_log_det():
+    coupling = AffineCoupling(8, 16, 3)
+    torch.nn.init.normal_(coupling.proj.weight, std=0.5)
+    z = torch.randn(1, 8, 6)
+    mask = torch.tensor([[[1, 1, 1, 1, 0, 0]]], dtype=torch.float32)
+    _, full = coupling(z, mask)
+    z2 = z.clone()
+    z2[..., 4:] = 100.0  # padding content is irrelevant
+    _, padded = coupling(z2, mask)
+    assert full.item() == pytest.approx(padded.item(), abs=1e-5)
+
+
+def test_kl_is_the_closed_form_when_the_flow_is_the_identity():
+    torch.manual_seed(0)
+    identity = Flow(FlowVAEConfig(**{**TINY, "flow_layers": 0}))
+    mu, log_sigma = torch.randn(1, 8, 4), 0.5 * torch.randn(1, 8, 4)
+    mask = torch.ones(1, 1, 4)
+    estimates = [flow_kl(mu, log_sigma, torch.randn(1, 8, 4), identity, mask) for _ in range(4000)]
+    closed = (0.5 * (mu ** 2 + (2 * log_sigma).exp()) - log_sigma - 0.5).mean()
+    assert torch.stack(estimates).mean().item() == pytest.approx(closed.item(), abs=0.02)
+
+
+def test_a_tiny_overfit_lowers_the_loss():
+    torch.manual_seed(0)
+    task = FlowVAETask(TINY)
+    model = task.build()
+    optimizer = torch.optim.AdamW(model.parameters(), 3e-3)
+    batch = {"features": torch.randn(2, 80, 64).cumsum(-1) * 0.1 - 5, "feature_lengths": torch.tensor([64, 64])}
+    first = None
+    for _ in range(60):
+        loss, logs, _ = task.losses(model, batch, 0)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        first = first if first is not None else logs["recon"]
+    assert logs["recon"] < 0.5 * first
+
+
+def test_waveform_head_discriminators_and_feature_matching_run_a_step():
+    torch.manual_seed(0)
+    task = FlowVAETask({**TINY, "waveform_head": True, "wave_channels": 16})
+    model, discriminator = task.build(), task.discriminator()
+    assert isinstance(discriminator, MultiDiscriminator) and len(discriminator.discriminators) == 8
+    wav = 0.1 * torch.randn(2, 1, 64 * 256)
+    batch = {"features": wav, "feature_lengths": torch.tensor([64 * 256, 64 * 256])}
+    loss, logs, cache = task.losses(model, batch, 0)
+    assert {"adv", "fm", "wave_mel", "recon", "kl"} <= set(logs) and cache[1].shape == (2, 64 * 256)
+    loss.backward()
+    assert model.waveform_head.net[0].weight.grad.abs().sum() > 0
+    d_loss, d_logs = task.discriminator_loss(discriminator, cache)
+    d_loss.backward()
+    assert d_logs["disc"] > 0
+    real, fake = discriminator(cache[0]), discriminator(cache[1])
+    assert discriminator_loss(real, fake) > 0 and feature_matching_loss(real, fake) > 0
+
+
+def test_checkpoint_round_trip_gives_identical_outputs(tmp_path):
+    torch.manual_seed(0)
+    config = FlowVAEConfig(**TINY)
+    model = FlowVAE(config).eval()
+    randomize_flow(model.flow)
+    folder = registry.save_checkpoint(model, config.to_dict(), {"data": "test", "steps": 0, "wall_time_s": 0.0,
+                                                                "device": "cpu", "metrics": {}}, tmp_path / "vae")
+    loaded, saved_config, card = registry.load_checkpoint(folder, "cpu")
+    assert saved_config["model"] == "flow_vae" and card["steps"] == 0
+    mel = torch.randn(1, 80, 40)
+    with torch.no_grad():
+        assert torch.equal(model.encode(mel)[0], loaded.encode(mel)[0])
+        z = torch.randn(1, 8, 10)
+        assert torch.equal(model.decode(z), loaded.decode(z))
+        mask = torch.ones(1, 1, 10)
+        assert torch.equal(model.flow(z, mask)[0], loaded.flow(z, mask)[0])

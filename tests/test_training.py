@@ -1,0 +1,131 @@
+import csv
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from models import registry
+from models.training import (Trainer, TrainConfig, crop_batch, epoch_batches, get_task, latest_checkpoint,
+                             load_config)
+from studio.cli import main
+
+REPO = registry.REPO_ROOT
+TINY = REPO / "models" / "configs" / "flow_vae_tiny.yaml"
+
+
+def train(corpus, out, steps=6, stop=None, resume=False, **train_overrides):
+    config = load_config(TINY)
+    config["train"].update({"steps": steps, **train_overrides})
+    return Trainer("flow_vae", config, data=str(corpus), out=str(out), resume=resume, device="cpu",
+                   max_steps=stop, log=lambda _: None).run()
+
+
+def weights(run, step):
+    return load_file(str(run / "checkpoints" / f"step-{step}" / "model.safetensors"))
+
+
+def test_configs_are_data_and_refuse_unknown_settings(tmp_path):
+    config = load_config(REPO / "models" / "configs" / "flow_vae.yaml")
+    assert config["model"]["latent_dim"] == 64 and TrainConfig.from_dict(config["train"]).steps > 1000
+    with pytest.raises(ValueError, match="unknown train settings: stpes"):
+        TrainConfig.from_dict({"stpes": 3})
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("train: {steps: 3}\n")
+    with pytest.raises(ValueError, match="model:"):
+        load_config(bad)
+    with pytest.raises(ValueError, match="unknown model to train 'sledd'"):
+        get_task("sledd", {})
+
+
+def test_batches_shard_one_permutation_across_ranks():
+    single = epoch_batches(10, 4, epoch=0, seed=0, rank=0, world=1)
+    halves = [epoch_batches(10, 2, epoch=0, seed=0, rank=r, world=2) for r in range(2)]
+    assert halves[0][0] + halves[1][0] == single[0]
+    assert epoch_batches(10, 4, 1, 0, 0, 1) != single  # reshuffled per epoch
+
+
+def test_crops_are_within_each_item():
+    features = torch.arange(3 * 1 * 50, dtype=torch.float32).view(3, 1, 50)
+    batch = crop_batch({"features": features, "feature_lengths": torch.tensor([50, 20, 10])}, 16,
+                       torch.Generator().manual_seed(0))
+    assert batch["features"].shape == (3, 1, 16) and batch["feature_lengths"].tolist() == [16, 16, 10]
+    first = batch["features"][0, 0]
+    assert torch.equal(first, torch.arange(first[0], first[0] + 16))  # a contiguous window
+
+
+def test_resume_continues_exactly_from_the_saved_step(mini, tmp_path):
+    corpus = mini[0]
+    train(corpus, tmp_path / "whole", steps=6, checkpoint_every=3)
+    state = train(corpus, tmp_path / "split", steps=6, stop=3, checkpoint_every=3)
+    assert state["step"] == 3 and latest_checkpoint(tmp_path / "split").name == "step-3"
+    with pytest.raises(ValueError, match="--resume"):
+        train(corpus, tmp_path / "split", steps=6)
+    assert train(corpus, tmp_path / "split", steps=6, resume=True, checkpoint_every=3)["step"] == 6
+    whole, split = weights(tmp_path / "whole", 6), weights(tmp_path / "split", 6)
+    assert all(torch.allclose(whole[k], split[k], atol=1e-6) for k in whole)
+    rows = list(csv.DictReader(open(tmp_path / "split" / "log.csv")))
+    assert [int(r["step"]) for r in rows] == [2, 4, 6]
+    card = registry.read_card(tmp_path / "split" / "export" / "README.md")
+    assert card["steps"] == 6 and "pesq_wb" in card["metrics"] and card["device"].startswith("cpu")
+    assert list((tmp_path / "split" / "samples" / "step-6").glob("*.wav"))
+
+
+def test_torchrun_two_processes_match_a_single_process_step(mini, tmp_path):
+    """Two gloo ranks, batch 2 each, against one process with both ranks' items (batch 4)."""
+    run = tmp_path / "ddp"
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29517",
+               "-m", "studio", "--device", "cpu", "train", "flow_vae", "--config", str(TINY), "--data",
+               str(mini[0]), "--out", str(run), "--steps", "1"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    ddp = weights(run, 1)
+
+    # The same step by hand: each rank's batch, loss and gradient; DDP averages the gradients.
+    config = load_config(TINY)
+    settings = TrainConfig.from_dict({**config["train"], "steps": 1})
+    task = get_task("flow_vae", config["model"])
+    from models.data.dataset import MEL, SpeechDataset, collate
+
+    dataset = SpeechDataset(mini[0] / "manifest.jsonl", ("train",), feature=MEL,
+                            cache_dir=mini[0] / "cache", max_seconds=settings.max_seconds)
+    torch.manual_seed(settings.seed)
+    model = task.build()
+    initial = {k: v.clone() for k, v in model.state_dict().items()}
+    gradients = []
+    for rank in range(2):
+        model.load_state_dict(initial)
+        torch.manual_seed(settings.seed + rank)
+        task.build()  # each rank builds its own copy first (DDP then broadcasts rank 0's weights)
+        batch_items = epoch_batches(len(dataset), settings.batch_size, 0, settings.seed, rank, 2)[0]
+        crops = torch.Generator().manual_seed((settings.seed * 1_000_003 + 0) * 1009 + rank)
+        batch = crop_batch(collate([dataset[i] for i in batch_items]), settings.segment_frames, crops)
+        model.zero_grad()
+        loss, _, _ = task.losses(model, batch, 0)
+        loss.backward()
+        gradients.append([p.grad.clone() for p in model.parameters()])
+    model.load_state_dict(initial)
+    for parameter, *grads in zip(model.parameters(), *gradients):
+        parameter.grad = sum(grads) / 2
+    torch.nn.utils.clip_grad_norm_(model.parameters(), settings.grad_clip)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=settings.lr / settings.warmup_steps, betas=settings.betas,
+                                  weight_decay=settings.weight_decay)
+    optimizer.step()
+    expected = model.state_dict()
+    assert all(torch.allclose(ddp[k], expected[k], atol=1e-5) for k in expected)
+    assert not all(torch.allclose(ddp[k], initial[k]) for k in initial)  # a real step was taken
+
+
+def test_cli_train_export_and_reconstruct(mini, tmp_path, arctic_path, capsys):
+    run = tmp_path / "run"
+    assert main(["train", "flow_vae", "--config", str(TINY), "--data", str(mini[0]), "--out", str(run),
+                 "--steps", "2"]) == 0
+    out = tmp_path / "rec.wav"
+    assert main(["codec", "reconstruct", str(arctic_path), str(out), "--codec", str(run / "export")]) == 0
+    assert out.is_file()
+    assert main(["codec", "reconstruct", str(arctic_path), str(out), "--codec", "nope"]) == 2
+    assert "unknown codec 'nope'" in capsys.readouterr().err
+    assert main(["train", "flow_vae", "--config", str(TINY), "--data", str(tmp_path), "--out", str(run)]) == 2

@@ -150,7 +150,35 @@ def write_report(out: str | os.PathLike, seed: int = 0) -> list[Path]:
                 "latents": {codec: stats for codec, (stats, _) in latents.items()}}
     paths.append(write_text_atomic(out / "report.json", json.dumps(_finite(document), indent=1) + "\n"))
     paths.append(write_text_atomic(out / "report.html", _html(out, rows, table, meta, latents)))
+    paths.append(write_text_atomic(out / "report.md", markdown(table)))
     return paths
+
+
+def markdown(table: list[dict]) -> str:
+    """Markdown tables of the means (CI in brackets), overall then per speaker, for READMEs and model cards."""
+    columns = sorted({e["metric"] for e in table}, key=_column_order)
+    lookup = {(e["system"], e["speaker"], e["metric"]): e for e in table}
+    systems = sorted({e["system"] for e in table})
+    speakers = ["all"] + sorted({e["speaker"] for e in table} - {"all"})
+
+    def cell(entry: dict | None, ci: bool) -> str:
+        if entry is None:
+            return ""
+        text = _fmt(entry["mean"])
+        return f"{text} [{_fmt(entry['ci_low'])}, {_fmt(entry['ci_high'])}]" if ci else text
+
+    lines = ["| system | n | " + " | ".join(columns) + " |", "|" + " --- |" * (len(columns) + 2)]
+    for system in systems:
+        n = max((e["n"] for (s, sp, _), e in lookup.items() if s == system and sp == "all"), default=0)
+        lines.append(f"| {system} | {n} | " + " | ".join(cell(lookup.get((system, "all", c)), True)
+                                                       for c in columns) + " |")
+    lines += ["", "| speaker | system | " + " | ".join(columns) + " |", "|" + " --- |" * (len(columns) + 2)]
+    for speaker in speakers[1:]:
+        for system in systems:
+            if any((system, speaker, c) in lookup for c in columns):
+                lines.append(f"| {speaker} | {system} | " + " | ".join(cell(lookup.get((system, speaker, c)), False)
+                                                                     for c in columns) + " |")
+    return "\n".join(lines) + "\n"
 
 
 def _finite(obj):

@@ -94,12 +94,14 @@ def test_run_scores_generates_and_reports(tmp_path, seen):
     gt_pesq = [r["values"]["pesq_wb"] for r in rows if r["system"] == "gt" and r["metric"] == "pesq"]
     assert min(gt_pesq) > 4.6  # ground truth against itself
 
-    assert [p.split("/")[-1] for p in summary["report"]] == ["report.csv", "report.json", "report.html"]
+    assert [p.split("/")[-1] for p in summary["report"]] == ["report.csv", "report.json", "report.html", "report.md"]
     table = list(csv.DictReader(open(out / "report.csv")))
     vocoder_stoi = next(r for r in table if r["system"] == "vocoder" and r["speaker"] == "all" and r["metric"] == "stoi")
     assert 0.8 < float(vocoder_stoi["mean"]) <= 1 and int(vocoder_stoi["n"]) == 3
     assert float(vocoder_stoi["ci_low"]) <= float(vocoder_stoi["mean"]) <= float(vocoder_stoi["ci_high"])
     assert any(r["metric"] == "rtf" and r["system"] == "vocoder" for r in table)
+    generation = sum(r["values"]["generation_seconds"] for r in rows if r["metric"] == "rtf")
+    assert report_module.read_meta(out)[0]["timing"]["generate vocoder"]["seconds"] >= 0.9 * generation - 0.01
     document = json.loads((out / "report.json").read_text())
     assert document["meta"][0]["git_commit"] and document["meta"][0]["hardware"]["cpu_threads"] >= 1
     page = (out / "report.html").read_text()

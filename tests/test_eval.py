@@ -69,7 +69,7 @@ def test_system_specs(tmp_path):
     assert parse_system("gt").kind == "manifest"
     assert parse_system("resynth=vocoder").kind == "codec"
     assert parse_system(f"mine={tmp_path}").kind == "folder"
-    with pytest.raises(ValueError, match="neither a folder nor one of"):
+    with pytest.raises(ValueError, match="neither a folder, a codec checkpoint, nor one of"):
         parse_system("sled=/no/such/folder")
 
 

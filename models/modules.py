@@ -50,6 +50,17 @@ def residual_stack(channels: int, dilations: tuple[int, ...], snake: bool = Fals
 # ------------------------------------------------------------------ discriminators (HiFi-GAN, UnivNet)
 
 
+def _scan(layers: nn.ModuleList, out: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """Run a discriminator's conv stack: (flattened scores, every layer's activations for feature matching)."""
+    features = []
+    for layer in layers:
+        x = F.leaky_relu(layer(x), 0.1)
+        features.append(x)
+    x = out(x)
+    features.append(x)
+    return x.flatten(1), features
+
+
 class PeriodDiscriminator(nn.Module):
     """Waveform folded into (frames, period) and scanned with 2-D convs: catches periodic artefacts."""
 
@@ -68,14 +79,7 @@ class PeriodDiscriminator(nn.Module):
         x = wav.unsqueeze(1)  # (batch, 1, samples)
         pad = (-x.shape[-1]) % self.period
         x = F.pad(x, (0, pad), mode="reflect" if pad < x.shape[-1] else "constant")
-        x = x.view(x.shape[0], 1, -1, self.period)
-        features = []
-        for layer in self.layers:
-            x = F.leaky_relu(layer(x), 0.1)
-            features.append(x)
-        x = self.out(x)
-        features.append(x)
-        return x.flatten(1), features
+        return _scan(self.layers, self.out, x.view(x.shape[0], 1, -1, self.period))
 
 
 class ResolutionDiscriminator(nn.Module):
@@ -95,14 +99,7 @@ class ResolutionDiscriminator(nn.Module):
 
     def forward(self, wav: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
         spec = torch.stft(wav, self.n_fft, self.n_fft // 4, window=self.window, return_complex=True).abs()
-        x = spec.unsqueeze(1).transpose(2, 3)  # (batch, 1, frames, bins)
-        features = []
-        for layer in self.layers:
-            x = F.leaky_relu(layer(x), 0.1)
-            features.append(x)
-        x = self.out(x)
-        features.append(x)
-        return x.flatten(1), features
+        return _scan(self.layers, self.out, spec.unsqueeze(1).transpose(2, 3))  # (batch, 1, frames, bins)
 
 
 class MultiDiscriminator(nn.Module):

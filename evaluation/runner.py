@@ -226,8 +226,11 @@ def run_eval(config: RunConfig, argv: list[str] | None = None) -> dict:
     out = Path(config.out)
     results = out / "results"
     existing = read_results(out)
-    if existing and not config.resume:
-        raise ValueError(f"{out} already holds results: pass --resume to continue it, or choose another --out")
+    own = results / f"shard-{index}-of-{count}.jsonl"
+    # Only this shard's own file counts: shards started side by side must not refuse each other.
+    if own.is_file() and own.stat().st_size > 0 and not config.resume:
+        raise ValueError(f"{out} already holds results for shard {index}/{count}: pass --resume to continue it, "
+                         "or choose another --out")
     items = select_items(read_items(config.manifest, config.split), config.limit, config.per_speaker)
     items = items[index::count]
     device = pick_device()
@@ -242,7 +245,7 @@ def run_eval(config: RunConfig, argv: list[str] | None = None) -> dict:
     latest = latest_rows(existing)
     done = {(r["system"], r["key"], r["metric"]) for r in latest}
     failed = {(r["system"], r["key"]) for r in latest if r["metric"] == RTF and r["values"] is None}
-    writer = ResultWriter(results / f"shard-{index}-of-{count}.jsonl")
+    writer = ResultWriter(own)
     try:
         _generate(config, items, done, writer, device, meta)
         failed |= {(r["system"], r["key"]) for r in read_results(out) if r["metric"] == RTF and r["values"] is None}

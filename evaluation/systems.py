@@ -138,14 +138,14 @@ def parse_system(spec: str) -> System:
     source = source or name
     if not name or "/" in name or name.startswith("."):
         raise ValueError(f"bad system name in {spec!r}")
-    if Path(source).is_dir():
-        return System(name, "folder", str(Path(source).resolve()))
     if source in MANIFEST_SYSTEMS:
         return System(name, "manifest", source)
     if source in GENERATORS:
         return System(name, "generator", source)
-    if source == "vocoder" or _is_codec_checkpoint(source):
+    if source == "vocoder" or _is_codec_checkpoint(source):  # before folders: a checkpoint is a folder too
         return System(name, "codec", source)
+    if Path(source).is_dir():
+        return System(name, "folder", str(Path(source).resolve()))
     raise ValueError(f"system {spec!r}: {source!r} is neither a folder, a codec checkpoint, nor one of "
                      f"{', '.join(MANIFEST_SYSTEMS + ('vocoder',) + tuple(GENERATORS))}")
 

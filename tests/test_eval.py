@@ -108,6 +108,22 @@ def test_run_scores_generates_and_reports(tmp_path, seen):
     assert "plotly" in page and "pesq_wb" in page and "<script src=" not in page  # self-contained
 
 
+def test_codec_checkpoint_folder_is_a_codec_system(tmp_path, seen):
+    from models import registry
+    from models.flow_vae import FlowVAE, FlowVAEConfig
+
+    vae = FlowVAEConfig(latent_dim=4, channels=8, dilations=(1,), flow_layers=1, flow_hidden=8, flow_kernel=3)
+    folder = registry.save_checkpoint(FlowVAE(vae), vae.to_dict(), {"data": "none", "steps": 0, "wall_time_s": 0.0,
+                                                                          "device": "cpu", "metrics": {}},
+                                      tmp_path / "vae")
+    system = parse_system(f"vae={folder}")
+    assert (system.kind, system.generated) == ("codec", True)
+    run_eval(config(seen, tmp_path / "run", systems=(f"vae={folder}",), metrics=["stoi"], limit=1, report=False))
+    rows = {r["metric"]: r for r in read_results(tmp_path / "run")}
+    assert rows["rtf"]["values"]["rtf"] > 0 and rows["stoi"]["values"] is not None
+    assert list((tmp_path / "run" / "audio" / "vae").glob("*.wav"))
+
+
 def test_existing_run_needs_resume(tmp_path, seen):
     out = tmp_path / "run"
     run_eval(config(seen, out, limit=1, report=False))
@@ -148,8 +164,10 @@ def test_resume_after_a_crash_has_no_duplicates(tmp_path, seen, fake_metric):
 def test_shards_merge_to_the_single_run(tmp_path, seen):
     single, sharded = tmp_path / "single", tmp_path / "sharded"
     run_eval(config(seen, single, limit=5, report=False))
-    for index in range(2):
-        run_eval(config(seen, sharded, limit=5, shard=(index, 2), resume=index > 0, report=False))
+    for index in range(2):  # shards started side by side, neither with --resume
+        run_eval(config(seen, sharded, limit=5, shard=(index, 2), report=False))
+    with pytest.raises(ValueError, match="shard 1/2: pass --resume"):
+        run_eval(config(seen, sharded, limit=5, shard=(1, 2), report=False))
     assert len(list((sharded / "results").glob("shard-*-of-2.jsonl"))) == 2
 
     def table(out):

@@ -124,6 +124,20 @@ def nan_reasons(rows: list[dict]) -> list[dict]:
     return [{"system": s, "metric": m, "reason": reason, "count": n} for (s, m, reason), n in counter.most_common()]
 
 
+def card_metrics(out: str | os.PathLike, system: str, label: str) -> dict:
+    """One system's overall means from a finished run, keyed `<label>/<metric>`, for a model card."""
+    report = Path(out) / "report.json"
+    if not report.is_file():
+        raise FileNotFoundError(f"{out}: no report.json (run `speech-studio report {out}` first)")
+    table = json.loads(report.read_text())["aggregates"]
+    metrics = {f"{label}/{row['metric']}": round(row["mean"], 4) for row in table
+               if row["system"] == system and row["speaker"] == "all" and row["mean"] is not None}
+    if not metrics:
+        systems = sorted({row["system"] for row in table})
+        raise ValueError(f"{out}: no results for system {system!r} (it has: {', '.join(systems)})")
+    return metrics
+
+
 def write_report(out: str | os.PathLike, seed: int = 0) -> list[Path]:
     """Write report.csv, report.json and report.html into the run folder; returns their paths."""
     out = Path(out)

@@ -184,6 +184,7 @@ def flow_kl(mu: torch.Tensor, log_sigma: torch.Tensor, eps: torch.Tensor, flow: 
     """Monte-Carlo KL(q(z|x) || p(z)) with p the flow's pullback of N(0, I), per latent element."""
     z = mu + log_sigma.exp() * eps
     z_tilde, logdet = flow(z, mask)
+    z_tilde, logdet = z_tilde.float(), logdet.float()  # sums of squares in fp32 under bf16 autocast
     log_q = -log_sigma - 0.5 * eps ** 2  # the 0.5 log(2 pi) terms of q and N(0, I) cancel
     log_p = -0.5 * z_tilde ** 2
     elements = mask.sum() * mu.shape[1]

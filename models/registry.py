@@ -130,17 +130,15 @@ def wheel_file(requirement: str, relative: str, module: str | None = None) -> Pa
     return path
 
 
-def save_checkpoint(model: torch.nn.Module, config: dict, card: dict, out_dir: str | os.PathLike) -> Path:
-    """Write weights, config and card into `out_dir` atomically (temp folder, then rename)."""
-    if "model" not in config:
-        raise ValueError("config must name its builder under 'model'")
-    out_dir = Path(out_dir)
+def _replace_folder(out_dir: Path, fill: Callable[[Path], None]) -> Path:
+    """Fill a temp folder beside `out_dir`, then swap it in: readers never see half a checkpoint."""
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
     try:
-        save_safetensors(model, str(tmp / WEIGHTS))
-        (tmp / CONFIG).write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
-        (tmp / CARD).write_text(render_card({"model": config["model"], **card}))
+        fill(tmp)
+        for path in tmp.iterdir():
+            path.chmod(0o644)
+        tmp.chmod(0o755)  # mkdtemp's 0700 would hide a published checkpoint from other users
         if out_dir.exists():
             old = out_dir.with_name(f".{out_dir.name}.old")
             shutil.rmtree(old, ignore_errors=True)
@@ -152,6 +150,36 @@ def save_checkpoint(model: torch.nn.Module, config: dict, card: dict, out_dir: s
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return out_dir
+
+
+def save_checkpoint(model: torch.nn.Module, config: dict, card: dict, out_dir: str | os.PathLike) -> Path:
+    """Write weights, config and card into `out_dir` atomically."""
+    if "model" not in config:
+        raise ValueError("config must name its builder under 'model'")
+
+    def fill(tmp: Path) -> None:
+        save_safetensors(model, str(tmp / WEIGHTS))
+        (tmp / CONFIG).write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+        (tmp / CARD).write_text(render_card({"model": config["model"], **card}))
+
+    return _replace_folder(Path(out_dir), fill)
+
+
+def publish(source: str | os.PathLike, name: str, card_updates: dict | None = None) -> Path:
+    """Copy a checkpoint folder (a run's export/) to `assets/checkpoints/<name>`, merging `card_updates`
+    into its card; metrics merge key by key, so evaluation results join the training ones."""
+    source = resolve(source)
+    card = read_card(source / CARD)
+    updates = dict(card_updates or {})
+    card["metrics"] = {**(card.get("metrics") or {}), **updates.pop("metrics", {})}
+    card.update(updates)
+
+    def fill(tmp: Path) -> None:
+        shutil.copyfile(source / WEIGHTS, tmp / WEIGHTS)
+        shutil.copyfile(source / CONFIG, tmp / CONFIG)
+        (tmp / CARD).write_text(render_card(card))
+
+    return _replace_folder(CHECKPOINT_DIR / name, fill)
 
 
 def render_card(card: dict) -> str:

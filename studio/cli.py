@@ -47,6 +47,25 @@ def _train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _publish(args: argparse.Namespace) -> int:
+    from evaluation.report import card_metrics, read_meta
+    from models import registry
+
+    metrics, commands = {}, {}
+    for spec in args.eval:
+        label, sep, folder = spec.partition("=")
+        if not sep:
+            raise SystemExit(f"--eval takes LABEL=RUN_FOLDER, not {spec!r}")
+        metrics.update(card_metrics(folder, args.system, label))
+        commands[label] = [m["command"] for m in read_meta(folder)][:1]
+    updates = {"metrics": metrics}
+    if commands:
+        updates["evaluation"] = commands
+    target = registry.publish(args.checkpoint, args.name, updates)
+    print(f"published {target} ({(target / registry.WEIGHTS).stat().st_size / 2**20:.1f} MiB)")
+    return 0
+
+
 def _codec_reconstruct(args: argparse.Namespace) -> int:
     from models import audio, pipelines
 
@@ -150,6 +169,15 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--steps", type=int, help="override train.steps (the schedule's length)")
     train.add_argument("--stop-after", type=int, help="stop this process at this step (resume later)")
     train.set_defaults(run=_train)
+
+    publish = commands.add_parser("publish", help="copy a trained checkpoint into assets/checkpoints with its "
+                                                  "evaluation results on the card")
+    publish.add_argument("checkpoint", help="checkpoint folder, e.g. runs/flow_vae/export")
+    publish.add_argument("name", help="name under assets/checkpoints/")
+    publish.add_argument("--eval", action="append", default=[], metavar="LABEL=RUN_FOLDER",
+                         help="an `eval` run folder whose overall means go on the card as LABEL/metric; repeatable")
+    publish.add_argument("--system", default="model", help="the checkpoint's system name in those runs")
+    publish.set_defaults(run=_publish)
 
     codec = commands.add_parser("codec", help="encode and decode audio through a codec")
     codec_commands = codec.add_subparsers(dest="codec_command", required=True, metavar="ACTION")

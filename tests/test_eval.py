@@ -108,7 +108,7 @@ def test_run_scores_generates_and_reports(tmp_path, seen):
     assert "plotly" in page and "pesq_wb" in page and "<script src=" not in page  # self-contained
 
 
-def test_codec_checkpoint_folder_is_a_codec_system(tmp_path, seen):
+def test_codec_checkpoint_folder_is_a_codec_system(tmp_path, seen, monkeypatch, capsys):
     from models import registry
     from models.flow_vae import FlowVAE, FlowVAEConfig
 
@@ -118,10 +118,20 @@ def test_codec_checkpoint_folder_is_a_codec_system(tmp_path, seen):
                                       tmp_path / "vae")
     system = parse_system(f"vae={folder}")
     assert (system.kind, system.generated) == ("codec", True)
-    run_eval(config(seen, tmp_path / "run", systems=(f"vae={folder}",), metrics=["stoi"], limit=1, report=False))
+    run_eval(config(seen, tmp_path / "run", systems=(f"vae={folder}",), metrics=["stoi"], limit=1))
     rows = {r["metric"]: r for r in read_results(tmp_path / "run")}
     assert rows["rtf"]["values"]["rtf"] > 0 and rows["stoi"]["values"] is not None
     assert list((tmp_path / "run" / "audio" / "vae").glob("*.wav"))
+
+    # publishing puts the run's means on the card, next to the training metrics
+    monkeypatch.setattr(registry, "CHECKPOINT_DIR", tmp_path / "assets")
+    assert main(["publish", str(folder), "tiny_vae", "--eval", f"seen={tmp_path / 'run'}", "--system", "vae"]) == 0
+    card = registry.read_card(tmp_path / "assets" / "tiny_vae" / registry.CARD)
+    assert card["metrics"]["seen/stoi"] == pytest.approx(rows["stoi"]["values"]["stoi"], abs=1e-4)
+    assert card["evaluation"]["seen"]  # the command line that made the numbers
+    assert registry.list_checkpoints("flow_vae") == ["tiny_vae"]
+    assert main(["publish", str(folder), "other", "--eval", f"seen={tmp_path / 'run'}", "--system", "nope"]) == 2
+    assert "no results for system 'nope' (it has: vae)" in capsys.readouterr().err
 
 
 def test_existing_run_needs_resume(tmp_path, seen):

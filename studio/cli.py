@@ -55,9 +55,9 @@ def _publish(args: argparse.Namespace) -> int:
     for spec in args.eval:
         label, sep, folder = spec.partition("=")
         if not sep:
-            raise SystemExit(f"--eval takes LABEL=RUN_FOLDER, not {spec!r}")
+            raise ValueError(f"--eval takes LABEL=RUN_FOLDER, not {spec!r}")
         metrics.update(card_metrics(folder, args.system, label))
-        commands[label] = [m["command"] for m in read_meta(folder)][:1]
+        commands[label] = [m["command"] for m in read_meta(folder)]  # one per shard
     updates = {"metrics": metrics}
     if commands:
         updates["evaluation"] = commands

@@ -126,3 +126,92 @@ def generator_adversarial_loss(fake: list) -> torch.Tensor:
 def feature_matching_loss(real: list, fake: list) -> torch.Tensor:
     """L1 between discriminator activations on real and generated audio (real detached)."""
     return sum(torch.mean(torch.abs(r.detach() - f)) for rs, fs in zip(real, fake) for r, f in zip(rs[1], fs[1]))
+
+
+# ------------------------------------------------------------------ causal transformer (SLED, KALL-E)
+
+
+def rotary(x: torch.Tensor, positions: torch.Tensor, base: float = 10000.0) -> torch.Tensor:
+    """Rotary position embedding (RoPE, Su et al. 2021) on (batch, heads, length, head_dim).
+
+    Rotating query and key pairs by position-dependent angles makes their dot product depend
+    only on the relative offset, so a KV cache stays valid as the sequence grows.
+    """
+    half = x.shape[-1] // 2
+    freqs = base ** (-torch.arange(half, device=x.device, dtype=torch.float32) / half)
+    angles = positions.to(torch.float32)[:, None] * freqs  # (length, half)
+    cos, sin = angles.cos(), angles.sin()
+    x1, x2 = x[..., :half].float(), x[..., half:].float()
+    return torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1).to(x.dtype)
+
+
+class CausalSelfAttention(nn.Module):
+    """Multi-head causal attention. No attention dropout: on CPU it forces SDPA's slow math
+    path (a Bernoulli mask over every score), 5x slower at our sequence lengths."""
+
+    def __init__(self, dim: int, heads: int):
+        super().__init__()
+        self.heads = heads
+        self.qkv = nn.Linear(dim, 3 * dim, bias=False)
+        self.out = nn.Linear(dim, dim, bias=False)
+
+    def forward(self, x: torch.Tensor, positions: torch.Tensor, cache: dict | None = None) -> torch.Tensor:
+        batch, length, dim = x.shape
+        q, k, v = self.qkv(x).view(batch, length, 3, self.heads, dim // self.heads).permute(2, 0, 3, 1, 4)
+        q, k = rotary(q, positions), rotary(k, positions)
+        past = 0
+        if cache is not None:
+            if "k" in cache:
+                past = cache["k"].shape[2]
+                k, v = torch.cat([cache["k"], k], dim=2), torch.cat([cache["v"], v], dim=2)
+            cache["k"], cache["v"] = k, v
+        if past == 0:
+            y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        else:  # new positions see the whole cache and each other causally
+            mask = torch.arange(length, device=x.device)[:, None] + past >= torch.arange(past + length,
+                                                                                         device=x.device)[None]
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        return self.out(y.transpose(1, 2).reshape(batch, length, dim))
+
+
+class TransformerBlock(nn.Module):
+    """Pre-norm: x + attn(LN x), then x + MLP(LN x)."""
+
+    def __init__(self, dim: int, heads: int, ff_mult: int = 4, dropout: float = 0.0):
+        super().__init__()
+        self.attn_norm, self.mlp_norm = nn.LayerNorm(dim), nn.LayerNorm(dim)
+        self.attn = CausalSelfAttention(dim, heads)
+        self.attn_dropout = nn.Dropout(dropout)
+        self.mlp = nn.Sequential(nn.Linear(dim, ff_mult * dim), nn.GELU(), nn.Linear(ff_mult * dim, dim),
+                                 nn.Dropout(dropout))
+
+    def forward(self, x: torch.Tensor, positions: torch.Tensor, cache: dict | None = None) -> torch.Tensor:
+        x = x + self.attn_dropout(self.attn(self.attn_norm(x), positions, cache))
+        return x + self.mlp(self.mlp_norm(x))
+
+
+class CausalTransformer(nn.Module):
+    """A decoder-only transformer over embeddings, with RoPE and an optional KV cache.
+
+    `forward(x, positions, cache)` with `cache = model.new_cache()` appends this call's keys and
+    values, so feeding a sequence in pieces gives the same outputs as feeding it whole.
+    """
+
+    def __init__(self, dim: int, layers: int, heads: int, ff_mult: int = 4, dropout: float = 0.0):
+        super().__init__()
+        if dim % heads or (dim // heads) % 2:
+            raise ValueError(f"dim {dim} must split into {heads} heads of even size")
+        self.blocks = nn.ModuleList([TransformerBlock(dim, heads, ff_mult, dropout) for _ in range(layers)])
+        self.norm = nn.LayerNorm(dim)
+
+    def new_cache(self) -> list[dict]:
+        return [{} for _ in self.blocks]
+
+    def forward(self, x: torch.Tensor, positions: torch.Tensor | None = None,
+                cache: list[dict] | None = None) -> torch.Tensor:
+        if positions is None:
+            past = cache[0]["k"].shape[2] if cache and "k" in cache[0] else 0
+            positions = torch.arange(past, past + x.shape[1], device=x.device)
+        for i, block in enumerate(self.blocks):
+            x = block(x, positions, None if cache is None else cache[i])
+        return self.norm(x)

@@ -6,15 +6,23 @@ returns audio at models.audio.SAMPLE_RATE plus a dict of the settings it used.
 
 from __future__ import annotations
 
+import random
 import time
+from typing import Callable, Iterator
 
 import numpy as np
+import torch
 
 from models import audio
+from models.text import check_text, split_sentences
 from models.vocoder import get_vocoder
 
 CODECS = ("vocoder",)  # plus trained latent codecs: a checkpoint name or folder (e.g. flow_vae)
 LATENT_CODECS = ("flow_vae",)  # registry models with encode_wav / decode_wav
+TTS_MODELS = ("sled",)  # registry models with generate(text ids, prompt latents, cfg, seed)
+MAX_TTS_CHARS = 2000
+MAX_REFERENCE_SECONDS = 20.0
+PAUSE_SECONDS = 0.2  # silence between sentences
 
 
 def available_codecs() -> list[str]:
@@ -78,3 +86,98 @@ def encode_latents(
     if codec == "vocoder":
         return get_vocoder(device).analyze(wav).T.cpu().numpy(), None
     return _codec_model(codec, device).encode_wav(wav)
+
+
+def _tts_model(model: str, device: str | None):
+    from models import registry
+
+    try:
+        generator, config, _ = registry.load_model(model, device)
+    except registry.CheckpointNotFound as error:
+        raise ValueError(f"unknown TTS model {model!r}: {error}") from None
+    if config.get("model") not in TTS_MODELS:
+        raise ValueError(f"checkpoint {model!r} is a {config.get('model')} model, not a TTS model")
+    return generator, config
+
+
+def tts(
+    text: str, model: str = "sled", ref_wav: np.ndarray | None = None, ref_sr: int | None = None,
+    ref_text: str | None = None, cfg: float = 2.0, seed: int | None = None, stream: bool = False,
+    device: str | None = None, max_chars: int = MAX_TTS_CHARS, stop_threshold: float = 0.5,
+    transcribe: Callable[[np.ndarray], str] | None = None, chunk_frames: tuple[int, int] = (20, 20),
+) -> tuple[np.ndarray, dict] | tuple[Iterator[np.ndarray], dict]:
+    """Text to speech at 22.05 kHz; returns (audio, info), or with stream=True (chunk iterator, info).
+
+    Text is split into sentences, each generated with seed + its index and joined with a short
+    pause. A reference clip (ref_wav at ref_sr) and its transcript prefix every sentence, so the
+    voice continues; without ref_text, `transcribe(wav at 22.05 kHz)` supplies it. cfg is the
+    guidance scale (1.0 = none, which runs the conditional model alone: the same output at half
+    the cost). Streaming yields audio as frames are generated: the first chunk after
+    chunk_frames[0] frames, then every chunk_frames[1]; `info` gains timings as it runs.
+    """
+    from models.flow_vae import ChunkedDecoder
+
+    sentences = split_sentences(check_text(text, max_chars))
+    generator, config = _tts_model(model, device)
+    codec = _codec_model(config["codec"], device)
+    seed = random.randrange(2**31) if seed is None else int(seed)
+    symbols = generator.frontend.symbols
+    prompt_ids, prompt = [], None
+    if ref_wav is not None:
+        if ref_sr is None:
+            raise ValueError("ref_sr: the reference audio's sample rate is required")
+        ref = audio.prepare_audio(ref_wav, ref_sr, max_seconds=MAX_REFERENCE_SECONDS, name="reference audio")
+        if not ref_text:
+            if transcribe is None:
+                raise ValueError("the reference clip needs its transcript (ref_text)")
+            ref_text = transcribe(ref)
+        prompt_ids = generator.frontend.encode([check_text(ref_text)])[0] + symbols.encode(" ")
+        prompt = torch.from_numpy(codec.encode_wav(ref)[0])
+    info = {"model": model, "codec": config["codec"], "cfg": cfg, "seed": seed, "sentences": len(sentences),
+            "reference": ref_wav is not None, "ref_text": ref_text, "stop_threshold": stop_threshold,
+            "device": str(next(generator.parameters()).device)}
+
+    def frames(index: int, sentence: str):
+        ids = prompt_ids + generator.frontend.encode([sentence])[0]
+        return generator.generate(ids, prompt, None if cfg == 1.0 else cfg, seed + index, stop_threshold)
+
+    pause = np.zeros(int(PAUSE_SECONDS * audio.SAMPLE_RATE), np.float32)
+    start = time.perf_counter()
+    if not stream:
+        pieces, n_frames = [], 0
+        for index, sentence in enumerate(sentences):
+            z = list(frames(index, sentence))
+            n_frames += len(z)
+            if z:
+                pieces += [codec.decode_wav(torch.stack(z)), pause]
+        wav = np.concatenate(pieces[:-1]) if pieces else np.zeros(0, np.float32)
+        seconds = time.perf_counter() - start
+        info.update(frames=n_frames, seconds=round(len(wav) / audio.SAMPLE_RATE, 3),
+                    wall_seconds=round(seconds, 3), rtf=round(seconds / max(len(wav), 1) * audio.SAMPLE_RATE, 4))
+        return wav, info
+
+    def chunks() -> Iterator[np.ndarray]:
+        total, n_frames = 0, 0
+        for index, sentence in enumerate(sentences):
+            decoder, waiting, target = ChunkedDecoder(codec), [], chunk_frames[0]
+            if index:
+                yield pause
+                total += len(pause)
+            for z in frames(index, sentence):
+                waiting.append(z)
+                n_frames += 1
+                if len(waiting) >= target:
+                    out, waiting, target = decoder.push(waiting), [], chunk_frames[1]
+                    if len(out):
+                        info.setdefault("first_chunk_s", round(time.perf_counter() - start, 3))
+                        total += len(out)
+                        yield out
+            out = np.concatenate([decoder.push(waiting), decoder.flush()])
+            info.setdefault("first_chunk_s", round(time.perf_counter() - start, 3))
+            total += len(out)
+            yield out
+        seconds = time.perf_counter() - start
+        info.update(frames=n_frames, seconds=round(total / audio.SAMPLE_RATE, 3), wall_seconds=round(seconds, 3),
+                    rtf=round(seconds / max(total, 1) * audio.SAMPLE_RATE, 4))
+
+    return chunks(), info

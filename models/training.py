@@ -67,6 +67,8 @@ class TrainConfig:
     val_batches: int = 8
     val_samples: int = 6  # utterances decoded to audio and scored at each validation
     workers: int = 0
+    init_from: str | None = None  # start from this checkpoint's weights (a registry name or folder): fine-tuning
+    freeze: tuple[str, ...] = ()  # parameter-name prefixes left untouched, e.g. [encoder, flow]
 
     @classmethod
     def from_dict(cls, data: dict) -> "TrainConfig":
@@ -100,6 +102,13 @@ class Task:
 
     def __init__(self, model_config: dict):
         self.model_config = model_config
+
+    def feature(self) -> Feature | None:
+        """The training feature, when the model decides it (e.g. a codec's latents); else data.feature."""
+        return None
+
+    def prepare(self, train_set: SpeechDataset) -> None:
+        """Fit what the model needs from the training data before build() (e.g. feature statistics)."""
 
     def build(self) -> torch.nn.Module:
         raise NotImplementedError
@@ -161,11 +170,22 @@ def crop_batch(batch: dict, segment: int | None, generator: torch.Generator) -> 
     return {**batch, "features": out, "feature_lengths": new_lengths}
 
 
-def epoch_batches(n_items: int, batch_size: int, epoch: int, seed: int, rank: int, world: int) -> list[list[int]]:
-    """A seeded permutation per epoch cut into batches; rank r takes batches r, r+world, ..."""
+def epoch_batches(n_items: int, batch_size: int, epoch: int, seed: int, rank: int, world: int,
+                  lengths: list[int] | None = None) -> list[list[int]]:
+    """A seeded permutation per epoch cut into batches; rank r takes batches r, r+world, ...
+
+    With `lengths` (whole, uncropped utterances), items are sorted by length within windows
+    of 50 batches before cutting and the batches shuffled: far less padding per batch.
+    """
+    rng = random.Random(seed * 1_000_003 + epoch)
     order = list(range(n_items))
-    random.Random(seed * 1_000_003 + epoch).shuffle(order)
+    rng.shuffle(order)
+    if lengths is not None:
+        window = 50 * batch_size
+        order = [i for w in range(0, n_items, window) for i in sorted(order[w:w + window], key=lengths.__getitem__)]
     batches = [order[i:i + batch_size] for i in range(0, n_items - batch_size + 1, batch_size)]
+    if lengths is not None:
+        rng.shuffle(batches)
     usable = len(batches) // world * world
     return batches[rank:usable:world]
 
@@ -307,17 +327,26 @@ class Trainer:
         np.random.seed(t.seed + rank)
         torch.manual_seed(t.seed + rank)
         data = self.config.get("data", {})
-        feature = FEATURES[data.get("feature", "mel")]
+        feature = self.task.feature() or FEATURES[data.get("feature", "mel")]
         cache = None if feature is WAVEFORM else (data.get("cache") or str(manifest.parent / "cache"))
         train_set = SpeechDataset(manifest, ("train",), feature=feature, cache_dir=cache, max_seconds=t.max_seconds)
         valid_set = SpeechDataset(manifest, ("valid",), feature=feature, cache_dir=cache, max_seconds=t.max_seconds)
+        self.task.prepare(train_set)
 
         model = self.task.build().to(device)
+        if t.init_from:
+            registry.load_safetensors_into(model, str(registry.resolve(t.init_from) / registry.WEIGHTS), strict=True)
+        frozen = [p for name, p in model.named_parameters() if name.startswith(tuple(t.freeze))] if t.freeze else []
+        if t.freeze and not frozen:
+            raise ValueError(f"train.freeze {list(t.freeze)} matches no parameter of {self.task_name}")
+        for parameter in frozen:
+            parameter.requires_grad_(False)
         discriminator = self.task.discriminator()
         modules = {"model": model}
         if discriminator is not None:
             modules["discriminator"] = discriminator.to(device)
-        optimizers = {name: torch.optim.AdamW(m.parameters(), lr=t.lr, betas=t.betas, weight_decay=t.weight_decay)
+        optimizers = {name: torch.optim.AdamW([p for p in m.parameters() if p.requires_grad], lr=t.lr, betas=t.betas,
+                                              weight_decay=t.weight_decay)
                       for name, m in modules.items()}
         schedulers = {name: torch.optim.lr_scheduler.LambdaLR(o, self._lr_lambda) for name, o in optimizers.items()}
         state = {"step": 0, "epoch": 0, "batch_in_epoch": 0, "wall_time_s": 0.0, "seen_seconds": 0.0}
@@ -338,9 +367,10 @@ class Trainer:
         progress = tqdm(total=stop, initial=state["step"], desc=f"train {self.task_name}", unit="step",
                         disable=rank != 0, dynamic_ncols=True)
         started = time.perf_counter() - state["wall_time_s"]
+        lengths = [train_set.frames(i) for i in range(len(train_set))] if t.segment_frames is None else None
         logs: dict[str, list[float]] = {}
         while state["step"] < stop:
-            batches = epoch_batches(len(train_set), t.batch_size, state["epoch"], t.seed, rank, world)
+            batches = epoch_batches(len(train_set), t.batch_size, state["epoch"], t.seed, rank, world, lengths)
             if not batches:
                 raise ValueError(f"the training split has fewer than {t.batch_size * world} utterances")
             for batch_index in range(state["batch_in_epoch"], len(batches)):
@@ -402,7 +432,8 @@ class Trainer:
             loss, logs, cache = self.task.losses(model, batch, step)
         optimizers["model"].zero_grad(set_to_none=True)
         loss.backward()
-        logs["grad_norm"] = float(torch.nn.utils.clip_grad_norm_(model.parameters(), t.grad_clip))
+        trainable = [p for p in model.parameters() if p.requires_grad]
+        logs["grad_norm"] = float(torch.nn.utils.clip_grad_norm_(trainable, t.grad_clip))
         optimizers["model"].step()
         if discriminator is not None and cache is not None:
             optimizers["discriminator"].zero_grad(set_to_none=True)  # drop what the generator loss left
@@ -458,6 +489,12 @@ class Trainer:
                 "metrics": {k: round(v, 4) for k, v in state.get("last_validation", {}).items()
                             if isinstance(v, float)},
                 "audio_seen_hours": round(state["seen_seconds"] / 3600, 2), "task": self.task_name}
+        if self.train.init_from:  # a fine-tune: say what it started from and what stayed fixed
+            base = registry.resolve(self.train.init_from)
+            card["fine_tuned_from"] = {"checkpoint": str(self.train.init_from),
+                                       **{k: v for k, v in registry.read_card(base / registry.CARD).items()
+                                          if k in ("steps", "wall_time_s", "device", "audio_seen_hours")},
+                                       "frozen": list(self.train.freeze)}
         config = {"model": self.task_name, **self.config["model"]}
         return registry.save_checkpoint(model, config, card, run / "export")
 

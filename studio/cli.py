@@ -66,6 +66,29 @@ def _publish(args: argparse.Namespace) -> int:
     return 0
 
 
+def _tts(args: argparse.Namespace) -> int:
+    import json
+
+    import numpy as np
+
+    from models import audio, pipelines, registry
+
+    ref, transcribe = None, None
+    if args.ref:
+        ref = audio.load_audio(args.ref, audio.SAMPLE_RATE, max_seconds=pipelines.MAX_REFERENCE_SECONDS)
+        if not args.ref_text:
+            from evaluation.metrics.asr import transcriber
+
+            transcribe = transcriber(registry.pick_device(None))
+    result, info = pipelines.tts(args.text, model=args.model, ref_wav=ref, ref_sr=audio.SAMPLE_RATE,
+                                 ref_text=args.ref_text, cfg=args.cfg, seed=args.seed, stream=args.stream,
+                                 transcribe=transcribe)
+    wav = np.concatenate(list(result)) if args.stream else result  # chunks arrive as they are generated
+    audio.save_audio(args.out, wav, audio.SAMPLE_RATE)
+    print(json.dumps({"out": str(args.out), **info}, indent=1))
+    return 0
+
+
 def _codec_reconstruct(args: argparse.Namespace) -> int:
     from models import audio, pipelines
 
@@ -178,6 +201,17 @@ def build_parser() -> argparse.ArgumentParser:
                          help="an `eval` run folder whose overall means go on the card as LABEL/metric; repeatable")
     publish.add_argument("--system", default="model", help="the checkpoint's system name in those runs")
     publish.set_defaults(run=_publish)
+
+    tts = commands.add_parser("tts", help="text to speech (SLED)")
+    tts.add_argument("--model", default="sled", help="a TTS checkpoint name or folder (sled, sled_stream)")
+    tts.add_argument("--text", required=True, help="what to say (long text is split into sentences)")
+    tts.add_argument("--ref", help="a reference clip whose voice to continue")
+    tts.add_argument("--ref-text", help="the reference's transcript (default: transcribed by the bench's ASR)")
+    tts.add_argument("--cfg", type=float, default=2.0, help="classifier-free guidance scale (1 = none)")
+    tts.add_argument("--seed", type=int, help="random seed (default: drawn and printed)")
+    tts.add_argument("--stream", action="store_true", help="generate and decode chunk by chunk")
+    tts.add_argument("--out", required=True, help="output .wav, .flac or .ogg (22.05 kHz)")
+    tts.set_defaults(run=_tts)
 
     codec = commands.add_parser("codec", help="encode and decode audio through a codec")
     codec_commands = codec.add_subparsers(dest="codec_command", required=True, metavar="ACTION")

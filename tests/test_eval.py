@@ -118,10 +118,14 @@ def test_codec_checkpoint_folder_is_a_codec_system(tmp_path, seen, monkeypatch, 
                                       tmp_path / "vae")
     system = parse_system(f"vae={folder}")
     assert (system.kind, system.generated) == ("codec", True)
-    run_eval(config(seen, tmp_path / "run", systems=(f"vae={folder}",), metrics=["stoi"], limit=1))
+    run_eval(config(seen, tmp_path / "run", systems=(f"vae={folder}",), metrics=["stoi", "latent"], limit=1,
+                    options={"latent_codec": str(folder)}))
     rows = {r["metric"]: r for r in read_results(tmp_path / "run")}
     assert rows["rtf"]["values"]["rtf"] > 0 and rows["stoi"]["values"] is not None
     assert list((tmp_path / "run" / "audio" / "vae").glob("*.wav"))
+    # latents of a codec given by path land in one folder per codec, which the report reads
+    report = json.loads((tmp_path / "run" / "report.json").read_text())
+    assert list(report["latents"]) == [str(folder).strip("/").replace("/", "_")]
 
     # publishing puts the run's means on the card, next to the training metrics
     monkeypatch.setattr(registry, "CHECKPOINT_DIR", tmp_path / "assets")

@@ -45,6 +45,10 @@ def test_batches_shard_one_permutation_across_ranks():
     halves = [epoch_batches(10, 2, epoch=0, seed=0, rank=r, world=2) for r in range(2)]
     assert halves[0][0] + halves[1][0] == single[0]
     assert epoch_batches(10, 4, 1, 0, 0, 1) != single  # reshuffled per epoch
+    lengths = [7, 1, 9, 3, 5, 2, 8, 4, 6, 10, 11, 0]
+    bucketed = epoch_batches(12, 3, 0, 0, 0, 1, lengths)
+    assert sorted(i for b in bucketed for i in b) == list(range(12))
+    assert all(max(lengths[i] for i in b) - min(lengths[i] for i in b) == 2 for b in bucketed)  # neighbours
 
 
 def test_crops_are_within_each_item():
@@ -71,6 +75,20 @@ def test_resume_continues_exactly_from_the_saved_step(mini, tmp_path):
     card = registry.read_card(tmp_path / "split" / "export" / "README.md")
     assert card["steps"] == 6 and "pesq_wb" in card["metrics"] and card["device"].startswith("cpu")
     assert list((tmp_path / "split" / "samples" / "step-6").glob("*.wav"))
+
+
+def test_fine_tune_starts_from_a_checkpoint_and_leaves_frozen_parts_alone(mini, tmp_path):
+    corpus = mini[0]
+    train(corpus, tmp_path / "base", steps=2)
+    base = load_file(str(tmp_path / "base" / "export" / "model.safetensors"))
+    train(corpus, tmp_path / "ft", steps=2, init_from=str(tmp_path / "base" / "export"), freeze=["encoder", "flow"])
+    tuned = load_file(str(tmp_path / "ft" / "export" / "model.safetensors"))
+    assert all(torch.equal(base[k], tuned[k]) for k in base if k.startswith(("encoder.", "flow.")))
+    assert any(not torch.equal(base[k], tuned[k]) for k in base if k.startswith("decoder."))
+    card = registry.read_card(tmp_path / "ft" / "export" / "README.md")
+    assert card["fine_tuned_from"]["steps"] == 2 and card["fine_tuned_from"]["frozen"] == ["encoder", "flow"]
+    with pytest.raises(ValueError, match="matches no parameter"):
+        train(corpus, tmp_path / "bad", steps=1, freeze=["nothing"])
 
 
 def test_torchrun_two_processes_match_a_single_process_step(mini, tmp_path):

@@ -148,6 +148,14 @@ def load_asr(spec: str, device: str):
     return BACKENDS[backend](model, device)
 
 
+def transcriber(device: str = "cpu", spec: str = DEFAULT_ASR):
+    """A function from 22.05 kHz audio to its transcript (e.g. a voice prompt's missing text)."""
+    from models import audio
+
+    asr = load_asr(spec, device)
+    return lambda wav: asr.transcribe(audio.resample(wav, audio.SAMPLE_RATE, METRIC_RATE))
+
+
 class WerScorer:
     def __init__(self, asr):
         self.asr = asr

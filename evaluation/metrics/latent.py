@@ -28,7 +28,9 @@ DISTANCE_FRAMES = 2000  # frames sampled per system for the energy distance (O(n
 
 class LatentScorer:
     def __init__(self, codec: str, device: str, out_dir: Path):
-        self.codec, self.device, self.out_dir = codec, device, Path(out_dir) / codec
+        # one folder per codec: a checkpoint path becomes one name (the report reads <codec>/<system>/)
+        self.codec, self.device = codec, device
+        self.out_dir = Path(out_dir) / codec.strip("/").replace("/", "_")
         self.info = {"latent_codec": codec}
 
     def __call__(self, sample: Sample) -> dict[str, float]:

@@ -24,11 +24,16 @@ from models.text import TextFrontend
 
 @dataclass(frozen=True)
 class Feature:
-    """A named waveform -> (channels, frames) transform; the name keys the cache."""
+    """A named waveform -> (channels, frames) transform; the name keys the cache.
+
+    With a `source`, `compute` takes that feature's (cached) tensor instead of the waveform,
+    e.g. codec latents computed from the cached mel.
+    """
 
     name: str
-    compute: Callable[[np.ndarray], torch.Tensor]
+    compute: Callable[[np.ndarray], torch.Tensor] | Callable[[torch.Tensor], torch.Tensor]
     frames_per_second: float
+    source: "Feature | None" = None
 
 
 MEL = Feature("mel", lambda wav: audio.mel_spectrogram(wav),
@@ -50,7 +55,7 @@ class SpeechDataset(torch.utils.data.Dataset):
             raise ValueError(f"{manifest}: no utterances in split(s) {', '.join(splits)}")
         self.frontend = frontend or TextFrontend.default()
         self.feature = feature
-        self.cache = Path(cache_dir) / feature.name if cache_dir else None
+        self.cache = Path(cache_dir) if cache_dir else None
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -64,12 +69,16 @@ class SpeechDataset(torch.utils.data.Dataset):
             return self.frontend.symbols.encode(row["phonemes"])
         return self.frontend.encode([row["normalized_text"]])[0]
 
-    def features(self, row: dict) -> torch.Tensor:
-        cached = self.cache / f"{row['id']}.npy" if self.cache else None
+    def features(self, row: dict, feature: Feature | None = None) -> torch.Tensor:
+        feature = feature or self.feature
+        cached = self.cache / feature.name / f"{row['id']}.npy" if self.cache else None
         if cached is not None and cached.is_file():
             return torch.from_numpy(np.load(cached, allow_pickle=False).astype(np.float32))
-        wav = audio.load_audio(mf.resolve(self.manifest, row["path"]), audio.SAMPLE_RATE, max_seconds=None)
-        value = self.feature.compute(wav).float().cpu()
+        if feature.source is not None:
+            value = feature.compute(self.features(row, feature.source)).float().cpu()
+        else:
+            wav = audio.load_audio(mf.resolve(self.manifest, row["path"]), audio.SAMPLE_RATE, max_seconds=None)
+            value = feature.compute(wav).float().cpu()
         if cached is not None:
             stored = value.numpy().astype(np.float16)
             with atomic_path(cached) as tmp:

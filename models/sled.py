@@ -1,0 +1,391 @@
+"""SLED: speech language modeling with energy distance (Ma et al. 2025), at our scale.
+
+Speech is a sequence of continuous Flow-VAE latents (21.5 Hz). A causal transformer reads
+
+    [phonemes ..., EOT, z_1, ..., z_T]                       (offline)
+    [n phonemes, m latents, n phonemes, m latents, ..., EOT, rest]   (streaming, interleaved)
+
+and its output h_t at the position before each latent conditions a per-step generative head
+g(h_t, eps): an MLP of residual blocks whose layer-norm scale, shift and gate are linear in
+the noise eps ~ N(0, I) (AdaLN). One MLP pass draws one frame -- no quantizer, no diffusion.
+The head is trained with the generalized energy distance (beta = 1) from two samples per step,
+
+    L_ED = E[ ||x - y|| + ||x' - y|| - ||x - x'|| ],   x, x' = g(h_t, eps), g(h_t, eps'),
+
+a strictly proper scoring rule: its expectation is minimal only when g's samples follow the
+data's conditional distribution. A linear stop head on h_t (weighted BCE) ends generation.
+Classifier-free guidance: text is replaced by a null token with probability `text_dropout`
+(EOT kept); at inference h = h_u + lambda (h_c - h_u) feeds the head, stop read from h_c.
+Voice prompting: a reference's transcript and latents prefix the sequence; training
+concatenates two utterances of one speaker (`prompt_pairs`) so continuation is in-distribution.
+`head: l2` is the paper's ablation: the same MLP with eps = 0, trained by mean squared error.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from models import audio, registry
+from models.data.dataset import MEL, Feature, SpeechDataset
+from models.modules import CausalTransformer
+from models.text import TextFrontend
+from models.training import Task, task
+
+TEXT, EOT, LATENT = 0, 1, 2  # what each sequence position holds
+
+
+@dataclass
+class SLEDConfig:
+    codec: str = "flow_vae"  # the Flow-VAE checkpoint whose latents are modelled
+    latent_dim: int = 64
+    latent_mean: list[float] | None = None  # per-dimension statistics of the training latents
+    latent_std: list[float] | None = None
+    frontend: dict | None = None  # TextFrontend.to_dict(); None = the default frontend
+    dim: int = 256
+    layers: int = 6
+    heads: int = 4
+    ff_mult: int = 4
+    dropout: float = 0.1
+    head: str = "energy"  # "energy" (the paper) or "l2" (ablation)
+    head_blocks: int = 3
+    head_mult: int = 2
+    noise_dim: int = 64
+    stop_pos_weight: float = 10.0  # one positive per utterance against ~100 negatives
+    text_dropout: float = 0.1  # classifier-free guidance
+    prompt_pairs: float = 0.5  # fraction of training sequences that are two utterances of one voice
+    interleave: tuple[int, int] | None = None  # (n text, m latents) for the streaming variant
+    frames_per_phoneme: float = 5.0  # generation cap: 20 + this x text length
+    model: str = field(default="sled", init=False)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "SLEDConfig":
+        known = {f.name for f in fields(cls) if f.init}
+        unknown = set(data) - known - {"model"}
+        if unknown:
+            raise ValueError(f"unknown SLED settings: {', '.join(sorted(unknown))}")
+        values = {k: v for k, v in data.items() if k in known}
+        if values.get("interleave") is not None:
+            values["interleave"] = tuple(values["interleave"])
+        config = cls(**values)
+        if config.head not in ("energy", "l2"):
+            raise ValueError(f"head must be energy or l2, not {config.head!r}")
+        return config
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def energy_distance(x: torch.Tensor, x_prime: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Per-frame generalized energy distance estimate, d = Euclidean (beta = 1), two samples.
+
+    ||x - y|| + ||x' - y|| - ||x - x'||, the symmetric form of 2||x - y|| - ||x - x'||: the
+    first terms pull samples to the data, the last pushes the two samples apart (diversity).
+    """
+    def norm(a):  # an epsilon keeps the gradient finite when two samples coincide (zero-init head)
+        return torch.sqrt(a.float().pow(2).sum(-1) + 1e-8)
+    return norm(x - y) + norm(x_prime - y) - norm(x - x_prime)
+
+
+def layout(n_text: int, n_frames: int, interleave: tuple[int, int] | None) -> list[int]:
+    """The kinds (TEXT, EOT, LATENT) of one sequence's positions, in order.
+
+    Offline: all text, EOT, all latents. Streaming: n text tokens then m latents, repeated
+    while text remains; then EOT and the remaining latents. Text leads the speech, so each
+    latent sees the phonemes it speaks. n_frames may be huge at inference (the cap).
+    """
+    if interleave is None:
+        return [TEXT] * n_text + [EOT] + [LATENT] * n_frames
+    n, m = interleave
+    kinds, t, f = [], 0, 0
+    while t < n_text:
+        take = min(n, n_text - t)
+        kinds += [TEXT] * take
+        t += take
+        if t < n_text:
+            step = min(m, n_frames - f)
+            kinds += [LATENT] * step
+            f += step
+    return kinds + [EOT] + [LATENT] * (n_frames - f)
+
+
+class NoiseBlock(nn.Module):
+    """x + gate(eps) * MLP(LN(x) * (1 + scale(eps)) + shift(eps)): the noise drives AdaLN."""
+
+    def __init__(self, width: int, noise_dim: int, mult: int):
+        super().__init__()
+        self.norm = nn.LayerNorm(width, elementwise_affine=False)
+        self.modulation = nn.Linear(noise_dim, 3 * width)
+        self.mlp = nn.Sequential(nn.Linear(width, mult * width), nn.SiLU(), nn.Linear(mult * width, width))
+        nn.init.zeros_(self.modulation.weight)
+        nn.init.zeros_(self.modulation.bias)
+
+    def forward(self, x: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
+        shift, scale, gate = self.modulation(eps).chunk(3, dim=-1)
+        return x + gate * self.mlp(self.norm(x) * (1 + scale) + shift)
+
+
+class GenerativeHead(nn.Module):
+    """g(h, eps): the condition h is the main stream; the noise eps modulates every block."""
+
+    def __init__(self, dim: int, latent_dim: int, noise_dim: int, blocks: int, mult: int):
+        super().__init__()
+        self.noise_dim = noise_dim
+        self.input = nn.Linear(dim, dim)
+        self.blocks = nn.ModuleList([NoiseBlock(dim, noise_dim, mult) for _ in range(blocks)])
+        self.norm = nn.LayerNorm(dim, elementwise_affine=False)
+        self.final_modulation = nn.Linear(noise_dim, 2 * dim)
+        self.output = nn.Linear(dim, latent_dim)
+        for layer in (self.final_modulation, self.output):  # start as the zero map: stable early steps
+            nn.init.zeros_(layer.weight)
+            nn.init.zeros_(layer.bias)
+
+    def forward(self, h: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
+        x = self.input(h)
+        for block in self.blocks:
+            x = block(x, eps)
+        shift, scale = self.final_modulation(eps).chunk(2, dim=-1)
+        return self.output(self.norm(x) * (1 + scale) + shift)
+
+
+class SLED(nn.Module):
+    def __init__(self, config: SLEDConfig):
+        super().__init__()
+        self.config = c = config
+        self.frontend = TextFrontend.from_dict(c.frontend) if c.frontend else TextFrontend.default()
+        self.eot_id = self.frontend.symbols.eos_id
+        self.null_id = len(self.frontend.symbols)  # the "no text" token of classifier-free guidance
+        self.text_embedding = nn.Embedding(len(self.frontend.symbols) + 1, c.dim)
+        self.latent_in = nn.Sequential(nn.Linear(c.latent_dim, c.dim), nn.LayerNorm(c.dim))
+        self.transformer = CausalTransformer(c.dim, c.layers, c.heads, c.ff_mult, c.dropout)
+        self.head = GenerativeHead(c.dim, c.latent_dim, c.noise_dim, c.head_blocks, c.head_mult)
+        self.stop_head = nn.Linear(c.dim, 1)
+        mean = torch.tensor(c.latent_mean) if c.latent_mean else torch.zeros(c.latent_dim)
+        std = torch.tensor(c.latent_std) if c.latent_std else torch.ones(c.latent_dim)
+        self.register_buffer("latent_mean", mean.float(), persistent=False)
+        self.register_buffer("latent_std", std.float(), persistent=False)
+
+    # ------------------------------------------------------------------ sequences
+
+    def normalize(self, z: torch.Tensor) -> torch.Tensor:
+        return (z - self.latent_mean) / self.latent_std
+
+    def denormalize(self, z: torch.Tensor) -> torch.Tensor:
+        return z * self.latent_std + self.latent_mean
+
+    def embed(self, texts: list[torch.Tensor], latents: list[torch.Tensor]) -> dict:
+        """Padded input embeddings of sequences laid out by `layout`, and where each latent sits.
+
+        texts: token ids per sequence; latents: normalized (frames, latent_dim) per sequence.
+        """
+        device = self.text_embedding.weight.device
+        kinds = [layout(len(t), len(z), self.config.interleave) for t, z in zip(texts, latents)]
+        length = max(len(k) for k in kinds)
+        x = torch.zeros(len(texts), length, self.config.dim, device=device)
+        frame_positions = []
+        for i, (kind, text, z) in enumerate(zip(kinds, texts, latents)):
+            kind = torch.tensor(kind + [-1] * (length - len(kind)), device=device)  # -1: padding after the end
+            x[i, kind == TEXT] = self.text_embedding(text.to(device))
+            x[i, kind == EOT] = self.text_embedding.weight[self.eot_id]
+            if len(z):
+                x[i, kind == LATENT] = self.latent_in(z.to(device)).to(x.dtype)
+            frame_positions.append((kind == LATENT).nonzero()[:, 0])
+        return {"x": x, "frame_positions": frame_positions}
+
+    def loss(self, texts: list[torch.Tensor], latents: list[torch.Tensor]) -> dict:
+        """Energy-distance (or L2) loss on every frame, and the stop loss, for raw (unnormalized) latents."""
+        latents = [self.normalize(z) for z in latents]
+        seq = self.embed(texts, latents)
+        h = self.transformer(seq["x"])
+        # the output before each latent predicts it; the output at the last latent predicts "stop"
+        rows = torch.cat([torch.full((len(p),), i) for i, p in enumerate(seq["frame_positions"])]).to(h.device)
+        before = torch.cat([p - 1 for p in seq["frame_positions"]])
+        last = torch.stack([p[-1] for p in seq["frame_positions"]])
+        h_frames = h[rows, before]
+        target = torch.cat(latents).to(h.device)
+        if self.config.head == "energy":
+            eps = torch.randn(2, *h_frames.shape[:-1], self.config.noise_dim, device=h.device)
+            samples = self.head(h_frames.unsqueeze(0).expand(2, -1, -1), eps)
+            generative = energy_distance(samples[0], samples[1], target).mean()
+        else:
+            zero = torch.zeros(*h_frames.shape[:-1], self.config.noise_dim, device=h.device)
+            generative = (self.head(h_frames, zero).float() - target).pow(2).sum(-1).mean()
+        stop_logits = self.stop_head(torch.cat([h_frames, h[torch.arange(len(last)), last]])).squeeze(-1).float()
+        stop_target = torch.cat([torch.zeros(len(h_frames)), torch.ones(len(last))]).to(h.device)
+        stop = F.binary_cross_entropy_with_logits(
+            stop_logits, stop_target, pos_weight=torch.tensor(self.config.stop_pos_weight, device=h.device))
+        return {"generative": generative, "stop": stop}
+
+    forward = loss  # so DDP can wrap the model
+
+    # ------------------------------------------------------------------ generation
+
+    def sample_frame(self, h: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+        """One draw of the head for condition h (1, dim): a normalized latent (1, latent_dim)."""
+        if self.config.head == "l2":
+            eps = torch.zeros(1, self.config.noise_dim)
+        else:
+            eps = torch.randn(1, self.config.noise_dim, generator=generator)
+        return self.head(h, eps.to(h.device))
+
+    @torch.no_grad()
+    def generate(self, text: list[int], prompt: torch.Tensor | None = None, cfg: float | None = 2.0,
+                 seed: int | None = 0, stop_threshold: float = 0.5, max_frames: int | None = None,
+                 ) -> Iterator[torch.Tensor]:
+        """Yield new latent frames (latent_dim,) one at a time, unnormalized, until the stop head fires.
+
+        text: token ids (a prompt's transcript first, when there is a prompt); prompt: the
+        reference's latents (frames, latent_dim), forced into the first latent positions.
+        cfg: guidance scale lambda; None runs the conditional model alone. Stop is only read
+        once EOT has been fed (in the streaming layout, text may still be arriving).
+        """
+        device = self.text_embedding.weight.device
+        generator = torch.Generator().manual_seed(seed) if seed is not None else None
+        prompt = self.normalize(prompt.to(device)) if prompt is not None else torch.zeros(0, self.config.latent_dim)
+        limit = max_frames or int(20 + self.config.frames_per_phoneme * len(text))
+        guided = cfg is not None
+        ids = torch.tensor(text, device=device)
+        streams = [self.text_embedding(ids)]
+        if guided:
+            streams.append(self.text_embedding(torch.full_like(ids, self.null_id)))
+        eot = self.text_embedding.weight[self.eot_id]
+        cache = self.transformer.new_cache()
+        pending: list[torch.Tensor] = []  # (branches, dim) inputs waiting to be fed
+        t = forced = generated = 0
+        eot_fed = False
+        for kind in layout(len(text), len(prompt) + limit, self.config.interleave):
+            if kind == TEXT:
+                pending.append(torch.stack([s[t] for s in streams]))
+                t += 1
+            elif kind == EOT:
+                pending.append(eot.expand(len(streams), -1))
+                eot_fed = True
+            elif forced < len(prompt):
+                pending.append(self.latent_in(prompt[forced][None]).expand(len(streams), -1))
+                forced += 1
+            else:
+                h = self.transformer(torch.stack(pending, dim=1), cache=cache)[:, -1]
+                pending = []
+                if eot_fed and torch.sigmoid(self.stop_head(h[:1])).item() > stop_threshold:
+                    return
+                condition = h[1:] + cfg * (h[:1] - h[1:]) if guided else h[:1]
+                z = self.sample_frame(condition, generator)
+                yield self.denormalize(z[0])
+                pending.append(self.latent_in(z).expand(len(streams), -1))
+                generated += 1
+
+
+@registry.register("sled")
+def build(config: dict) -> SLED:
+    return SLED(SLEDConfig.from_dict(config))
+
+
+# ---------------------------------------------------------------------- training
+
+
+def codec_latents(codec: str) -> Feature:
+    """The Flow-VAE's posterior (mu; log sigma) from the cached mel: a (2 x latent_dim, frames) feature.
+
+    The cache name carries a hash of the encoder's weights (the latents depend on nothing
+    else), so a retrained encoder never reuses stale latents, while a published copy or a
+    decoder-only fine-tune does.
+    """
+    model, _, _ = registry.load_model(codec, "cpu")
+    digest = hashlib.sha256()
+    for name, tensor in sorted(model.encoder.state_dict().items()):
+        digest.update(name.encode() + tensor.float().numpy().tobytes())
+
+    def compute(mel: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            mu, log_sigma = model.encode(mel[None])
+        return torch.cat([mu[0], log_sigma[0]])
+
+    return Feature(f"latents-{digest.hexdigest()[:10]}", compute, MEL.frames_per_second / model.config.downsample, source=MEL)
+
+
+@task("sled")
+class SLEDTask(Task):
+    """Whole utterances (no crops): text + latents, paired into voice-continuation sequences."""
+
+    def __init__(self, model_config: dict):
+        super().__init__(model_config)
+        self.config = SLEDConfig.from_dict(model_config)
+
+    def feature(self) -> Feature:
+        return codec_latents(self.config.codec)
+
+    def prepare(self, train_set: SpeechDataset) -> None:
+        """Per-dimension mean and std of the posterior means, from up to 400 training utterances."""
+        rng = np.random.default_rng(0)
+        picks = rng.choice(len(train_set), min(400, len(train_set)), replace=False)
+        frames = torch.cat([train_set[int(i)]["features"][: self.config.latent_dim].T for i in picks])
+        self.model_config["latent_mean"] = [round(float(v), 5) for v in frames.mean(0)]
+        self.model_config["latent_std"] = [round(float(v), 5) for v in frames.std(0).clamp_min(1e-3)]
+        self.model_config.setdefault("frontend", train_set.frontend.to_dict())
+        self.config = SLEDConfig.from_dict(self.model_config)
+
+    def build(self) -> SLED:
+        return SLED(self.config)
+
+    def sequences(self, model: SLED, batch: dict, step: int) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        """Per-item (text ids, latents); some become [other utterance of the voice, this one]."""
+        c = self.config
+        generator = torch.Generator().manual_seed(step * 7919 + 17)
+        n = len(batch["ids"])
+        texts = [batch["text"][i, : batch["text_lengths"][i]] for i in range(n)]
+        latents = [batch["features"][i, : c.latent_dim, : batch["feature_lengths"][i]].T for i in range(n)]
+        speakers = batch["speaker"].tolist()
+        space = torch.tensor(model.frontend.symbols.encode(" "), device=texts[0].device)
+        out_texts, out_latents = [], []
+        for i in range(n):
+            text, z = texts[i], latents[i]
+            others = [j for j in range(n) if j != i and speakers[j] == speakers[i]]
+            if others and float(torch.rand(1, generator=generator)) < c.prompt_pairs:
+                j = others[int(torch.randint(len(others), (1,), generator=generator))]
+                text, z = torch.cat([texts[j], space, text]), torch.cat([latents[j], z])
+            if float(torch.rand(1, generator=generator)) < c.text_dropout:
+                text = torch.full_like(text, model.null_id)
+            out_texts.append(text)
+            out_latents.append(z)
+        return out_texts, out_latents
+
+    def losses(self, model: nn.Module, batch: dict, step: int) -> tuple[torch.Tensor, dict, None]:
+        core = model.module if hasattr(model, "module") else model
+        texts, latents = self.sequences(core, batch, step)
+        if model is core:
+            out = core.loss(texts, latents)
+        else:  # DDP: the forward must go through the wrapper so gradients are averaged
+            out = model(texts, latents)
+        loss = out["generative"] + out["stop"]
+        return loss, {k: v.item() for k, v in out.items()}, None
+
+    def validate(self, model: nn.Module, items: list[dict], out_dir: Path) -> dict:
+        """Speak validation sentences (no prompt, cfg 2, seed 0) and score them with the bench's ASR."""
+        from evaluation.metrics.asr import DEFAULT_ASR, load_asr, wer_counts
+
+        if not items:
+            return {}
+        codec, _, _ = registry.load_model(self.config.codec, str(next(model.parameters()).device))
+        asr = load_asr(DEFAULT_ASR, "cpu")
+        errors, words, frames = 0, 0, []
+        out_dir.mkdir(parents=True, exist_ok=True)
+        for item in items:
+            ids = model.frontend.symbols.encode(item["phonemes"]) if model.frontend.mode == "phoneme" and item.get(
+                "phonemes") else model.frontend.encode([item["normalized_text"]])[0]
+            z = list(model.generate(ids, cfg=2.0, seed=0))
+            frames.append(len(z))
+            if not z:
+                continue
+            wav = codec.decode_wav(torch.stack(z))
+            audio.save_audio(out_dir / f"{item['id']}.wav", wav)
+            counts = wer_counts(item["normalized_text"], asr.transcribe(audio.resample(wav, audio.SAMPLE_RATE, 16000)))
+            errors += counts.rate * counts.reference_length
+            words += counts.reference_length
+        return {"wer": errors / max(1, words), "frames": float(np.mean(frames))}

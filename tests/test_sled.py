@@ -1,0 +1,235 @@
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from models import registry
+from models.flow_vae import ChunkedDecoder, FlowVAE, FlowVAEConfig
+from models.sled import EOT, LATENT, SLED, TEXT, GenerativeHead, SLEDConfig, energy_distance, layout
+from models.training import load_config
+from studio.cli import main
+
+TINY = load_config(registry.REPO_ROOT / "models" / "configs" / "sled_tiny.yaml")
+
+
+def tiny(**overrides) -> SLED:
+    torch.manual_seed(0)
+    model = SLED(SLEDConfig.from_dict({**TINY["model"], "frontend": None, **overrides})).eval()
+    for module in model.head.modules():  # leave the zero init, so outputs depend on weights and noise
+        if isinstance(module, torch.nn.Linear):
+            torch.nn.init.normal_(module.weight, std=0.1)
+    return model
+
+
+def tokens(model: SLED, text: str = "hello world") -> list[int]:
+    return model.frontend.encode([text])[0]
+
+
+def test_energy_distance_is_minimal_for_samples_at_the_target():
+    y = torch.tensor([[1.0, -2.0]])
+    at_target = energy_distance(y, y, y)
+    assert float(at_target) == pytest.approx(0.0, abs=1e-3)
+    for offset in ([0.1, 0.0], [0.0, -0.5], [1.0, 1.0]):  # zero-variance samples off the target
+        c = y + torch.tensor([offset])
+        assert float(energy_distance(c, c, y)) > float(at_target) + 0.05
+
+
+def test_energy_distance_gradient_pulls_samples_to_a_2d_target_distribution():
+    torch.manual_seed(0)
+    mean, scale = torch.tensor([2.0, -1.0]), torch.tensor([0.5, 1.5])
+    shift = torch.zeros(2, requires_grad=True)
+    log_scale = torch.zeros(2, requires_grad=True)
+    optimizer = torch.optim.Adam([shift, log_scale], lr=0.05)
+    for _ in range(600):
+        y = mean + scale * torch.randn(256, 2)
+        x, x_prime = (shift + log_scale.exp() * torch.randn(2, 256, 2)).unbind(0)
+        loss = energy_distance(x, x_prime, y).mean()
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    assert torch.allclose(shift.detach(), mean, atol=0.15)
+    assert torch.allclose(log_scale.exp().detach(), scale, atol=0.2)  # the spread is learned, not collapsed
+
+
+def test_adaln_head_depends_on_the_noise_and_only_on_it():
+    torch.manual_seed(0)
+    head = GenerativeHead(dim=16, latent_dim=4, noise_dim=8, blocks=2, mult=2)
+    for module in head.modules():
+        if isinstance(module, torch.nn.Linear):
+            torch.nn.init.normal_(module.weight, std=0.2)
+    h = torch.randn(3, 16)
+    eps, other = torch.randn(3, 8), torch.randn(3, 8)
+    assert torch.equal(head(h, eps), head(h, eps.clone()))
+    assert (head(h, eps) - head(h, other)).abs().min() > 1e-4
+
+
+def test_the_head_and_stop_start_at_zero():
+    model = SLED(SLEDConfig.from_dict({**TINY["model"], "frontend": None}))
+    h = torch.randn(5, model.config.dim)
+    assert torch.equal(model.head(h, torch.randn(5, model.config.noise_dim)), torch.zeros(5, 8))
+
+
+def test_layouts_put_text_before_the_speech_that_says_it():
+    assert layout(3, 2, None) == [TEXT] * 3 + [EOT] + [LATENT] * 2
+    kinds = layout(7, 9, (3, 2))
+    assert kinds == [TEXT] * 3 + [LATENT] * 2 + [TEXT] * 3 + [LATENT] * 2 + [TEXT] + [EOT] + [LATENT] * 5
+    assert layout(7, 1, (3, 2)) == [TEXT] * 3 + [LATENT] + [TEXT] * 4 + [EOT]
+
+
+def test_kv_cache_generation_equals_full_recomputation():
+    model = tiny()
+    x = torch.randn(2, 11, model.config.dim)
+    full = model.transformer(x)
+    cache = model.transformer.new_cache()
+    pieces = [model.transformer(x[:, :5], cache=cache), model.transformer(x[:, 5:6], cache=cache),
+              model.transformer(x[:, 6:], cache=cache)]
+    assert torch.allclose(torch.cat(pieces, dim=1), full, atol=1e-5)
+
+
+def test_generated_frames_match_a_teacher_forced_pass():
+    """Each frame drawn with the KV cache equals the head applied to a full recomputation."""
+    model = tiny()
+    ids = tokens(model)
+    frames = list(model.generate(ids, cfg=None, seed=3, max_frames=6, stop_threshold=2.0))
+    seq = model.embed([torch.tensor(ids)], [model.normalize(torch.stack(frames))])
+    h = model.transformer(seq["x"])[0, seq["frame_positions"][0] - 1]
+    generator = torch.Generator().manual_seed(3)
+    redrawn = torch.cat([model.sample_frame(h[i:i + 1], generator) for i in range(len(frames))])
+    assert torch.allclose(model.denormalize(redrawn), torch.stack(frames), atol=1e-4)
+
+
+def test_cfg_scale_one_equals_the_conditional_model():
+    model = tiny()
+    ids = tokens(model)
+    guided = torch.stack(list(model.generate(ids, cfg=1.0, seed=1, max_frames=8, stop_threshold=2.0)))
+    plain = torch.stack(list(model.generate(ids, cfg=None, seed=1, max_frames=8, stop_threshold=2.0)))
+    other = torch.stack(list(model.generate(ids, cfg=3.0, seed=1, max_frames=8, stop_threshold=2.0)))
+    assert torch.allclose(guided, plain, atol=1e-5)
+    assert not torch.allclose(other, plain, atol=1e-3)
+
+
+def test_the_stop_head_ends_generation():
+    model = tiny()
+    ids = tokens(model)
+    assert len(list(model.generate(ids, seed=0, max_frames=30, stop_threshold=2.0))) == 30  # never fires
+    torch.nn.init.zeros_(model.stop_head.weight)
+    torch.nn.init.constant_(model.stop_head.bias, 10.0)
+    assert list(model.generate(ids, seed=0, max_frames=30)) == []
+    streaming = tiny(interleave=(3, 2))
+    torch.nn.init.zeros_(streaming.stop_head.weight)
+    torch.nn.init.constant_(streaming.stop_head.bias, 10.0)
+    # the streaming layout speaks while text arrives; stop is only read once EOT is in
+    assert len(list(streaming.generate(ids, seed=0, max_frames=30))) == 2 * (len(ids) - 1) // 3
+
+
+def test_a_voice_prompt_is_forced_and_continued():
+    model = tiny()
+    prompt = torch.randn(4, 8)
+    frames = list(model.generate(tokens(model, "one two"), prompt=prompt, seed=0, max_frames=5,
+                                 stop_threshold=2.0))
+    assert len(frames) == 5  # the prompt is context, not output
+
+
+def test_a_tiny_model_overfits_one_utterance():
+    torch.manual_seed(0)
+    model = SLED(SLEDConfig.from_dict({**TINY["model"], "frontend": None, "text_dropout": 0.0}))
+    ids = torch.tensor(tokens(model, "a short sentence"))
+    target = torch.cumsum(torch.randn(24, 8) * 0.3, dim=0)  # a smooth trajectory
+    model.latent_mean.copy_(target.mean(0))
+    model.latent_std.copy_(target.std(0))
+    optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
+    losses = []
+    for _ in range(250):
+        out = model.loss([ids], [target])
+        loss = out["generative"] + out["stop"]
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(out["generative"].item())
+    assert np.mean(losses[-10:]) < 0.3 * np.mean(losses[:10])
+    model.eval()
+    frames = torch.stack(list(model.generate(ids.tolist(), cfg=None, seed=0, max_frames=40)))
+    assert abs(len(frames) - 24) <= 2  # the stop head learned where the utterance ends
+    n = min(len(frames), 24)
+    error = (model.normalize(frames[:n]) - model.normalize(target[:n])).norm(dim=-1).mean()
+    assert error < 0.5 * model.normalize(target).norm(dim=-1).mean()
+
+
+def test_streamed_chunks_join_into_the_offline_decoding(vocoder):
+    torch.manual_seed(0)
+    codec = FlowVAE(FlowVAEConfig(latent_dim=8, channels=16, dilations=(1, 3), flow_layers=2, flow_hidden=16,
+                                  flow_kernel=3)).eval()
+    z = torch.randn(30, 8)
+    offline = codec.decode_wav(z)
+    decoder = ChunkedDecoder(codec)
+    chunks = [decoder.push(list(z[:6])), decoder.push(list(z[6:24])), decoder.push(list(z[24:])), decoder.flush()]
+    assert len(chunks[0]) == 0 and decoder.lag == 19  # nothing final before the lookahead is generated
+    streamed = np.concatenate(chunks)
+    assert len(streamed) == len(offline)
+    assert np.sqrt(np.mean((streamed - offline) ** 2)) < 0.05 * np.sqrt(np.mean(offline ** 2))
+    jumps = np.abs(np.diff(streamed))
+    assert jumps.max() < 1.5 * np.abs(np.diff(offline)).max()  # no clicks at the joins
+
+
+@pytest.fixture(scope="module")
+def sled_run(mini, tmp_path_factory):
+    """A tiny Flow-VAE and a tiny SLED trained 4 steps on it through the CLI."""
+    root = tmp_path_factory.mktemp("sled")
+    vae = root / "vae"
+    assert main(["train", "flow_vae", "--config", str(registry.REPO_ROOT / "models/configs/flow_vae_tiny.yaml"),
+                 "--data", str(mini[0]), "--out", str(vae), "--steps", "2"]) == 0
+    config = {**TINY, "model": {**TINY["model"], "codec": str(vae / "export")}}
+    path = root / "sled_tiny.yaml"
+    path.write_text(yaml.safe_dump(config))
+    assert main(["train", "sled", "--config", str(path), "--data", str(mini[0]), "--out", str(root / "sled")]) == 0
+    return root / "sled" / "export"
+
+
+def test_training_exports_latent_statistics_and_the_frontend(sled_run):
+    _, config, card = registry.load_checkpoint(sled_run, "cpu")
+    assert len(config["latent_mean"]) == 8 and min(config["latent_std"]) > 0
+    assert config["frontend"]["mode"] in ("phoneme", "char") and card["steps"] == 4
+
+
+def test_pipeline_streaming_gives_the_offline_frames_and_audio(sled_run):
+    from models import pipelines
+
+    wav, info = pipelines.tts("Hello there. Good day.", model=str(sled_run), seed=5, cfg=2.0)
+    chunks, stream_info = pipelines.tts("Hello there. Good day.", model=str(sled_run), seed=5, cfg=2.0,
+                                        stream=True, chunk_frames=(3, 7))
+    streamed = np.concatenate(list(chunks))
+    assert info["seed"] == 5 and info["sentences"] == 2
+    assert stream_info["frames"] == info["frames"] and len(streamed) == len(wav)
+    assert np.sqrt(np.mean((streamed - wav) ** 2)) < 0.1 * np.sqrt(np.mean(wav ** 2)) + 1e-6
+    assert 0 < stream_info["first_chunk_s"] <= stream_info["wall_seconds"]
+
+
+def test_pipeline_refuses_bad_input(sled_run, arctic_wav):
+    from models import pipelines
+    from models.text import TextError
+
+    with pytest.raises(TextError, match="empty"):
+        pipelines.tts("  ", model=str(sled_run))
+    with pytest.raises(TextError, match="limit is 10"):
+        pipelines.tts("a" * 11, model=str(sled_run), max_chars=10)
+    with pytest.raises(ValueError, match="transcript"):
+        pipelines.tts("hi", model=str(sled_run), ref_wav=arctic_wav, ref_sr=22050)
+    with pytest.raises(ValueError, match="not a TTS model"):
+        pipelines.tts("hi", model=str(sled_run.parents[1] / "vae" / "export"))
+    wav, info = pipelines.tts("hi", model=str(sled_run), ref_wav=arctic_wav, ref_sr=22050,
+                              transcribe=lambda wav: "author of the danger trail", seed=0)
+    assert info["ref_text"] == "author of the danger trail" and len(wav) > 0
+
+
+def test_cli_tts_end_to_end(sled_run, tmp_path, arctic_path, capsys):
+    out = tmp_path / "out.wav"
+    assert main(["tts", "--model", str(sled_run), "--text", "Hello there.", "--seed", "0", "--cfg", "1.5",
+                 "--out", str(out)]) == 0
+    assert out.is_file() and '"seed": 0' in capsys.readouterr().out
+    streamed = tmp_path / "stream.wav"
+    assert main(["tts", "--model", str(sled_run), "--text", "Hello there.", "--seed", "0", "--cfg", "1.5",
+                 "--stream", "--ref", str(arctic_path), "--ref-text", "author of the danger trail",
+                 "--out", str(streamed)]) == 0
+    assert streamed.is_file()
+    assert main(["tts", "--model", str(sled_run), "--text", "", "--out", str(out)]) == 2
+    assert "text is empty" in capsys.readouterr().err

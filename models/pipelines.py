@@ -32,17 +32,24 @@ def available_codecs() -> list[str]:
     return list(CODECS) + [name for kind in LATENT_CODECS for name in registry.list_checkpoints(kind)]
 
 
-def _codec_model(codec: str, device: str | None):
-    """The resident model behind a codec checkpoint name; a clear error for anything else."""
+def _checkpoint_model(name: str, kinds: tuple[str, ...], role: str, device: str | None,
+                      builtins: tuple[str, ...] = ()):
+    """The resident (model, config) behind a checkpoint name or folder whose kind is one of
+    `kinds`; a clear error naming the `role` for anything else."""
     from models import registry
 
     try:
-        model, config, _ = registry.load_model(codec, device)
+        model, config, _ = registry.load_model(name, device)
     except registry.CheckpointNotFound as error:
-        raise ValueError(f"unknown codec {codec!r}: not one of {', '.join(CODECS)}, and {error}") from None
-    if config.get("model") not in LATENT_CODECS:
-        raise ValueError(f"checkpoint {codec!r} is a {config.get('model')} model, not a codec")
-    return model
+        also = f"not one of {', '.join(builtins)}, and " if builtins else ""
+        raise ValueError(f"unknown {role} {name!r}: {also}{error}") from None
+    if config.get("model") not in kinds:
+        raise ValueError(f"checkpoint {name!r} is a {config.get('model')} model, not a {role}")
+    return model, config
+
+
+def _codec_model(codec: str, device: str | None):
+    return _checkpoint_model(codec, LATENT_CODECS, "codec", device, CODECS)[0]
 
 
 def reconstruct(
@@ -88,18 +95,6 @@ def encode_latents(
     return _codec_model(codec, device).encode_wav(wav)
 
 
-def _tts_model(model: str, device: str | None):
-    from models import registry
-
-    try:
-        generator, config, _ = registry.load_model(model, device)
-    except registry.CheckpointNotFound as error:
-        raise ValueError(f"unknown TTS model {model!r}: {error}") from None
-    if config.get("model") not in TTS_MODELS:
-        raise ValueError(f"checkpoint {model!r} is a {config.get('model')} model, not a TTS model")
-    return generator, config
-
-
 def tts(
     text: str, model: str = "sled", ref_wav: np.ndarray | None = None, ref_sr: int | None = None,
     ref_text: str | None = None, cfg: float = 2.0, seed: int | None = None, stream: bool = False,
@@ -118,7 +113,7 @@ def tts(
     from models.flow_vae import ChunkedDecoder
 
     sentences = split_sentences(check_text(text, max_chars))
-    generator, config = _tts_model(model, device)
+    generator, config = _checkpoint_model(model, TTS_MODELS, "TTS model", device)
     codec = _codec_model(config["codec"], device)
     seed = random.randrange(2**31) if seed is None else int(seed)
     symbols = generator.frontend.symbols

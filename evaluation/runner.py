@@ -236,7 +236,8 @@ def run_eval(config: RunConfig, argv: list[str] | None = None) -> dict:
     device = pick_device()
     meta = {"command": shlex.join(argv if argv is not None else sys.argv), "git_commit": git_commit(),
             "manifest": str(Path(config.manifest).resolve()), "split": config.split, "shard": f"{index}/{count}",
-            "items": len(items), "systems": {s.name: f"{s.kind}:{s.source}" for s in config.systems},
+            "items": len(items), "systems": {s.name: ":".join([s.kind, s.source] + [f"{k}={v}" for k, v in s.options])
+                                               for s in config.systems},
             "device": device, "hardware": hardware(), "python": platform.python_version(), "seed": config.seed,
             "options": {k: str(v) for k, v in config.options.items()}, "metrics": {}, "skipped": {}, "timing": {},
             "started": time.strftime("%Y-%m-%dT%H:%M:%S")}

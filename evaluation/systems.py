@@ -7,14 +7,18 @@ JSONL rows from the corpus and task sets. Field names map onto one item:
     text        text | target_text
     reference   gt_wav | path | clean | target | ground_truth     (clean ground truth)
     enrollment  prompt_wav | enrollment | reference               (the target voice)
+    prompt_text prompt_text                                       (the enrollment's transcript)
     input       noisy | mixture | source                          (what a system is given)
     speaker     speaker | target_speaker | the reference's folder name
 
 Systems: `gt` and `input` read the manifest's own audio; a codec (`vocoder`, the shared
 HiFi-GAN's analysis-resynthesis and the ceiling of every mel-based model, or a codec
-checkpoint such as `flow_vae`) reconstructs the reference; a folder holds `<key>.wav`
-files made elsewhere. Other generated systems are registered with `@generator(name)`:
-a factory `factory(device) -> fn(item) -> (wav, sr)`.
+checkpoint such as `flow_vae`) reconstructs the reference; a TTS checkpoint (`sled`)
+speaks the item's text, continuing the enrollment clip (with its prompt_text) when the
+manifest gives one; a folder holds `<key>.wav` files made elsewhere. Generated systems
+take options after the source, `NAME=SOURCE:cfg=1.5:seed=3` (TTS: cfg, seed, stop).
+Other generated systems are registered with `@generator(name)`: a factory
+`factory(device) -> fn(item) -> (wav, sr)`.
 """
 
 from __future__ import annotations
@@ -34,6 +38,7 @@ FIELDS = {
     "text": ("text", "target_text"),
     "reference": ("gt_wav", "path", "clean", "target", "ground_truth"),
     "enrollment": ("prompt_wav", "enrollment", "reference"),
+    "prompt_text": ("prompt_text",),
     "input": ("noisy", "mixture", "source"),
     "speaker": ("speaker", "target_speaker"),
 }
@@ -48,6 +53,7 @@ class Item:
     enrollment: Path | None = None
     input: Path | None = None
     speaker: str | None = None
+    prompt_text: str | None = None
 
 
 def _first(row: dict, names: tuple[str, ...]):
@@ -77,7 +83,8 @@ def read_items(manifest: str | os.PathLike, split: str | None = None) -> list[It
         speaker = _first(row, FIELDS["speaker"])
         if speaker is None and (paths["reference"] or paths["enrollment"]):
             speaker = (paths["reference"] or paths["enrollment"]).parent.name
-        items.append(Item(str(key), _first(row, FIELDS["text"]), speaker=speaker, **paths))
+        items.append(Item(str(key), _first(row, FIELDS["text"]), speaker=speaker,
+                          prompt_text=_first(row, FIELDS["prompt_text"]), **paths))
     if not items:
         raise ValueError(f"{manifest}: no items" + (f" in split {split!r}" if split else ""))
     return items
@@ -107,20 +114,54 @@ def _reconstruct(codec: str, device: str) -> Generate:
     return generate
 
 
+TTS_OPTIONS = {"cfg": float, "seed": int, "stop": float}
+
+
+def _speak(model: str, device: str, cfg: float = 2.0, seed: int = 0, stop: float = 0.5) -> Generate:
+    """TTS of item.text; with an enrollment clip, its voice continued from prompt_text.
+
+    Each item's seed is `seed` + a hash of its key, so audio does not depend on the order,
+    the shard or a resumed run.
+    """
+    import zlib
+
+    from models import pipelines
+
+    def generate(item: Item) -> tuple[np.ndarray, int]:
+        if not item.text:
+            raise ValueError("no text to speak")
+        ref = None
+        if item.enrollment is not None:
+            if not item.prompt_text:
+                raise ValueError("the enrollment clip has no prompt_text")
+            ref = audio.load_audio(item.enrollment, audio.SAMPLE_RATE, max_seconds=pipelines.MAX_REFERENCE_SECONDS)
+        wav, _ = pipelines.tts(item.text, model, ref, audio.SAMPLE_RATE, item.prompt_text, cfg=cfg,
+                               seed=seed + zlib.crc32(item.key.encode()) % 100_000, device=device,
+                               stop_threshold=stop)
+        return wav, audio.SAMPLE_RATE
+
+    return generate
+
+
 @dataclass(frozen=True)
 class System:
-    """name, and either a folder of wavs, a manifest field (gt, input), a codec, or a generator."""
+    """name, and either a folder of wavs, a manifest field (gt, input), a codec, a TTS model, or a generator."""
 
     name: str
-    kind: str  # "folder", "manifest", "codec" or "generator"
+    kind: str  # "folder", "manifest", "codec", "tts" or "generator"
     source: str
+    options: tuple[tuple[str, float], ...] = ()
 
     @property
     def generated(self) -> bool:
-        return self.kind in ("codec", "generator")
+        return self.kind in ("codec", "tts", "generator")
 
     def generator(self, device: str) -> Generate:
-        return _reconstruct(self.source, device) if self.kind == "codec" else GENERATORS[self.source](device)
+        if self.kind == "codec":
+            return _reconstruct(self.source, device)
+        if self.kind == "tts":
+            return _speak(self.source, device, **dict(self.options))
+        return GENERATORS[self.source](device)
 
     def audio_path(self, item: Item, run_audio: Path) -> Path | None:
         if self.kind == "manifest":
@@ -132,25 +173,45 @@ class System:
 MANIFEST_SYSTEMS = ("gt", "input")
 
 
+def _options(spec: str, text: str) -> tuple[tuple[str, float], ...]:
+    """`cfg=1.5:seed=3` -> (("cfg", 1.5), ("seed", 3)), checked against TTS_OPTIONS."""
+    options = []
+    for part in text.split(":") if text else []:
+        key, sep, value = part.partition("=")
+        if not sep or key not in TTS_OPTIONS:
+            raise ValueError(f"system {spec!r}: options are {', '.join(k + '=' for k in TTS_OPTIONS)}, not {part!r}")
+        try:
+            options.append((key, TTS_OPTIONS[key](value)))
+        except ValueError:
+            raise ValueError(f"system {spec!r}: {key} must be a {TTS_OPTIONS[key].__name__}, not {value!r}") from None
+    return tuple(options)
+
+
 def parse_system(spec: str) -> System:
-    """`NAME` (a built-in) or `NAME=FOLDER_OR_BUILTIN`."""
+    """`NAME` (a built-in) or `NAME=FOLDER_OR_BUILTIN`, a TTS model taking `:key=value` options."""
     name, _, source = spec.partition("=")
-    source = source or name
+    source, _, options = (source or name).partition(":")
     if not name or "/" in name or name.startswith("."):
         raise ValueError(f"bad system name in {spec!r}")
+    kind = _checkpoint_kind(source)
+    if options and kind != "tts":
+        raise ValueError(f"system {spec!r}: only TTS models take options")
+    if kind == "tts":
+        return System(name, "tts", source, _options(spec, options))
     if source in MANIFEST_SYSTEMS:
         return System(name, "manifest", source)
     if source in GENERATORS:
         return System(name, "generator", source)
-    if source == "vocoder" or _is_codec_checkpoint(source):  # before folders: a checkpoint is a folder too
+    if source == "vocoder" or kind == "codec":  # before folders: a checkpoint is a folder too
         return System(name, "codec", source)
     if Path(source).is_dir():
         return System(name, "folder", str(Path(source).resolve()))
-    raise ValueError(f"system {spec!r}: {source!r} is neither a folder, a codec checkpoint, nor one of "
+    raise ValueError(f"system {spec!r}: {source!r} is neither a folder, a codec or TTS checkpoint, nor one of "
                      f"{', '.join(MANIFEST_SYSTEMS + ('vocoder',) + tuple(GENERATORS))}")
 
 
-def _is_codec_checkpoint(source: str) -> bool:
+def _checkpoint_kind(source: str) -> str | None:
+    """"codec" or "tts" when source names such a checkpoint, else None."""
     import json
 
     from models import pipelines, registry
@@ -158,5 +219,6 @@ def _is_codec_checkpoint(source: str) -> bool:
     try:
         folder = registry.resolve(source)
     except registry.CheckpointNotFound:
-        return False
-    return json.loads((folder / registry.CONFIG).read_text()).get("model") in pipelines.LATENT_CODECS
+        return None
+    model = json.loads((folder / registry.CONFIG).read_text()).get("model")
+    return "codec" if model in pipelines.LATENT_CODECS else "tts" if model in pipelines.TTS_MODELS else None

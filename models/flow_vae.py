@@ -251,8 +251,8 @@ class FlowVAE(nn.Module):
         return self.decode(z)[0]
 
     @torch.no_grad()
-    def decode_wav(self, z: np.ndarray | torch.Tensor, head: str = "mel") -> np.ndarray:
-        """Latents -> waveform at 22.05 kHz, through the shared vocoder ("mel") or the waveform head."""
+    def decode_wav(self, z: np.ndarray | torch.Tensor, head: str = "mel", precision: str = "fp32") -> np.ndarray:
+        """Latents -> waveform at 22.05 kHz, through the shared vocoder ("mel", at `precision`) or the waveform head."""
         if head == "waveform":
             if self.waveform_head is None:
                 raise ValueError("this checkpoint has no waveform head (trained with the mel head only)")
@@ -262,7 +262,7 @@ class FlowVAE(nn.Module):
         from models.vocoder import get_vocoder
 
         mel = self.decode_mel(z)
-        return get_vocoder(str(mel.device)).synthesize(mel).cpu().numpy()
+        return get_vocoder(str(mel.device), precision).synthesize(mel).cpu().numpy()
 
 
 class ChunkedDecoder:
@@ -280,8 +280,8 @@ class ChunkedDecoder:
     """
 
     def __init__(self, codec: "FlowVAE", latent_context: int = 24, latent_lookahead: int = 16,
-                 mel_context: int = 16, mel_lookahead: int = 8, fade: int = 256):
-        self.codec, self.fade = codec, fade
+                 mel_context: int = 16, mel_lookahead: int = 8, fade: int = 256, precision: str = "fp32"):
+        self.codec, self.fade, self.precision = codec, fade, precision
         self.latent_context, self.latent_lookahead = latent_context, latent_lookahead
         self.mel_context, self.mel_lookahead = mel_context, mel_lookahead
         self.hop = audio.MelConfig().hop_length
@@ -321,7 +321,7 @@ class ChunkedDecoder:
         if end <= self.emitted:
             return np.zeros(0, np.float32)
         first = max(0, self.emitted // self.hop - self.mel_context)
-        wav = get_vocoder(str(self.mel.device)).synthesize(self.mel[:, first:]).cpu().numpy()
+        wav = get_vocoder(str(self.mel.device), self.precision).synthesize(self.mel[:, first:]).cpu().numpy()
         offset = first * self.hop
         out = wav[self.emitted - offset: end - offset].copy()
         if self.tail is not None:

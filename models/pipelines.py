@@ -23,6 +23,7 @@ TTS_MODELS = ("sled",)  # registry models with generate(text ids, prompt latents
 MAX_TTS_CHARS = 2000
 MAX_REFERENCE_SECONDS = 20.0
 PAUSE_SECONDS = 0.2  # silence between sentences
+TTS_VOCODER_PRECISION = "bf16"  # 2x faster synthesis, same PESQ (see models.vocoder.PRECISIONS)
 
 
 def available_codecs() -> list[str]:
@@ -130,7 +131,7 @@ def tts(
         prompt = torch.from_numpy(codec.encode_wav(ref)[0])
     info = {"model": model, "codec": config["codec"], "cfg": cfg, "seed": seed, "sentences": len(sentences),
             "reference": ref_wav is not None, "ref_text": ref_text, "stop_threshold": stop_threshold,
-            "device": str(next(generator.parameters()).device)}
+            "vocoder_precision": TTS_VOCODER_PRECISION, "device": str(next(generator.parameters()).device)}
 
     def frames(index: int, sentence: str):
         ids = prompt_ids + generator.frontend.encode([sentence])[0]
@@ -144,7 +145,7 @@ def tts(
             z = list(frames(index, sentence))
             n_frames += len(z)
             if z:
-                pieces += [codec.decode_wav(torch.stack(z)), pause]
+                pieces += [codec.decode_wav(torch.stack(z), precision=TTS_VOCODER_PRECISION), pause]
         wav = np.concatenate(pieces[:-1]) if pieces else np.zeros(0, np.float32)
         seconds = time.perf_counter() - start
         info.update(frames=n_frames, seconds=round(len(wav) / audio.SAMPLE_RATE, 3),
@@ -154,7 +155,7 @@ def tts(
     def chunks() -> Iterator[np.ndarray]:
         total, n_frames = 0, 0
         for index, sentence in enumerate(sentences):
-            decoder, waiting, target = ChunkedDecoder(codec), [], chunk_frames[0]
+            decoder, waiting, target = ChunkedDecoder(codec, precision=TTS_VOCODER_PRECISION), [], chunk_frames[0]
             if index:
                 yield pause
                 total += len(pause)

@@ -29,8 +29,12 @@ def _bench(args: argparse.Namespace) -> int:
 
     from models.registry import ASSETS
 
-    recording = args.input or ASSETS / "audio" / "arctic_a0007.wav"
-    print(bench.write_json(bench.bench_vocoder(recording), args.out))
+    if args.target == "tts":
+        result = bench.bench_tts(args.model, args.text or bench.BENCH_TEXT, cfg=args.cfg, repeats=args.repeats)
+    else:
+        result = bench.bench_vocoder(args.input or ASSETS / "audio" / "arctic_a0007.wav", repeats=args.repeats,
+                                     precision=args.precision)
+    print(bench.write_json(result, args.out))
     return 0
 
 
@@ -226,7 +230,8 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--manifest", required=True, help="seed-tts-eval .lst or JSONL (corpus or task set)")
     evaluate.add_argument("--split", help="only rows of this split (corpus manifests)")
     evaluate.add_argument("--system", action="append", required=True, metavar="NAME[=DIR_OR_MODEL]",
-                          help="gt, input, vocoder, or NAME=FOLDER of <utt>.wav; repeat or comma-separate")
+                          help="gt, input, vocoder, NAME=FOLDER of <utt>.wav, NAME=CODEC_CHECKPOINT, or "
+                               "NAME=TTS_CHECKPOINT[:cfg=2:seed=0:stop=0.5]; repeat or comma-separate")
     evaluate.add_argument("--metrics", default="wer,sim",
                           help="comma list of wer, sim, sim_ecapa, sim_wavlm, pesq, stoi, sisdr, dnsmos, latent "
                                "(rtf is measured whenever a system generates)")
@@ -248,8 +253,13 @@ def build_parser() -> argparse.ArgumentParser:
     report.set_defaults(run=_report)
 
     bench = commands.add_parser("bench", help="measure speed and quality, print JSON")
-    bench.add_argument("target", choices=["vocoder"], help="what to measure")
-    bench.add_argument("--input", help="recording to resynthesize (default: the CMU ARCTIC fixture)")
+    bench.add_argument("target", choices=["vocoder", "tts"], help="what to measure")
+    bench.add_argument("--input", help="vocoder: recording to resynthesize (default: the CMU ARCTIC fixture)")
+    bench.add_argument("--precision", choices=["fp32", "bf16"], default="fp32", help="vocoder: synthesis precision")
+    bench.add_argument("--model", default="sled", help="tts: a TTS checkpoint name or folder")
+    bench.add_argument("--text", help="tts: the sentence to speak")
+    bench.add_argument("--cfg", type=float, default=2.0, help="tts: guidance scale")
+    bench.add_argument("--repeats", type=int, default=3, help="timed runs after the warm-up (best is kept)")
     bench.add_argument("--out", help="also write the JSON here")
     bench.set_defaults(run=_bench)
     return parser

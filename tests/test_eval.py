@@ -69,8 +69,10 @@ def test_system_specs(tmp_path):
     assert parse_system("gt").kind == "manifest"
     assert parse_system("resynth=vocoder").kind == "codec"
     assert parse_system(f"mine={tmp_path}").kind == "folder"
-    with pytest.raises(ValueError, match="neither a folder, a codec checkpoint, nor one of"):
+    with pytest.raises(ValueError, match="neither a folder, a codec or TTS checkpoint, nor one of"):
         parse_system("sled=/no/such/folder")
+    with pytest.raises(ValueError, match="only TTS models take options"):
+        parse_system("resynth=vocoder:cfg=2")
 
 
 def test_parse_shard(monkeypatch):

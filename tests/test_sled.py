@@ -233,3 +233,33 @@ def test_cli_tts_end_to_end(sled_run, tmp_path, arctic_path, capsys):
     assert streamed.is_file()
     assert main(["tts", "--model", str(sled_run), "--text", "", "--out", str(out)]) == 2
     assert "text is empty" in capsys.readouterr().err
+
+
+def test_a_tts_checkpoint_is_an_eval_system_with_options(sled_run, mini, tmp_path):
+    from evaluation.runner import RunConfig, read_results, run_eval
+    from evaluation.systems import parse_system, read_items
+
+    system = parse_system(f"s={sled_run}:cfg=1.5:seed=3")
+    assert (system.kind, system.generated, dict(system.options)) == ("tts", True, {"cfg": 1.5, "seed": 3})
+    for bad in (":cfg=x", ":temperature=1", ":cfg"):
+        with pytest.raises(ValueError, match="system"):
+            parse_system(f"s={sled_run}{bad}")
+    manifest = mini[0] / "eval" / "tts_seen.lst"
+    item = read_items(manifest)[0]
+    assert item.prompt_text and item.enrollment.is_file()
+    speak = system.generator("cpu")
+    first, again = speak(item), speak(item)
+    assert first[1] == 22050 and np.array_equal(first[0], again[0])  # the item's seed is fixed
+    run_eval(RunConfig(manifest=str(manifest), systems=[system], metrics=["sisdr"], out=str(tmp_path / "run"),
+                       limit=2))
+    rows = read_results(tmp_path / "run")
+    assert sum(r["metric"] == "rtf" and r["values"] is not None for r in rows) == 2
+    assert len(list((tmp_path / "run" / "audio" / "s").glob("*.wav"))) == 2
+
+
+def test_bench_tts_reports_speed_and_first_chunk(sled_run):
+    from evaluation.bench import bench_tts
+
+    result = bench_tts(str(sled_run), "Hello there.", repeats=1, chunk_frames=(3, 5))
+    assert result["rtf"] > 0 and result["stream_rtf"] > 0 and result["frames"] > 0
+    assert 0 < result["first_chunk_s"] and result["hardware"]["cpu_threads"] >= 1

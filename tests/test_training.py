@@ -40,6 +40,15 @@ def test_configs_are_data_and_refuse_unknown_settings(tmp_path):
         get_task("sledd", {})
 
 
+
+@pytest.mark.parametrize("path", sorted((REPO / "models" / "configs").glob("*.yaml")), ids=lambda p: p.name)
+def test_every_shipped_config_parses(path):
+    config = load_config(path)
+    TrainConfig.from_dict(config["train"])
+    name = path.stem.split("_")[0] if not path.stem.startswith("flow_vae") else "flow_vae"
+    get_task(name, config["model"])  # the task validates its model settings
+
+
 def test_batches_shard_one_permutation_across_ranks():
     single = epoch_batches(10, 4, epoch=0, seed=0, rank=0, world=1)
     halves = [epoch_batches(10, 2, epoch=0, seed=0, rank=r, world=2) for r in range(2)]

@@ -47,6 +47,17 @@ def test_chunked_and_batched_equal_one_pass(vocoder, arctic_wav):
 
 def test_vocoder_is_resident(vocoder):
     assert vocoder_module.get_vocoder("cpu") is vocoder
+    assert vocoder_module.get_vocoder("cpu", "bf16") is not vocoder
+
+
+def test_bf16_synthesis_keeps_the_quality(vocoder, arctic_wav):
+    fast = vocoder_module.get_vocoder("cpu", "bf16")
+    mel = vocoder.analyze(arctic_wav)
+    out = fast.synthesize(mel)
+    assert out.dtype == torch.float32 and out.shape == vocoder.synthesize(mel).shape
+    assert pesq_score(arctic_wav, out.numpy(), 22050) >= 2.5
+    with pytest.raises(ValueError, match="precision must be one of fp32, bf16"):
+        vocoder_module.Vocoder(HiFiGANGenerator(), precision="fp16")
 
 
 def test_missing_wheel_names_the_package(monkeypatch):

@@ -13,7 +13,7 @@ PYTEST_ARGS ?=
 APT_RUNTIME := $(shell grep -v '^\s*\#' packages.txt)
 # Corpus voices and a real noise recording (alsa-utils' Noise.wav) for the corpus tests.
 APT_CORPUS  := flite festival festvox-kallpc16k festvox-kdlpc16k festvox-us-slt-hts alsa-utils
-APT_TEST    := $(APT_CORPUS)
+APT_TEST    := $(APT_CORPUS) chromium  # chromium: the browser tests (Playwright drives it, no download)
 
 PIP_INSTALL := $(PY) -m pip install --quiet --constraint constraints.txt
 

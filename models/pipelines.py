@@ -33,6 +33,36 @@ def available_codecs() -> list[str]:
     return list(CODECS) + [name for kind in LATENT_CODECS for name in registry.list_checkpoints(kind)]
 
 
+def available_tts_models() -> list[str]:
+    """Local TTS checkpoints under assets/checkpoints (for menus)."""
+    from models import registry
+
+    return [name for kind in TTS_MODELS for name in registry.list_checkpoints(kind)]
+
+
+def sampling_controls() -> dict[str, dict[str, tuple]]:
+    """Per TTS model kind, the extra sampling settings it declares (models/<kind>.py SAMPLING):
+    tts keyword -> (label, minimum, maximum, default, step)."""
+    import importlib
+
+    return {kind: dict(getattr(importlib.import_module(f"models.{kind}"), "SAMPLING", {})) for kind in TTS_MODELS}
+
+
+def tts_kind(model: str) -> str:
+    """The model kind (e.g. sled) of a TTS checkpoint name or folder; a clear error otherwise."""
+    import json
+
+    from models import registry
+
+    try:
+        kind = json.loads((registry.resolve(model) / registry.CONFIG).read_text()).get("model")
+    except registry.CheckpointNotFound as error:
+        raise ValueError(f"unknown TTS model {model!r}: {error}") from None
+    if kind not in TTS_MODELS:
+        raise ValueError(f"checkpoint {model!r} is a {kind} model, not a TTS model")
+    return kind
+
+
 def _checkpoint_model(name: str, kinds: tuple[str, ...], role: str, device: str | None,
                       builtins: tuple[str, ...] = ()):
     """The resident (model, config) behind a checkpoint name or folder whose kind is one of

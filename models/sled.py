@@ -40,6 +40,9 @@ from models.text import TextFrontend
 from models.training import Task, task
 
 TEXT, EOT, LATENT = 0, 1, 2  # what each sequence position holds
+# Sampling settings beyond cfg and seed that a UI offers for this model:
+# pipelines.tts keyword -> (label, minimum, maximum, default, step)
+SAMPLING = {"stop_threshold": ("Stop threshold (stop-head probability that ends the utterance)", 0.05, 0.95, 0.5, 0.05)}
 
 
 @dataclass

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import gradio as gr
 
-from studio.tabs import resynthesis
+from studio.tabs import resynthesis, synthesize
 
 TITLE = "Speech Studio"
 INTRO = (
@@ -19,6 +19,7 @@ def build_app() -> gr.Blocks:
     with gr.Blocks(title=TITLE) as demo:
         gr.Markdown(INTRO)
         with gr.Tabs():
+            synthesize.build()
             resynthesis.build()
     demo.queue(default_concurrency_limit=QUEUE_CONCURRENCY)
     return demo

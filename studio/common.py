@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import inspect
 from typing import Callable
 
 import gradio as gr
@@ -23,17 +24,30 @@ except ImportError:
 def user_errors(n_outputs: int) -> Callable:
     """Show a handler's ValueError / FileNotFoundError as a Gradio warning, not a traceback.
 
-    The handler's outputs are left empty (None) when it refuses the input.
+    The handler's outputs are left empty (None) when it refuses the input; a generator
+    (streaming) handler yields them empty once.
     """
 
     def decorate(fn: Callable) -> Callable:
+        empty = (None,) * n_outputs if n_outputs > 1 else None
+        if inspect.isgeneratorfunction(fn):  # streaming handlers: errors arrive while iterating
+            @functools.wraps(fn)
+            def streaming(*args, **kwargs):
+                try:
+                    yield from fn(*args, **kwargs)
+                except (ValueError, FileNotFoundError) as error:
+                    gr.Warning(str(error))
+                    yield empty
+
+            return streaming
+
         @functools.wraps(fn)
         def wrapper(*args, **kwargs):
             try:
                 return fn(*args, **kwargs)
             except (ValueError, FileNotFoundError) as error:
                 gr.Warning(str(error))
-                return (None,) * n_outputs if n_outputs > 1 else None
+                return empty
 
         return wrapper
 

@@ -37,6 +37,26 @@ def mini(tmp_path_factory):
     return out, report, logged
 
 
+@pytest.fixture(scope="session")
+def sled_run(mini, tmp_path_factory):
+    """A tiny Flow-VAE and a tiny SLED trained 4 steps on it through the CLI: the exported SLED folder."""
+    import yaml
+
+    from models.training import load_config
+    from studio.cli import main
+
+    root = tmp_path_factory.mktemp("sled")
+    vae = root / "vae"
+    assert main(["train", "flow_vae", "--config", str(REPO / "models/configs/flow_vae_tiny.yaml"),
+                 "--data", str(mini[0]), "--out", str(vae), "--steps", "2"]) == 0
+    tiny = load_config(REPO / "models" / "configs" / "sled_tiny.yaml")
+    config = {**tiny, "model": {**tiny["model"], "codec": str(vae / "export")}}
+    path = root / "sled_tiny.yaml"
+    path.write_text(yaml.safe_dump(config))
+    assert main(["train", "sled", "--config", str(path), "--data", str(mini[0]), "--out", str(root / "sled")]) == 0
+    return root / "sled" / "export"
+
+
 def tone(seconds: float = 1.0, sr: int = 22050, freq: float = 220.0, amp: float = 0.5) -> np.ndarray:
     t = np.arange(int(seconds * sr)) / sr
     return (amp * np.sin(2 * np.pi * freq * t)).astype(np.float32)

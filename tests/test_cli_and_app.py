@@ -34,7 +34,7 @@ def test_app_builds_with_stable_api_names():
 
     demo = build_app()
     names = {dep.api_name for dep in demo.fns.values()}
-    assert "resynthesize" in names
+    assert {"resynthesize", "synthesize", "synthesize_stream", "tts_controls"} <= names
 
 
 def test_resynthesis_handler(arctic_path):
@@ -82,3 +82,33 @@ def test_served_app_answers_the_api(arctic_path):
         assert scores["pesq_wb"] >= 2.5
     finally:
         demo.close()
+
+
+def test_synthesize_handler_reproduces_its_seed_and_streams(sled_run, arctic_path, monkeypatch):
+    import gradio as gr
+
+    from studio.common import user_errors
+    from studio.tabs import synthesize as tab
+
+    names = tab.sampling_names()
+    assert "stop_threshold" in names
+    values = [0.5 for _ in names]
+    (rate, first), figure, info, seed = tab.synthesize(str(sled_run), "Hello there.", None, None, 1.5, None, True,
+                                                       *values)
+    assert rate == 22050 and first.dtype == np.int16 and len(figure.data) == 1
+    assert info["cfg"] == 1.5 and info["seed"] == seed and info["stop_threshold"] == 0.5
+    (_, again), _, _, _ = tab.synthesize(str(sled_run), "Hello there.", None, None, 1.5, seed, False, *values)
+    assert np.array_equal(first, again)  # the seed shown reproduces the output
+
+    outputs = list(tab.synthesize_stream(str(sled_run), "Hello there.", str(arctic_path), "author of the danger trail",
+                                         2.0, 3, False, *values))
+    chunks = [out[0][1] for out in outputs[:-1]]
+    assert chunks and all(len(c) for c in chunks)
+    assert outputs[-1][2]["reference"] and outputs[-1][3] == 3
+    assert tab._visible(tab.visible_controls(str(sled_run))) == [True] * len(names)
+
+    shown = []
+    monkeypatch.setattr(gr, "Warning", lambda message: shown.append(message))
+    assert user_errors(4)(tab.synthesize)(str(sled_run), "  ", None, None, 2.0, 0, False, *values) == (None,) * 4
+    assert list(user_errors(4)(tab.synthesize_stream)(None, "hi", None, None, 2.0, 0, False, *values)) == [(None,) * 4]
+    assert "empty" in shown[0] and "No TTS model" in shown[1]

@@ -1,7 +1,6 @@
 import numpy as np
 import pytest
 import torch
-import yaml
 
 from models import registry
 from models.flow_vae import ChunkedDecoder, FlowVAE, FlowVAEConfig
@@ -169,20 +168,6 @@ def test_streamed_chunks_join_into_the_offline_decoding(vocoder):
     assert np.sqrt(np.mean((streamed - offline) ** 2)) < 0.05 * np.sqrt(np.mean(offline ** 2))
     jumps = np.abs(np.diff(streamed))
     assert jumps.max() < 1.5 * np.abs(np.diff(offline)).max()  # no clicks at the joins
-
-
-@pytest.fixture(scope="module")
-def sled_run(mini, tmp_path_factory):
-    """A tiny Flow-VAE and a tiny SLED trained 4 steps on it through the CLI."""
-    root = tmp_path_factory.mktemp("sled")
-    vae = root / "vae"
-    assert main(["train", "flow_vae", "--config", str(registry.REPO_ROOT / "models/configs/flow_vae_tiny.yaml"),
-                 "--data", str(mini[0]), "--out", str(vae), "--steps", "2"]) == 0
-    config = {**TINY, "model": {**TINY["model"], "codec": str(vae / "export")}}
-    path = root / "sled_tiny.yaml"
-    path.write_text(yaml.safe_dump(config))
-    assert main(["train", "sled", "--config", str(path), "--data", str(mini[0]), "--out", str(root / "sled")]) == 0
-    return root / "sled" / "export"
 
 
 def test_training_exports_latent_statistics_and_the_frontend(sled_run):

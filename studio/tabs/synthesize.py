@@ -1,0 +1,133 @@
+"""Synthesize: text to speech with any registered TTS checkpoint, its guidance scale, seed and
+sampling settings, optionally continuing a reference voice; offline or streamed."""
+
+from __future__ import annotations
+
+from typing import Iterator
+
+import gradio as gr
+import numpy as np
+
+from models import audio, pipelines
+from models.registry import ASSETS, pick_device
+from studio.common import gpu, mel_figure, to_gradio_audio, user_errors
+
+EXAMPLE_TEXTS = [
+    "The birch canoe slid on the smooth planks.",
+    "A quiet morning on the lake gives the best light for painting the far hills.",
+    "Streaming speech starts playing before the whole sentence is generated. It is then joined without clicks.",
+]
+EXAMPLE_REFERENCE = ASSETS / "audio" / "arctic_a0007.wav"
+EXAMPLE_REFERENCE_TEXT = "author of the danger trail, philip steels, etc"
+
+
+def _request(model: str | None, text: str, reference: str | None, reference_text: str | None, seed, randomize: bool,
+             sampling: dict) -> dict:
+    """The pipelines.tts keyword arguments of one UI request (reference loaded, seed decided)."""
+    if not model:
+        raise ValueError("No TTS model: publish a trained checkpoint to assets/checkpoints, or type a checkpoint "
+                         "folder (see the README, SLED)")
+    kind = pipelines.tts_kind(model)
+    declared = pipelines.sampling_controls()[kind]
+    request = {"text": text, "model": model, "seed": None if randomize or seed in (None, "") else int(seed),
+               **{name: value for name, value in sampling.items() if name in declared}}
+    if reference:
+        request["ref_wav"] = audio.load_audio(reference, audio.SAMPLE_RATE, max_seconds=pipelines.MAX_REFERENCE_SECONDS)
+        request["ref_sr"] = audio.SAMPLE_RATE
+        request["ref_text"] = (reference_text or "").strip() or None
+        if request["ref_text"] is None:
+            from evaluation.metrics.asr import transcriber
+
+            request["transcribe"] = transcriber(pick_device(None))
+    return request
+
+
+def _mel(wav: np.ndarray):
+    return mel_figure({"output": audio.mel_spectrogram(wav).numpy()},
+                      hop_seconds=audio.MelConfig().hop_length / audio.SAMPLE_RATE)
+
+
+@gpu
+def synthesize(model: str | None, text: str, reference: str | None = None, reference_text: str | None = None,
+               cfg: float = 2.0, seed=None, randomize: bool = False, *sampling_values):
+    """-> (audio, mel figure, settings JSON, the seed used). Sampling values follow `sampling_names()`."""
+    request = _request(model, text, reference, reference_text, seed, randomize,
+                       dict(zip(sampling_names(), sampling_values)))
+    wav, info = pipelines.tts(cfg=float(cfg), **request)
+    return to_gradio_audio(wav, audio.SAMPLE_RATE), _mel(wav), info, info["seed"]
+
+
+@gpu
+def synthesize_stream(model: str | None, text: str, reference: str | None = None, reference_text: str | None = None,
+                      cfg: float = 2.0, seed=None, randomize: bool = False, *sampling_values) -> Iterator[tuple]:
+    """Yields (audio chunk, None, None, None) as frames are decoded, then the mel, settings and seed."""
+    request = _request(model, text, reference, reference_text, seed, randomize,
+                       dict(zip(sampling_names(), sampling_values)))
+    chunks, info = pipelines.tts(cfg=float(cfg), stream=True, **request)
+    pieces = []
+    for chunk in chunks:
+        if len(chunk):
+            pieces.append(chunk)
+            yield to_gradio_audio(chunk, audio.SAMPLE_RATE), gr.skip(), gr.skip(), gr.skip()
+    wav = np.concatenate(pieces) if pieces else np.zeros(0, np.float32)
+    yield gr.skip(), _mel(wav), info, info["seed"]
+
+
+def sampling_names() -> list[str]:
+    """Every sampling setting any TTS kind declares, in a fixed order (one slider each)."""
+    return sorted({name for controls in pipelines.sampling_controls().values() for name in controls})
+
+
+def visible_controls(model: str | None) -> list:
+    """Show the sliders the selected model declares, hide the others."""
+    try:
+        declared = pipelines.sampling_controls()[pipelines.tts_kind(model)] if model else {}
+    except ValueError:
+        declared = {}
+    updates = [gr.update(visible=name in declared) for name in sampling_names()]
+    return updates[0] if len(updates) == 1 else updates  # Gradio reads one output's value as is
+
+
+def _visible(update: dict | list) -> list[bool]:
+    return [u["visible"] for u in (update if isinstance(update, list) else [update])]
+
+
+def build() -> None:
+    specs = {name: spec for controls in pipelines.sampling_controls().values() for name, spec in controls.items()}
+    models = pipelines.available_tts_models()
+    with gr.Tab("Synthesize"):
+        gr.Markdown("Text to speech with a trained TTS checkpoint. A reference clip makes the output continue "
+                    "its voice (its transcript is produced by the ASR when left blank). The seed shown "
+                    "reproduces the output; CFG 1 turns guidance off.")
+        with gr.Row():
+            with gr.Column():
+                model = gr.Dropdown(models, value=models[0] if models else None, allow_custom_value=True,
+                                    label="Model (a checkpoint name, or a checkpoint folder)")
+                text = gr.Textbox(label="Text", lines=3, value=EXAMPLE_TEXTS[0])
+                gr.Examples([[t] for t in EXAMPLE_TEXTS], inputs=[text], label="Example texts")
+                with gr.Accordion("Reference voice (optional)", open=False):
+                    reference = gr.Audio(sources=["upload", "microphone"], type="filepath", label="Reference clip")
+                    reference_text = gr.Textbox(label="Its transcript (blank: transcribed by the ASR)")
+                    gr.Examples([[str(EXAMPLE_REFERENCE), EXAMPLE_REFERENCE_TEXT]], inputs=[reference, reference_text],
+                                label="Example reference (CMU ARCTIC, slt)")
+                cfg = gr.Slider(1.0, 4.0, value=2.0, step=0.1, label="Classifier-free guidance scale")
+                with gr.Row():
+                    seed = gr.Number(value=0, precision=0, label="Seed")
+                    randomize = gr.Checkbox(value=False, label="Randomize seed")
+                shown = _visible(visible_controls(model.value))
+                sliders = [gr.Slider(specs[name][1], specs[name][2], value=specs[name][3], step=specs[name][4],
+                                     label=specs[name][0], visible=visible)
+                           for name, visible in zip(sampling_names(), shown)]
+                with gr.Row():
+                    run = gr.Button("Synthesize", variant="primary")
+                    stream = gr.Button("Stream")
+            with gr.Column():
+                result = gr.Audio(label="Speech", type="numpy", interactive=False, elem_id="tts-output")
+                streamed = gr.Audio(label="Streamed speech", streaming=True, autoplay=True, interactive=False)
+                settings = gr.JSON(label="Settings used (seed, RTF, ...)")
+        mel = gr.Plot(label="Mel spectrogram")
+        inputs = [model, text, reference, reference_text, cfg, seed, randomize, *sliders]
+        run.click(user_errors(4)(synthesize), inputs, [result, mel, settings, seed], api_name="synthesize")
+        stream.click(user_errors(4)(synthesize_stream), inputs, [streamed, mel, settings, seed],
+                     api_name="synthesize_stream")
+        model.change(visible_controls, [model], sliders, api_name="tts_controls")

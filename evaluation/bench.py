@@ -72,7 +72,9 @@ def bench_tts(model: str = "sled", text: str = BENCH_TEXT, device: str | None = 
     speak(False)  # warm-up: loads the model and codec, first-call allocations
     offline = [speak(False) for _ in range(repeats)]
     streamed = [speak(True) for _ in range(repeats)]
-    wall, _, samples, info = min(offline)
+    wall, _, samples, info = min(offline, key=lambda run: run[0])
+    if not samples or any(run[1] is None for run in streamed):
+        raise ValueError(f"{model} produced no audio for {text!r}")
     seconds = samples / audio.SAMPLE_RATE
     return {
         "model": model, "text": text, "cfg": cfg, "seed": seed, "device": info["device"], "repeats": repeats,

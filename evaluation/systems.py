@@ -212,13 +212,7 @@ def parse_system(spec: str) -> System:
 
 def _checkpoint_kind(source: str) -> str | None:
     """"codec" or "tts" when source names such a checkpoint, else None."""
-    import json
+    from models import pipelines
 
-    from models import pipelines, registry
-
-    try:
-        folder = registry.resolve(source)
-    except registry.CheckpointNotFound:
-        return None
-    model = json.loads((folder / registry.CONFIG).read_text()).get("model")
+    model = pipelines.checkpoint_kind(source)
     return "codec" if model in pipelines.LATENT_CODECS else "tts" if model in pipelines.TTS_MODELS else None

@@ -48,16 +48,25 @@ def sampling_controls() -> dict[str, dict[str, tuple]]:
     return {kind: dict(getattr(importlib.import_module(f"models.{kind}"), "SAMPLING", {})) for kind in TTS_MODELS}
 
 
-def tts_kind(model: str) -> str:
-    """The model kind (e.g. sled) of a TTS checkpoint name or folder; a clear error otherwise."""
+def checkpoint_kind(name: str) -> str | None:
+    """The model kind (flow_vae, sled, ...) of a checkpoint name or folder, without loading it;
+    None when there is no such checkpoint."""
     import json
 
     from models import registry
 
     try:
-        kind = json.loads((registry.resolve(model) / registry.CONFIG).read_text()).get("model")
-    except registry.CheckpointNotFound as error:
-        raise ValueError(f"unknown TTS model {model!r}: {error}") from None
+        folder = registry.resolve(name)
+    except registry.CheckpointNotFound:
+        return None
+    return json.loads((folder / registry.CONFIG).read_text()).get("model")
+
+
+def tts_kind(model: str) -> str:
+    """The model kind (e.g. sled) of a TTS checkpoint name or folder; a clear error otherwise."""
+    kind = checkpoint_kind(model)
+    if kind is None:
+        raise ValueError(f"unknown TTS model {model!r}: no checkpoint by that name or folder")
     if kind not in TTS_MODELS:
         raise ValueError(f"checkpoint {model!r} is a {kind} model, not a TTS model")
     return kind

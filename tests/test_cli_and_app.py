@@ -105,7 +105,7 @@ def test_synthesize_handler_reproduces_its_seed_and_streams(sled_run, arctic_pat
     chunks = [out[0][1] for out in outputs[:-1]]
     assert chunks and all(len(c) for c in chunks)
     assert outputs[-1][2]["reference"] and outputs[-1][3] == 3
-    assert tab._visible(tab.visible_controls(str(sled_run))) == [True] * len(names)
+    assert tab.declared_controls(str(sled_run)) == set(names) and tab.declared_controls("/no/such") == set()
 
     shown = []
     monkeypatch.setattr(gr, "Warning", lambda message: shown.append(message))

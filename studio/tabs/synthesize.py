@@ -78,18 +78,19 @@ def sampling_names() -> list[str]:
     return sorted({name for controls in pipelines.sampling_controls().values() for name in controls})
 
 
-def visible_controls(model: str | None) -> list:
-    """Show the sliders the selected model declares, hide the others."""
+def declared_controls(model: str | None) -> set[str]:
+    """The sampling settings the selected model declares (none for an unknown model)."""
     try:
-        declared = pipelines.sampling_controls()[pipelines.tts_kind(model)] if model else {}
+        return set(pipelines.sampling_controls()[pipelines.tts_kind(model)]) if model else set()
     except ValueError:
-        declared = {}
+        return set()
+
+
+def visible_controls(model: str | None):
+    """Show the sliders the selected model declares, hide the others."""
+    declared = declared_controls(model)
     updates = [gr.update(visible=name in declared) for name in sampling_names()]
     return updates[0] if len(updates) == 1 else updates  # Gradio reads one output's value as is
-
-
-def _visible(update: dict | list) -> list[bool]:
-    return [u["visible"] for u in (update if isinstance(update, list) else [update])]
 
 
 def build() -> None:
@@ -114,10 +115,9 @@ def build() -> None:
                 with gr.Row():
                     seed = gr.Number(value=0, precision=0, label="Seed")
                     randomize = gr.Checkbox(value=False, label="Randomize seed")
-                shown = _visible(visible_controls(model.value))
+                declared = declared_controls(model.value)
                 sliders = [gr.Slider(specs[name][1], specs[name][2], value=specs[name][3], step=specs[name][4],
-                                     label=specs[name][0], visible=visible)
-                           for name, visible in zip(sampling_names(), shown)]
+                                     label=specs[name][0], visible=name in declared) for name in sampling_names()]
                 with gr.Row():
                     run = gr.Button("Synthesize", variant="primary")
                     stream = gr.Button("Stream")

@@ -9,9 +9,16 @@ Elo-like scale, 1000 + 400 log10(p_i) with the geometric mean of p at 1.
 
 from __future__ import annotations
 
+import csv
+import io
+import sqlite3
+import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
+
+from models.files import write_text_atomic
 
 OUTCOMES = {"A": (1.0, 0.0), "B": (0.0, 1.0), "tie": (0.5, 0.5), "both_bad": (0.5, 0.5)}
 PRIOR = 0.5  # pseudo-wins each way per compared pair: keeps unbeaten systems finite
@@ -80,3 +87,88 @@ def leaderboard(votes: list[Vote], bootstrap: int = 200, min_votes: int = 10, se
     for rank, row in enumerate(rows, start=1):
         row["rank"] = rank
     return rows
+
+
+def choose_pair(systems: list[str], pair_votes: dict[frozenset, int], rng: np.random.Generator) -> tuple[str, str]:
+    """Two different systems in random order, a pair drawn with weight 1 / (1 + its votes so far),
+    so that under-compared pairs catch up."""
+    if len(set(systems)) < 2:
+        raise ValueError(f"A/B needs at least two systems, got {sorted(set(systems))}")
+    names = sorted(set(systems))
+    pairs = [(a, b) for k, a in enumerate(names) for b in names[k + 1:]]
+    weights = np.array([1.0 / (1 + pair_votes.get(frozenset(p), 0)) for p in pairs])
+    a, b = pairs[rng.choice(len(pairs), p=weights / weights.sum())]
+    return (a, b) if rng.random() < 0.5 else (b, a)
+
+
+class VoteStore:
+    """Votes in SQLite: one row per match, written in its own transaction before the vote is
+    acknowledged (WAL journal, synchronous=FULL), so a crash loses nothing acknowledged.
+
+    Each match (one pair of clips shown to one listener) has an id; a second vote on the same
+    match (a double click, a retried request) is ignored, so votes are never duplicated. One
+    connection per call keeps it safe across threads and processes.
+    """
+
+    SCHEMA = """
+    CREATE TABLE IF NOT EXISTS votes (
+        match_id TEXT PRIMARY KEY,
+        created REAL NOT NULL,
+        testset TEXT,
+        item_key TEXT,
+        system_a TEXT NOT NULL,
+        system_b TEXT NOT NULL,
+        outcome TEXT NOT NULL
+    )"""
+    COLUMNS = ("match_id", "created", "testset", "item_key", "system_a", "system_b", "outcome")
+
+    def __init__(self, path):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with self._connect() as db:
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute(self.SCHEMA)
+
+    def _connect(self):
+        db = sqlite3.connect(self.path, timeout=60)
+        db.execute("PRAGMA synchronous=FULL")
+        return db
+
+    def add(self, match_id: str, system_a: str, system_b: str, outcome: str, testset: str | None = None,
+            item_key: str | None = None) -> bool:
+        """Store one vote; False when this match already has one (the first vote stands)."""
+        Vote(system_a, system_b, outcome)  # validates
+        db = self._connect()
+        try:
+            with db:
+                cursor = db.execute("INSERT OR IGNORE INTO votes VALUES (?, ?, ?, ?, ?, ?, ?)",
+                                    (match_id, time.time(), testset, item_key, system_a, system_b, outcome))
+            return cursor.rowcount == 1
+        finally:
+            db.close()
+
+    def rows(self) -> list[dict]:
+        db = self._connect()
+        try:
+            return [dict(zip(self.COLUMNS, row)) for row in db.execute(
+                f"SELECT {', '.join(self.COLUMNS)} FROM votes ORDER BY created, match_id")]
+        finally:
+            db.close()
+
+    def votes(self) -> list[Vote]:
+        return [Vote(r["system_a"], r["system_b"], r["outcome"]) for r in self.rows()]
+
+    def pair_votes(self) -> dict[frozenset, int]:
+        counts: dict[frozenset, int] = {}
+        for vote in self.votes():
+            pair = frozenset((vote.system_a, vote.system_b))
+            counts[pair] = counts.get(pair, 0) + 1
+        return counts
+
+    def export_csv(self, path) -> None:
+        """Every vote as CSV (written to a temp file, then renamed)."""
+        buffer = io.StringIO()
+        writer = csv.DictWriter(buffer, fieldnames=self.COLUMNS)
+        writer.writeheader()
+        writer.writerows(self.rows())
+        write_text_atomic(path, buffer.getvalue())

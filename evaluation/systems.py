@@ -163,6 +163,18 @@ class System:
             return _speak(self.source, device, **dict(self.options))
         return GENERATORS[self.source](device)
 
+    def applies_to(self, item: Item) -> bool:
+        """Whether this system can give audio for the item (a TTS needs text, a codec a reference...)."""
+        if self.kind == "tts":
+            return bool(item.text)
+        if self.kind == "codec" or (self.kind == "manifest" and self.source == "gt"):
+            return item.reference is not None
+        if self.kind == "manifest":
+            return item.input is not None
+        if self.kind == "folder":
+            return (Path(self.source) / f"{item.key}.wav").is_file()
+        return True
+
     def audio_path(self, item: Item, run_audio: Path) -> Path | None:
         if self.kind == "manifest":
             return getattr(item, "reference" if self.source == "gt" else "input")
@@ -171,6 +183,18 @@ class System:
 
 
 MANIFEST_SYSTEMS = ("gt", "input")
+
+
+def builtin_testsets(root: Path | None = None) -> dict[str, Path]:
+    """Test sets the studio offers by name: the shipped ones (assets/testsets), then a built
+    corpus's zero-shot lists and the task sets' test splits when they exist under data/."""
+    from models.registry import ASSETS, REPO_ROOT
+
+    data = (root or REPO_ROOT) / "data"
+    found = {path.stem: path for path in sorted((ASSETS / "testsets").glob("*.jsonl"))}
+    found.update({path.stem: path for path in sorted((data / "corpus" / "eval").glob("*.lst"))})
+    found.update({f"{path.parent.name}_test": path for path in sorted((data / "tasks").glob("*/test.jsonl"))})
+    return found
 
 
 def _options(spec: str, text: str) -> tuple[tuple[str, float], ...]:

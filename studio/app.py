@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import gradio as gr
 
-from studio.tabs import resynthesis, synthesize
+from studio.config import StudioConfig
+from studio.tabs import listen, resynthesis, synthesize
 
 TITLE = "Speech Studio"
 INTRO = (
@@ -15,16 +16,19 @@ INTRO = (
 QUEUE_CONCURRENCY = 2  # two workers: one generation per CPU core
 
 
-def build_app() -> gr.Blocks:
+def build_app(config: StudioConfig | None = None) -> gr.Blocks:
+    config = config or StudioConfig()
     with gr.Blocks(title=TITLE) as demo:
         gr.Markdown(INTRO)
         with gr.Tabs():
             synthesize.build()
+            listen.build(config)
             resynthesis.build()
     demo.queue(default_concurrency_limit=QUEUE_CONCURRENCY)
+    demo.studio_config = config
     return demo
 
 
 def launch(demo: gr.Blocks, host: str = "127.0.0.1", port: int = 7860, share: bool = False) -> None:
     demo.launch(server_name=host, server_port=port, share=share, theme=gr.themes.Soft(),
-                allowed_paths=[str(resynthesis.EXAMPLE.parent)])
+                allowed_paths=[str(resynthesis.EXAMPLE.parent), str(demo.studio_config.data_dir)])

@@ -5,13 +5,30 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from pathlib import Path
 
 
 def _serve(args: argparse.Namespace) -> int:
     from studio.app import build_app, launch
+    from studio.config import StudioConfig
 
-    launch(build_app(), host=args.host, port=args.port, share=args.share)
+    config = StudioConfig()
+    if args.data:
+        config.data_dir = Path(args.data)
+    if args.testset:
+        config.testsets = dict(_named(spec, "--testset") for spec in args.testset)
+    if args.arena_system:
+        config.arena_systems = args.arena_system
+    launch(build_app(config), host=args.host, port=args.port, share=args.share)
     return 0
+
+
+def _named(spec: str, flag: str) -> tuple[str, str]:
+    """`NAME=PATH` -> (NAME, PATH), a clear error for anything else."""
+    name, sep, value = spec.partition("=")
+    if not sep or not name or not value:
+        raise ValueError(f"{flag} takes NAME=FOLDER_OR_FILE, not {spec!r}")
+    return name, value
 
 
 def _vocode(args: argparse.Namespace) -> int:
@@ -31,6 +48,16 @@ def _bench(args: argparse.Namespace) -> int:
 
     if args.target == "tts":
         result = bench.bench_tts(args.model, args.text or bench.BENCH_TEXT, cfg=args.cfg, repeats=args.repeats)
+    elif args.target == "studio":
+        from studio import bench as studio_bench
+
+        result = {**studio_bench.launch_time(), "hardware": bench.hardware(),
+                  "synthesis": studio_bench.ui_latency(args.model, args.text or bench.BENCH_TEXT, args.repeats,
+                                                       cfg=args.cfg)}
+    elif args.target == "arena":
+        from studio import bench as studio_bench
+
+        result = studio_bench.arena_load(voters=args.voters, votes=args.votes)
     else:
         result = bench.bench_vocoder(args.input or ASSETS / "audio" / "arctic_a0007.wav", repeats=args.repeats,
                                      precision=args.precision)
@@ -57,9 +84,7 @@ def _publish(args: argparse.Namespace) -> int:
 
     metrics, commands = {}, {}
     for spec in args.eval:
-        label, sep, folder = spec.partition("=")
-        if not sep:
-            raise ValueError(f"--eval takes LABEL=RUN_FOLDER, not {spec!r}")
+        label, folder = _named(spec, "--eval")
         metrics.update(card_metrics(folder, args.system, label))
         commands[label] = [m["command"] for m in read_meta(folder)]  # one per shard
     updates = {"metrics": metrics}
@@ -161,6 +186,12 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", default=os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"))
     serve.add_argument("--port", type=int, default=int(os.environ.get("GRADIO_SERVER_PORT", 7860)))
     serve.add_argument("--share", action="store_true", help="also open a public gradio.live link")
+    serve.add_argument("--data", help="folder for votes, A/B clips and evaluation runs "
+                       "(default: $STUDIO_DATA or runs/studio)")
+    serve.add_argument("--testset", action="append", metavar="NAME=MANIFEST",
+                       help="test sets offered by the studio (repeatable; default: the built-in ones)")
+    serve.add_argument("--arena-system", action="append", metavar="SPEC",
+                       help="A/B systems, as `eval --system` (repeatable; default: gt, vocoder, every checkpoint)")
     serve.set_defaults(run=_serve)
 
     vocode = commands.add_parser("vocode", help="analysis-resynthesis through the shared HiFi-GAN vocoder")
@@ -253,10 +284,14 @@ def build_parser() -> argparse.ArgumentParser:
     report.set_defaults(run=_report)
 
     bench = commands.add_parser("bench", help="measure speed and quality, print JSON")
-    bench.add_argument("target", choices=["vocoder", "tts"], help="what to measure")
+    bench.add_argument("target", choices=["vocoder", "tts", "studio", "arena"],
+                       help="vocoder, tts: speed and quality; studio: launch time and UI vs pipeline latency; "
+                       "arena: the A/B vote store under concurrent voters")
     bench.add_argument("--input", help="vocoder: recording to resynthesize (default: the CMU ARCTIC fixture)")
     bench.add_argument("--precision", choices=["fp32", "bf16"], default="fp32", help="vocoder: synthesis precision")
-    bench.add_argument("--model", default="sled", help="tts: a TTS checkpoint name or folder")
+    bench.add_argument("--model", default="sled", help="tts, studio: a TTS checkpoint name or folder")
+    bench.add_argument("--voters", type=int, default=20, help="arena: concurrent voters")
+    bench.add_argument("--votes", type=int, default=5, help="arena: votes per voter")
     bench.add_argument("--text", help="tts: the sentence to speak")
     bench.add_argument("--cfg", type=float, default=2.0, help="tts: guidance scale")
     bench.add_argument("--repeats", type=int, default=3, help="timed runs after the warm-up (best is kept)")

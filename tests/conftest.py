@@ -60,3 +60,18 @@ def sled_run(mini, tmp_path_factory):
 def tone(seconds: float = 1.0, sr: int = 22050, freq: float = 220.0, amp: float = 0.5) -> np.ndarray:
     t = np.arange(int(seconds * sr)) / sr
     return (amp * np.sin(2 * np.pi * freq * t)).astype(np.float32)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def studio_data(tmp_path_factory):
+    """Studio votes, clips and runs go to a temp folder, never the checkout's runs/studio."""
+    import os
+
+    folder = tmp_path_factory.mktemp("studio_data")
+    previous = os.environ.get("STUDIO_DATA")
+    os.environ["STUDIO_DATA"] = str(folder)
+    yield folder
+    if previous is None:
+        os.environ.pop("STUDIO_DATA", None)
+    else:
+        os.environ["STUDIO_DATA"] = previous

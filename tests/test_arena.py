@@ -61,3 +61,54 @@ def test_bad_votes_are_refused():
     with pytest.raises(ValueError, match="two different systems"):
         Vote("a", "a", "A")
     assert leaderboard([]) == []
+
+
+def test_choose_pair_prefers_pairs_with_fewer_votes():
+    from evaluation.arena import choose_pair
+
+    rng = np.random.default_rng(0)
+    counts = {frozenset(("a", "b")): 50}
+    drawn = [frozenset(choose_pair(["a", "b", "c"], counts, rng)) for _ in range(3000)]
+    often = drawn.count(frozenset(("a", "b"))) / len(drawn)
+    assert often < 0.05  # weight 1/51 against 1 and 1: about 1 %
+    orders = [choose_pair(["a", "b"], {}, rng) for _ in range(400)]
+    assert 150 < sum(o == ("a", "b") for o in orders) < 250  # order is random
+    with pytest.raises(ValueError, match="at least two systems"):
+        choose_pair(["a", "a"], {}, rng)
+
+
+def test_vote_store_survives_reopening_and_ignores_a_second_vote_on_a_match(tmp_path):
+    import csv
+
+    from evaluation.arena import VoteStore
+
+    store = VoteStore(tmp_path / "votes.sqlite")
+    assert store.add("m1", "gt", "sled", "A", "set", "k1")
+    assert not store.add("m1", "gt", "sled", "B", "set", "k1")  # double click / retry
+    assert store.add("m2", "sled", "gt", "tie")
+    with pytest.raises(ValueError, match="unknown outcome"):
+        store.add("m3", "gt", "sled", "maybe")
+    reopened = VoteStore(tmp_path / "votes.sqlite")
+    assert [(v.system_a, v.outcome) for v in reopened.votes()] == [("gt", "A"), ("sled", "tie")]
+    assert reopened.pair_votes() == {frozenset(("gt", "sled")): 2}
+    reopened.export_csv(tmp_path / "votes.csv")
+    rows = list(csv.DictReader(open(tmp_path / "votes.csv")))
+    assert [r["match_id"] for r in rows] == ["m1", "m2"] and rows[0]["item_key"] == "k1"
+
+
+def test_vote_store_under_concurrent_writers(tmp_path):
+    """20 threads, each voting 10 matches twice: exactly 200 rows, none lost or doubled."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from evaluation.arena import VoteStore
+
+    store = VoteStore(tmp_path / "votes.sqlite")
+
+    def voter(n):
+        return sum(store.add(f"v{n}-{k}", "x", "y", "A") + store.add(f"v{n}-{k}", "x", "y", "B") for k in range(10))
+
+    with ThreadPoolExecutor(20) as pool:
+        accepted = sum(pool.map(voter, range(20)))
+    rows = store.rows()
+    assert accepted == 200 and len(rows) == 200 and len({r["match_id"] for r in rows}) == 200
+    assert all(r["outcome"] == "A" for r in rows)

@@ -4,12 +4,16 @@ No browser is downloaded: Playwright launches /usr/bin/chromium. Screenshots lan
 $STUDIO_ARTIFACTS (default: the test's tmp folder) so CI can keep them.
 """
 
+import json
 import os
 import shutil
 import socket
 from pathlib import Path
 
 import pytest
+
+from models.audio import save_audio
+from tests.conftest import tone
 
 CHROMIUM = os.environ.get("STUDIO_CHROMIUM", "/usr/bin/chromium")
 pytestmark = [
@@ -33,13 +37,29 @@ async (selector) => {
 
 
 @pytest.fixture(scope="module")
-def studio_url():
+def studio_config(tmp_path_factory):
+    """The built-in test sets plus a three-prompt set whose two A/B systems are files (no model runs)."""
+    from studio.config import StudioConfig, default_testsets
+
+    root = tmp_path_factory.mktemp("browser")
+    for system, freq in (("gt", 220.0), ("other", 330.0)):
+        (root / system).mkdir()
+        for k in range(3):
+            save_audio(root / system / f"u{k}.wav", tone(1.5, freq=freq + 20 * k))
+    (root / "tones.jsonl").write_text("".join(
+        json.dumps({"id": f"u{k}", "text": f"tone number {k}", "path": f"gt/u{k}.wav"}) + "\n" for k in range(3)))
+    return StudioConfig(data_dir=root / "studio", testsets={"tones": str(root / "tones.jsonl"), **default_testsets()},
+                        arena_systems=["gt", f"other={root / 'other'}"])
+
+
+@pytest.fixture(scope="module")
+def studio_url(studio_config):
     from studio.app import build_app
 
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    demo = build_app()
+    demo = build_app(studio_config)
     demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
     yield f"http://127.0.0.1:{port}/"
     demo.close()
@@ -54,7 +74,8 @@ def page(studio_url):
             executable_path=CHROMIUM if Path(CHROMIUM).is_file() else shutil.which("chromium"), headless=True,
             args=["--no-sandbox", "--disable-background-networking", "--disable-dev-shm-usage"])
         page = browser.new_page(viewport={"width": 1280, "height": 1600})
-        page.goto(studio_url, wait_until="networkidle")
+        page.goto(studio_url, wait_until="load", timeout=120_000)
+        page.get_by_role("tab", name="Synthesize").wait_for(timeout=120_000)
         yield page
         browser.close()
 
@@ -80,3 +101,26 @@ def test_synthesize_plays_non_silent_audio(page, sled_run, artifacts):
         (artifacts / "synthesize.html").write_text(page.locator("#tts-output").inner_html())
     assert page.evaluate(PEAK_OF_AUDIO, AUDIO_FILE) > 0.001
     assert "stop_threshold" in page.locator("body").inner_text()  # the settings JSON is shown
+
+
+def test_ab_vote_after_both_plays_updates_the_leaderboard(page, artifacts):
+    page.get_by_role("tab", name="A/B listening").click()
+    page.get_by_role("button", name="New pair").click()
+    try:
+        for side in ("a", "b"):
+            page.wait_for_selector(f"#ab-{side} a[data-testid=download-link]", state="attached", timeout=60_000)
+        vote = page.locator("#ab-vote-A")
+        assert vote.is_disabled()  # locked until both clips were played
+        for side in ("a", "b"):
+            page.locator(f"#ab-{side}").get_by_role("button", name="Play", exact=True).click()
+        vote.wait_for(state="visible")
+        page.wait_for_function("() => !document.querySelector('#ab-vote-A').disabled", timeout=30_000)
+        vote.click()
+        page.wait_for_function("() => document.querySelector('#ab-status').innerText.includes('Vote stored')",
+                               timeout=30_000)
+    finally:
+        page.screenshot(path=str(artifacts / "ab_listening.png"), full_page=True)
+    status = page.locator("#ab-status").inner_text()
+    assert "A was" in status and "B was" in status
+    board = page.locator("#ab-board").inner_text()
+    assert "gt" in board and "other" in board

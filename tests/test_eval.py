@@ -139,7 +139,7 @@ def test_codec_checkpoint_folder_is_a_codec_system(tmp_path, seen, monkeypatch, 
     assert main(["publish", str(folder), "other", "--eval", f"seen={tmp_path / 'run'}", "--system", "nope"]) == 2
     assert "no results for system 'nope' (it has: vae)" in capsys.readouterr().err
     assert main(["publish", str(folder), "other", "--eval", str(tmp_path / "run")]) == 2
-    assert "--eval takes LABEL=RUN_FOLDER" in capsys.readouterr().err
+    assert "--eval takes NAME=FOLDER_OR_FILE" in capsys.readouterr().err
 
 
 def test_existing_run_needs_resume(tmp_path, seen):

@@ -1,0 +1,79 @@
+"""Handlers of the studio's tabs, called directly (the browser tests drive the same code)."""
+
+import json
+
+import pytest
+
+from models.audio import save_audio
+from tests.conftest import tone
+
+
+@pytest.fixture
+def ab_config(tmp_path):
+    """Three prompts, ground truth and a folder system (no model runs: fast)."""
+    from studio.config import StudioConfig
+
+    (tmp_path / "gt").mkdir()
+    (tmp_path / "other").mkdir()
+    rows = []
+    for k in range(3):
+        save_audio(tmp_path / "gt" / f"u{k}.wav", tone(1.0, freq=200 + 50 * k))
+        save_audio(tmp_path / "other" / f"u{k}.wav", tone(1.0, freq=400 + 50 * k, amp=0.2))
+        rows.append({"id": f"u{k}", "text": f"prompt number {k}", "path": f"gt/u{k}.wav"})
+    manifest = tmp_path / "set.jsonl"
+    manifest.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    text_only = tmp_path / "text.jsonl"
+    text_only.write_text(json.dumps({"id": "t0", "text": "only words"}) + "\n")
+    return StudioConfig(data_dir=tmp_path / "studio", testsets={"set": str(manifest), "words": str(text_only)},
+                        arena_systems=["gt", f"other={tmp_path / 'other'}"])
+
+
+def test_ab_match_unlocks_after_both_plays_and_stores_one_vote(ab_config):
+    from studio.tabs.listen import RANDOM, Arena, played, reveal
+
+    arena = Arena(ab_config)
+    assert arena.prompts("set")[0] == RANDOM and len(arena.prompts("set")) == 4
+    match = arena.new_match("set", "u1 | prompt number 1")
+    assert match["key"] == "u1" and {match["a"], match["b"]} == {"gt", "other"}
+    assert "gt" not in reveal(match) and "other" not in reveal(match)  # hidden until the vote
+    with pytest.raises(ValueError, match="Play both clips"):
+        arena.vote(match, "A")
+    match, *buttons = played(match, "A")
+    assert not any(b["interactive"] for b in buttons)
+    match, *buttons = played(match, "B")
+    assert all(b["interactive"] for b in buttons)
+    match = arena.vote(match, "A")
+    assert arena.vote(match, "B")["voted"] == "A"  # a second click changes nothing
+    assert f"**A** was `{match['a']}`" in reveal(match)
+    assert not any(b["interactive"] for b in played(match, "B")[1:])  # locked after the vote
+    board = Arena(ab_config).board()  # a new instance (a restart) reads the stored vote
+    assert sorted(board["system"]) == ["gt", "other"] and board["votes"].tolist() == [1, 1]
+    winner = board.loc[board["system"] == match["a"]].iloc[0]
+    assert winner["win_rate"] == 1.0
+    assert open(arena.export()).read().count("\n") == 2  # header + one vote
+
+
+def test_ab_refuses_what_it_cannot_compare(ab_config):
+    from studio.tabs.listen import Arena
+
+    arena = Arena(ab_config)
+    with pytest.raises(ValueError, match="fewer than two A/B systems"):
+        arena.new_match("words", None)  # text only: neither ground truth nor the folder has audio
+    with pytest.raises(ValueError, match="no prompt 'zz'"):
+        arena.new_match("set", "zz | nothing")
+    with pytest.raises(ValueError, match="unknown test set"):
+        arena.new_match("nope", None)
+    with pytest.raises(ValueError, match="Start a comparison"):
+        arena.vote(None, "A")
+
+
+@pytest.mark.slow
+def test_arena_load_20_concurrent_voters_lose_and_duplicate_nothing():
+    """The bounded loopback load test of `speech-studio bench arena`, smaller: 20 voters x 2 votes,
+    each vote sent twice."""
+    from studio.bench import arena_load
+
+    result = arena_load(voters=20, votes=2, prompts=3)
+    assert result["error_count"] == 0, result["errors"]
+    assert result["acknowledged"] == result["stored"] == 40
+    assert result["duplicated"] == 0 and result["lost"] == 0 and result["outcomes_match"]

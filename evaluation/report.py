@@ -218,10 +218,13 @@ def _table(header: list[str], body: list[list[str]]) -> str:
     return f"<table><thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table>"
 
 
-def _figures(rows: list[dict], table: list[dict]) -> list[go.Figure]:
+def figures(rows: list[dict], table: list[dict], columns: list[str] | None = None) -> list[go.Figure]:
+    """Per metric column (all, or `columns`): a bar chart of system means with their CIs, and
+    the per-utterance distributions when there is more than one utterance."""
     overall = [e for e in table if e["speaker"] == "all"]
     figures = []
-    for column in sorted({e["metric"] for e in overall}, key=_column_order):
+    for column in sorted({e["metric"] for e in overall} & set(columns or [e["metric"] for e in overall]),
+                         key=_column_order):
         entries = [e for e in overall if e["metric"] == column and math.isfinite(e["mean"])]
         if not entries:
             continue
@@ -302,7 +305,6 @@ def _html(out: Path, rows: list[dict], table: list[dict], meta: list[dict], late
                 per_speaker.append(cells)
 
     reasons = nan_reasons(rows)
-    figures = _figures(rows, table)
     latent_html = []
     for codec, (stats, figs) in latents.items():
         body = [[html.escape(name), str(entry["utterances"]), str(entry["frames"]),
@@ -312,7 +314,7 @@ def _html(out: Path, rows: list[dict], table: list[dict], meta: list[dict], late
                            + _table(["system", "utterances", "frames", "energy distance", "Fréchet distance"], body))
         latent_html.extend(f.to_html(full_html=False, include_plotlyjs=False) for f in figs)
 
-    plots = [f.to_html(full_html=False, include_plotlyjs=False) for f in figures]
+    plots = [f.to_html(full_html=False, include_plotlyjs=False) for f in figures(rows, table)]
     plotly_js = f"<script type='text/javascript'>{plotly.offline.get_plotlyjs()}</script>"
     parts = [
         "<!DOCTYPE html><html><head><meta charset='utf-8'><title>Evaluation report</title>",

@@ -216,6 +216,15 @@ def _write_meta(run: Path, config: RunConfig, meta: dict) -> None:
     write_text_atomic(run / "results" / f"shard-{index}-of-{count}.meta.json", json.dumps(meta, indent=2) + "\n")
 
 
+def planned_units(config: RunConfig) -> int:
+    """How many result rows a complete run writes (for progress bars): one per generated
+    system x item, and one per metric x system x item."""
+    index, count = config.shard
+    items = select_items(read_items(config.manifest, config.split), config.limit, config.per_speaker)[index::count]
+    generated = sum(s.generated for s in config.systems)
+    return len(items) * (generated + len(config.metrics) * len(config.systems))
+
+
 def run_eval(config: RunConfig, argv: list[str] | None = None) -> dict:
     """Run (or resume) an evaluation; returns a summary of what this process did."""
     for name in config.metrics:

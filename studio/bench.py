@@ -79,7 +79,7 @@ def ui_latency(model: str, text: str = BENCH_TEXT, repeats: int = 3, cfg: float 
         pipelines.tts(text, model, cfg=cfg, seed=seed)
         return time.perf_counter() - start
 
-    with served(StudioConfig(data_dir=Path(tempfile.mkdtemp(prefix="studio-bench-")), arena_systems=[])) as url:
+    with served(StudioConfig(data_dir=Path(tempfile.mkdtemp(prefix="studio-bench-")), systems=[])) as url:
         client = Client(url, verbose=False)
 
         def through_ui() -> float:
@@ -110,7 +110,7 @@ def _tone_testset(root: Path, prompts: int) -> StudioConfig:
         rows.append(json.dumps({"id": f"u{k}", "text": f"tone {k}", "path": f"gt/u{k}.wav"}))
     (root / "tones.jsonl").write_text("\n".join(rows) + "\n")
     return StudioConfig(data_dir=root / "studio", testsets={"tones": str(root / "tones.jsonl")},
-                        arena_systems=["gt", f"other={root / 'other'}"])
+                        systems=["gt", f"other={root / 'other'}"])
 
 
 def arena_load(voters: int = 20, votes: int = 5, prompts: int = 4) -> dict:

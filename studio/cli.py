@@ -17,8 +17,8 @@ def _serve(args: argparse.Namespace) -> int:
         config.data_dir = Path(args.data)
     if args.testset:
         config.testsets = dict(_named(spec, "--testset") for spec in args.testset)
-    if args.arena_system:
-        config.arena_systems = args.arena_system
+    if args.system:
+        config.systems = args.system
     launch(build_app(config), host=args.host, port=args.port, share=args.share)
     return 0
 
@@ -190,8 +190,9 @@ def build_parser() -> argparse.ArgumentParser:
                        "(default: $STUDIO_DATA or runs/studio)")
     serve.add_argument("--testset", action="append", metavar="NAME=MANIFEST",
                        help="test sets offered by the studio (repeatable; default: the built-in ones)")
-    serve.add_argument("--arena-system", action="append", metavar="SPEC",
-                       help="A/B systems, as `eval --system` (repeatable; default: gt, vocoder, every checkpoint)")
+    serve.add_argument("--system", action="append", metavar="SPEC",
+                       help="systems of the A/B test and the Evaluate menu, as `eval --system` (repeatable; "
+                       "default: gt, vocoder, every checkpoint)")
     serve.set_defaults(run=_serve)
 
     vocode = commands.add_parser("vocode", help="analysis-resynthesis through the shared HiFi-GAN vocoder")

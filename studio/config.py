@@ -16,7 +16,7 @@ def default_testsets() -> dict[str, str]:
     return {name: str(path) for name, path in builtin_testsets().items()}
 
 
-def default_arena_systems() -> list[str]:
+def default_systems() -> list[str]:
     """Ground truth, the vocoder ceiling, and every local codec and TTS checkpoint."""
     from models import pipelines
 
@@ -29,7 +29,8 @@ class StudioConfig:
     # Votes (SQLite), A/B clips and evaluation runs; on a Space, point it at persistent storage (/data).
     data_dir: Path = field(default_factory=lambda: Path(os.environ.get("STUDIO_DATA", REPO_ROOT / "runs" / "studio")))
     testsets: dict[str, str] = field(default_factory=default_testsets)  # name -> .lst / .jsonl manifest
-    arena_systems: list[str] = field(default_factory=default_arena_systems)  # `speech-studio eval --system` specs
+    # `speech-studio eval --system` specs: the A/B test's systems and the Evaluate tab's menu.
+    systems: list[str] = field(default_factory=default_systems)
     eval_max_items: int = 50  # the Evaluate tab refuses larger runs (the CLI has no limit)
 
     def __post_init__(self):

@@ -49,7 +49,7 @@ def studio_config(tmp_path_factory):
     (root / "tones.jsonl").write_text("".join(
         json.dumps({"id": f"u{k}", "text": f"tone number {k}", "path": f"gt/u{k}.wav"}) + "\n" for k in range(3)))
     return StudioConfig(data_dir=root / "studio", testsets={"tones": str(root / "tones.jsonl"), **default_testsets()},
-                        arena_systems=["gt", f"other={root / 'other'}"])
+                        systems=["gt", f"other={root / 'other'}"])
 
 
 @pytest.fixture(scope="module")
@@ -124,3 +124,19 @@ def test_ab_vote_after_both_plays_updates_the_leaderboard(page, artifacts):
     assert "A was" in status and "B was" in status
     board = page.locator("#ab-board").inner_text()
     assert "gt" in board and "other" in board
+
+
+def test_small_evaluation_fills_the_results_table(page, artifacts):
+    page.get_by_role("tab", name="Evaluate").click()
+    for metric, wanted in (("wer", False), ("sim", False), ("stoi", True)):
+        box = page.get_by_role("checkbox", name=metric, exact=True)
+        if box.is_checked() != wanted:
+            box.click()
+    page.get_by_role("button", name="Run evaluation").click()
+    try:
+        page.wait_for_function("() => document.querySelector('#eval-status').innerText.includes('Done')",
+                               timeout=120_000)
+    finally:
+        page.screenshot(path=str(artifacts / "evaluate.png"), full_page=True)
+    table = page.locator("#eval-table").inner_text()
+    assert "gt" in table and "other" in table and "stoi" in table

@@ -1,6 +1,7 @@
 """Handlers of the studio's tabs, called directly (the browser tests drive the same code)."""
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -25,7 +26,7 @@ def ab_config(tmp_path):
     text_only = tmp_path / "text.jsonl"
     text_only.write_text(json.dumps({"id": "t0", "text": "only words"}) + "\n")
     return StudioConfig(data_dir=tmp_path / "studio", testsets={"set": str(manifest), "words": str(text_only)},
-                        arena_systems=["gt", f"other={tmp_path / 'other'}"])
+                        systems=["gt", f"other={tmp_path / 'other'}"])
 
 
 def test_ab_match_unlocks_after_both_plays_and_stores_one_vote(ab_config):
@@ -77,3 +78,25 @@ def test_arena_load_20_concurrent_voters_lose_and_duplicate_nothing():
     assert result["error_count"] == 0, result["errors"]
     assert result["acknowledged"] == result["stored"] == 40
     assert result["duplicated"] == 0 and result["lost"] == 0 and result["outcomes_match"]
+
+
+def test_evaluate_runs_the_bench_reports_and_resumes(ab_config):
+    from studio.tabs.evaluate import evaluate, plot
+
+    seen = []
+    args = ("set", None, ab_config.systems, "", ["stoi", "sisdr"], 3, "first", False)
+    updates = list(evaluate(ab_config, *args, progress=lambda fraction, desc: seen.append(fraction)))
+    table, status, menu, folder, reports, chart = updates[-1]
+    assert sorted(table["system"]) == ["gt", "other"] and {"stoi", "si_sdr"} <= set(table.columns)
+    assert table.loc[table["system"] == "gt", "stoi"].iloc[0].startswith("1.000")  # gt against itself
+    assert "Done: 12 results" in status and all(0 <= f <= 1 for f in seen)
+    assert [Path(p).name for p in reports] == ["report.csv", "report.html"] and all(Path(p).is_file() for p in reports)
+    assert chart is not None and plot(folder, "si_sdr") is not None and menu["choices"]
+    with pytest.raises(ValueError, match="tick Resume"):
+        list(evaluate(ab_config, *args))
+    resumed = list(evaluate(ab_config, *args[:-1], True))[-1]
+    assert "Done: 12 results" in resumed[1]  # nothing redone, nothing lost
+    with pytest.raises(ValueError, match="run name"):
+        list(evaluate(ab_config, *args[:6], "../escape", False))
+    with pytest.raises(ValueError, match="at least one metric"):
+        list(evaluate(ab_config, "set", None, ["gt"], "", [], 3, "x", False))

@@ -30,7 +30,7 @@ class Arena:
         self.config = config
         self.store = VoteStore(config.data_dir / "arena" / "votes.sqlite")
         self.clips = config.data_dir / "arena" / "clips"
-        self.systems = {s.name: s for s in (parse_system(spec) for spec in config.arena_systems)}
+        self.systems = {s.name: s for s in (parse_system(spec) for spec in config.systems)}
         self.rng = np.random.default_rng()
         self.lock = threading.Lock()  # numpy generators are not thread-safe
         self.items: dict[str, list[Item]] = {}

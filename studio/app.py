@@ -5,7 +5,7 @@ from __future__ import annotations
 import gradio as gr
 
 from studio.config import StudioConfig
-from studio.tabs import evaluate, listen, resynthesis, synthesize
+from studio.tabs import cfg_lab, evaluate, listen, resynthesis, synthesize
 
 TITLE = "Speech Studio"
 INTRO = (
@@ -23,6 +23,7 @@ def build_app(config: StudioConfig | None = None) -> gr.Blocks:
         with gr.Tabs():
             synthesize.build()
             listen.build(config)
+            cfg_lab.build(config)
             evaluate.build(config)
             resynthesis.build()
     demo.queue(default_concurrency_limit=QUEUE_CONCURRENCY)

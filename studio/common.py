@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import functools
 import inspect
-from typing import Callable
+import threading
+from pathlib import Path
+from typing import Callable, Iterator
 
 import gradio as gr
 import numpy as np
@@ -72,3 +74,41 @@ def mel_figure(mels: dict[str, np.ndarray], hop_seconds: float) -> go.Figure:
         fig.update_yaxes(title_text="mel band", row=row, col=1)
     fig.update_layout(height=260 * len(mels), margin={"l": 50, "r": 20, "t": 40, "b": 40})
     return fig
+
+
+class RunFollower:
+    """Runs an evaluation (evaluation.runner) in a worker thread. `steps` yields a status line
+    about once a second while it works, moving `progress`; afterwards `summary` holds the
+    runner's summary. The runner's errors are raised from `steps`."""
+
+    POLL_SECONDS = 1.0
+
+    def __init__(self, run, progress: Callable):
+        from evaluation.runner import planned_units
+
+        self.run, self.progress, self.total, self.summary = run, progress, planned_units(run), None
+
+    @property
+    def steps(self) -> Iterator[str]:
+        from evaluation.runner import latest_rows, read_results, run_eval
+
+        outcome: dict = {}
+
+        def work():
+            try:
+                outcome["summary"] = run_eval(self.run, argv=["studio", Path(self.run.out).name])
+            except Exception as error:  # re-raised below, in the handler's thread
+                outcome["error"] = error
+
+        worker = threading.Thread(target=work, daemon=True)
+        worker.start()
+        while worker.is_alive():
+            worker.join(self.POLL_SECONDS)
+            done = len(latest_rows(read_results(self.run.out)))
+            self.progress(min(done / max(self.total, 1), 1.0), desc=f"{done} / {self.total} results")
+            yield f"Running: {done} of {self.total} results"
+        if "error" in outcome:
+            if isinstance(outcome["error"], (ValueError, FileNotFoundError)):
+                raise outcome["error"]
+            raise gr.Error(f"evaluation failed: {outcome['error']}")
+        self.summary = outcome["summary"]

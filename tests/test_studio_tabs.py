@@ -100,3 +100,26 @@ def test_evaluate_runs_the_bench_reports_and_resumes(ab_config):
         list(evaluate(ab_config, *args[:6], "../escape", False))
     with pytest.raises(ValueError, match="at least one metric"):
         list(evaluate(ab_config, "set", None, ["gt"], "", [], 3, "x", False))
+
+
+def test_cfg_lab_sweeps_scales_and_seeds_through_the_bench(sled_run, arctic_path, tmp_path):
+    from evaluation.sweep import parse_scales
+    from studio.config import StudioConfig
+    from studio.tabs.cfg_lab import cell_label, run_sweep
+
+    config = StudioConfig(data_dir=tmp_path, testsets={}, systems=[])
+    updates = list(run_sweep(config, str(sled_run), "Guidance changes speech.", str(arctic_path),
+                             "author of the danger trail, philip steels, etc", "2, 1", 2, ["sim"],
+                             progress=lambda *a, **k: None))
+    status, grid, points, figure, files = updates[-1]
+    assert "2 CFG values x 2 seeds" in status
+    assert [(r["cfg"], r["item"]) for r in grid] == [(1.0, "seed0"), (1.0, "seed1"), (2.0, "seed0"), (2.0, "seed1")]
+    assert all(Path(r["audio"]).is_file() and -1 <= r["sim"] <= 1 for r in grid)
+    assert points["cfg"].tolist() == [1.0, 2.0] and (points["metric"] == "sim").all()
+    assert len(figure.data) == 1 and all(Path(f).is_file() for f in files)
+    assert cell_label(grid[0]).startswith("CFG 1 · seed0 · sim ")
+    assert parse_scales("3 1,1.5") == [1.0, 1.5, 3.0]
+    with pytest.raises(ValueError, match="numbers"):
+        parse_scales("1, two")
+    with pytest.raises(ValueError, match="CFG values x seeds"):
+        list(run_sweep(config, str(sled_run), "x", None, None, "1 2 3 4 5 6 7", 10, ["wer"]))

@@ -6,7 +6,6 @@ from __future__ import annotations
 import math
 import re
 import shutil
-import threading
 import time
 from pathlib import Path
 from typing import Iterator
@@ -16,12 +15,11 @@ import pandas as pd
 
 from evaluation.metrics import METRICS
 from evaluation.report import aggregate, figures
-from evaluation.runner import RunConfig, latest_rows, planned_units, read_results, run_eval
+from evaluation.runner import RunConfig, latest_rows, read_results
 from evaluation.systems import parse_system
 from studio.config import StudioConfig
-from studio.common import user_errors
+from studio.common import RunFollower, user_errors
 
-POLL_SECONDS = 1.0
 DEFAULT_METRICS = ["wer", "sim"]
 
 
@@ -90,32 +88,15 @@ def evaluate(config: StudioConfig, testset, upload, systems, extra, metrics, lim
     """Runs the bench in a worker thread; yields (table, status, plot metric menu, run folder,
     report files, plot) while it works and when it is done."""
     run = plan(config, testset, upload, systems, extra, metrics, limit, name, resume)
-    total = planned_units(run)
-    outcome: dict = {}
-
-    def work():
-        try:
-            outcome["summary"] = run_eval(run, argv=["studio", "evaluate", name])
-        except Exception as error:  # shown to the user below; the thread must not die silently
-            outcome["error"] = error
-
-    worker = threading.Thread(target=work, daemon=True)
-    worker.start()
     out = Path(run.out)
-    while worker.is_alive():
-        worker.join(POLL_SECONDS)
-        done = len(latest_rows(read_results(out)))
-        progress(min(done / max(total, 1), 1.0), desc=f"{done} / {total} results")
-        yield results_table(out), f"Running: {done} of {total} results", gr.skip(), gr.skip(), gr.skip(), gr.skip()
-    if "error" in outcome:
-        if isinstance(outcome["error"], (ValueError, FileNotFoundError)):
-            raise outcome["error"]
-        raise gr.Error(f"evaluation failed: {outcome['error']}")
+    follow = RunFollower(run, progress)
+    for status in follow.steps:
+        yield results_table(out), status, gr.skip(), gr.skip(), gr.skip(), gr.skip()
     table = results_table(out)
     columns = [c for c in table.columns if c != "system"]
     reports = [str(out / "report.csv"), str(out / "report.html")]
     status = (f"Done: {len(latest_rows(read_results(out)))} results in `{out}`. Skipped metrics: "
-              f"{outcome['summary']['skipped'] or 'none'}. Resume or extend it with the same run name.")
+              f"{follow.summary['skipped'] or 'none'}. Resume or extend it with the same run name.")
     first = columns[0] if columns else None
     yield table, status, gr.update(choices=columns, value=first), str(out), reports, plot(str(out), first)
 

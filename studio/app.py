@@ -5,7 +5,7 @@ from __future__ import annotations
 import gradio as gr
 
 from studio.config import StudioConfig
-from studio.tabs import cfg_lab, evaluate, listen, resynthesis, synthesize
+from studio.tabs import cfg_lab, evaluate, latents, listen, resynthesis, synthesize
 
 TITLE = "Speech Studio"
 INTRO = (
@@ -25,6 +25,7 @@ def build_app(config: StudioConfig | None = None) -> gr.Blocks:
             listen.build(config)
             cfg_lab.build(config)
             evaluate.build(config)
+            latents.build(config)
             resynthesis.build()
     demo.queue(default_concurrency_limit=QUEUE_CONCURRENCY)
     demo.studio_config = config

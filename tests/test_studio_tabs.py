@@ -123,3 +123,19 @@ def test_cfg_lab_sweeps_scales_and_seeds_through_the_bench(sled_run, arctic_path
         parse_scales("1, two")
     with pytest.raises(ValueError, match="CFG values x seeds"):
         list(run_sweep(config, str(sled_run), "x", None, None, "1 2 3 4 5 6 7", 10, ["wer"]))
+
+
+def test_latent_explorer_encodes_plots_and_plays_a_point(ab_config):
+    from studio.tabs.latents import explore, utterance_audio, views
+
+    updates = list(explore(ab_config, "set", ab_config.systems, 3, "flow_vae", "lat", progress=lambda *a, **k: None))
+    status, stats, menu, figure, utterances, run = updates[-1]
+    assert "6 utterances encoded" in status
+    assert sorted(stats["system"]) == ["gt", "other"] and stats["energy distance to gt"].notna().sum() == 1
+    titles = menu["choices"]
+    assert any("per-dimension mean" in t for t in titles) and any("PCA" in t for t in titles)
+    assert figure is not None and set(views(run)) == set(titles)
+    choice = utterances["choices"][0]
+    assert Path(utterance_audio(run, choice)).is_file()
+    with pytest.raises(ValueError, match="not a latent codec"):
+        list(explore(ab_config, "set", ab_config.systems, 3, "vocoder", "lat2"))

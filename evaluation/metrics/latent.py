@@ -160,7 +160,7 @@ def latent_figures(systems: dict[str, dict[str, dict]], stats: dict, speakers: d
     labels, means = [], []
     for name, utterances in systems.items():
         for key, u in utterances.items():
-            labels.append((name, (speakers or {}).get(key, "?")))
+            labels.append((name, (speakers or {}).get(key, "?"), key))
             means.append(u["mean"].mean(0))
     if len(means) >= 3:
         points = np.stack(means)
@@ -172,7 +172,7 @@ def latent_figures(systems: dict[str, dict[str, dict]], stats: dict, speakers: d
                 for value in sorted({label[index] for label in labels}):
                     rows = [i for i, label in enumerate(labels) if label[index] == value]
                     fig.add_trace(go.Scatter(x=xy[rows, 0], y=xy[rows, 1], mode="markers", name=value,
-                                             text=[f"{labels[i][0]} / {labels[i][1]}" for i in rows],
+                                             text=[" / ".join(labels[i]) for i in rows],
                                              marker={"size": 6, "opacity": 0.7}))
                 fig.update_layout(title=f"Utterance-mean latents, {method.upper()}, coloured by {colour_by}")
                 figures.append(fig)

@@ -114,3 +114,18 @@ def test_synthesize_handler_reproduces_its_seed_and_streams(sled_run, arctic_pat
     assert user_errors(4)(tab.synthesize)(str(sled_run), "  ", None, None, 2.0, 0, False, *values) == (None,) * 4
     assert list(user_errors(4)(tab.synthesize_stream)(None, "hi", None, None, 2.0, 0, False, *values)) == [(None,) * 4]
     assert "empty" in shown[0] and "No TTS model" in shown[1]
+
+
+def test_readme_api_example_synthesizes(sled_run):
+    """The README's gradio_client call, against a served studio, with the tiny checkpoint."""
+    from gradio_client import Client
+
+    from studio.bench import served
+    from studio.config import StudioConfig
+
+    with served(StudioConfig(testsets={}, systems=[])) as url:
+        client = Client(url, verbose=False)
+        wav_path, mel, settings, seed = client.predict(
+            str(sled_run), "The birch canoe slid on the smooth planks.", None, "", 2.0, 0, False,
+            api_name="/synthesize")
+    assert sf.info(wav_path).samplerate == 22050 and settings["seed"] == seed == 0 and settings["rtf"] > 0

@@ -98,7 +98,7 @@ def ui_latency(model: str, text: str = BENCH_TEXT, repeats: int = 3, cfg: float 
             "pipeline_runs_s": [round(x, 3) for x in pipe], "ui_runs_s": [round(x, 3) for x in ui]}
 
 
-def _tone_testset(root: Path, prompts: int) -> StudioConfig:
+def tone_testset(root: Path, prompts: int) -> StudioConfig:
     """Two file-backed systems over `prompts` one-second tones: the load falls on the vote path."""
     rows = []
     for system, freq in (("gt", 220.0), ("other", 330.0)):
@@ -122,7 +122,7 @@ def arena_load(voters: int = 20, votes: int = 5, prompts: int = 4) -> dict:
     from evaluation.arena import VoteStore
 
     root = Path(tempfile.mkdtemp(prefix="studio-arena-"))
-    config = _tone_testset(root, prompts)
+    config = tone_testset(root, prompts)
     outcomes = ["A", "B", "tie", "both_bad"]
     expected: list[str] = []
     latencies: list[float] = []

@@ -56,6 +56,23 @@ def user_errors(n_outputs: int) -> Callable:
     return decorate
 
 
+def tts_model_menu() -> gr.Dropdown:
+    """The TTS checkpoints found locally; any checkpoint folder may be typed in."""
+    from models import pipelines
+
+    models = pipelines.available_tts_models()
+    return gr.Dropdown(models, value=models[0] if models else None, allow_custom_value=True,
+                       label="Model (a checkpoint name, or a checkpoint folder)")
+
+
+def reference_voice(title: str) -> tuple[gr.Audio, gr.Textbox]:
+    """A folded reference clip (upload or microphone) and its transcript box."""
+    with gr.Accordion(title, open=False):
+        reference = gr.Audio(sources=["upload", "microphone"], type="filepath", label="Reference clip")
+        reference_text = gr.Textbox(label="Its transcript (blank: transcribed by the ASR)")
+    return reference, reference_text
+
+
 def to_gradio_audio(wav: np.ndarray, sr: int) -> tuple[int, np.ndarray]:
     """float audio -> (rate, int16), the form gr.Audio plays without a conversion warning."""
     return sr, (np.clip(wav, -1.0, 1.0) * 32767).astype(np.int16)

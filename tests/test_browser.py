@@ -4,16 +4,11 @@ No browser is downloaded: Playwright launches /usr/bin/chromium. Screenshots lan
 $STUDIO_ARTIFACTS (default: the test's tmp folder) so CI can keep them.
 """
 
-import json
 import os
 import shutil
-import socket
 from pathlib import Path
 
 import pytest
-
-from models.audio import save_audio
-from tests.conftest import tone
 
 CHROMIUM = os.environ.get("STUDIO_CHROMIUM", "/usr/bin/chromium")
 pytestmark = [
@@ -37,32 +32,16 @@ async (selector) => {
 
 
 @pytest.fixture(scope="module")
-def studio_config(tmp_path_factory):
-    """The built-in test sets plus a three-prompt set whose two A/B systems are files (no model runs)."""
-    from studio.config import StudioConfig, default_testsets
+def studio_url(tmp_path_factory):
+    """The studio with the built-in test sets plus three tone prompts whose two A/B systems
+    are files (no model runs)."""
+    from studio.bench import served, tone_testset
+    from studio.config import default_testsets
 
-    root = tmp_path_factory.mktemp("browser")
-    for system, freq in (("gt", 220.0), ("other", 330.0)):
-        (root / system).mkdir()
-        for k in range(3):
-            save_audio(root / system / f"u{k}.wav", tone(1.5, freq=freq + 20 * k))
-    (root / "tones.jsonl").write_text("".join(
-        json.dumps({"id": f"u{k}", "text": f"tone number {k}", "path": f"gt/u{k}.wav"}) + "\n" for k in range(3)))
-    return StudioConfig(data_dir=root / "studio", testsets={"tones": str(root / "tones.jsonl"), **default_testsets()},
-                        systems=["gt", f"other={root / 'other'}"])
-
-
-@pytest.fixture(scope="module")
-def studio_url(studio_config):
-    from studio.app import build_app
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    demo = build_app(studio_config)
-    demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
-    yield f"http://127.0.0.1:{port}/"
-    demo.close()
+    config = tone_testset(tmp_path_factory.mktemp("browser"), prompts=3)
+    config.testsets.update(default_testsets())
+    with served(config) as url:
+        yield url
 
 
 @pytest.fixture(scope="module")

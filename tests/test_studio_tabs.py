@@ -5,28 +5,18 @@ from pathlib import Path
 
 import pytest
 
-from models.audio import save_audio
-from tests.conftest import tone
 
 
 @pytest.fixture
 def ab_config(tmp_path):
-    """Three prompts, ground truth and a folder system (no model runs: fast)."""
-    from studio.config import StudioConfig
+    """Three tone prompts with ground truth and a folder system (no model runs: fast), and a
+    text-only set."""
+    from studio.bench import tone_testset
 
-    (tmp_path / "gt").mkdir()
-    (tmp_path / "other").mkdir()
-    rows = []
-    for k in range(3):
-        save_audio(tmp_path / "gt" / f"u{k}.wav", tone(1.0, freq=200 + 50 * k))
-        save_audio(tmp_path / "other" / f"u{k}.wav", tone(1.0, freq=400 + 50 * k, amp=0.2))
-        rows.append({"id": f"u{k}", "text": f"prompt number {k}", "path": f"gt/u{k}.wav"})
-    manifest = tmp_path / "set.jsonl"
-    manifest.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    text_only = tmp_path / "text.jsonl"
-    text_only.write_text(json.dumps({"id": "t0", "text": "only words"}) + "\n")
-    return StudioConfig(data_dir=tmp_path / "studio", testsets={"set": str(manifest), "words": str(text_only)},
-                        systems=["gt", f"other={tmp_path / 'other'}"])
+    config = tone_testset(tmp_path, prompts=3)
+    (tmp_path / "text.jsonl").write_text(json.dumps({"id": "t0", "text": "only words"}) + "\n")
+    config.testsets = {"set": config.testsets["tones"], "words": str(tmp_path / "text.jsonl")}
+    return config
 
 
 def test_ab_match_unlocks_after_both_plays_and_stores_one_vote(ab_config):
@@ -34,7 +24,7 @@ def test_ab_match_unlocks_after_both_plays_and_stores_one_vote(ab_config):
 
     arena = Arena(ab_config)
     assert arena.prompts("set")[0] == RANDOM and len(arena.prompts("set")) == 4
-    match = arena.new_match("set", "u1 | prompt number 1")
+    match = arena.new_match("set", "u1 | tone 1")
     assert match["key"] == "u1" and {match["a"], match["b"]} == {"gt", "other"}
     assert "gt" not in reveal(match) and "other" not in reveal(match)  # hidden until the vote
     with pytest.raises(ValueError, match="Play both clips"):

@@ -17,7 +17,7 @@ from evaluation import sweep
 from models import audio, pipelines
 from models.files import write_text_atomic
 from models.registry import pick_device
-from studio.common import RunFollower, user_errors
+from studio.common import RunFollower, reference_voice, tts_model_menu, user_errors
 from studio.config import StudioConfig
 from studio.tabs.synthesize import EXAMPLE_TEXTS
 
@@ -65,18 +65,14 @@ def cell_label(row: dict) -> str:
 
 
 def build(config: StudioConfig) -> None:
-    models = pipelines.available_tts_models()
     with gr.Tab("CFG lab"):
         gr.Markdown("How the classifier-free guidance scale changes the speech: every CFG value speaks the text "
                     "with the same seeds; the evaluation bench scores each output. CFG 1 is unguided.")
         with gr.Row():
             with gr.Column():
-                model = gr.Dropdown(models, value=models[0] if models else None, allow_custom_value=True,
-                                    label="Model (a checkpoint name, or a checkpoint folder)")
+                model = tts_model_menu()
                 text = gr.Textbox(label="Text", lines=2, value=EXAMPLE_TEXTS[0])
-                with gr.Accordion("Reference voice (optional; needed for SIM)", open=False):
-                    reference = gr.Audio(sources=["upload", "microphone"], type="filepath", label="Reference clip")
-                    reference_text = gr.Textbox(label="Its transcript (blank: transcribed by the ASR)")
+                reference, reference_text = reference_voice("Reference voice (optional; needed for SIM)")
             with gr.Column():
                 scales = gr.Textbox(value=DEFAULT_SCALES, label="CFG values")
                 seeds = gr.Slider(1, 10, value=3, step=1, label="Seeds per value")

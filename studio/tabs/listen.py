@@ -141,7 +141,8 @@ def build(config: StudioConfig) -> Arena:
         match = gr.State(None)
         with gr.Row():
             testset = gr.Dropdown(testsets, value=testsets[0] if testsets else None, label="Test set")
-            prompt = gr.Dropdown(arena.prompts(testsets[0]) if testsets else [], value=RANDOM, label="Prompt")
+            prompt = gr.Dropdown(arena.prompts(testsets[0]) if testsets else [], value=RANDOM if testsets else None,
+                                 label="Prompt")
             new = gr.Button("New pair", variant="primary")
         status = gr.Markdown(reveal(None), elem_id="ab-status")
         with gr.Row():

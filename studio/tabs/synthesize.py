@@ -10,7 +10,7 @@ import numpy as np
 
 from models import audio, pipelines
 from models.registry import ASSETS, pick_device
-from studio.common import gpu, mel_figure, to_gradio_audio, user_errors
+from studio.common import gpu, mel_figure, reference_voice, to_gradio_audio, tts_model_menu, user_errors
 
 EXAMPLE_TEXTS = [
     "The birch canoe slid on the smooth planks.",
@@ -95,22 +95,18 @@ def visible_controls(model: str | None):
 
 def build() -> None:
     specs = {name: spec for controls in pipelines.sampling_controls().values() for name, spec in controls.items()}
-    models = pipelines.available_tts_models()
     with gr.Tab("Synthesize"):
         gr.Markdown("Text to speech with a trained TTS checkpoint. A reference clip makes the output continue "
                     "its voice (its transcript is produced by the ASR when left blank). The seed shown "
                     "reproduces the output; CFG 1 turns guidance off.")
         with gr.Row():
             with gr.Column():
-                model = gr.Dropdown(models, value=models[0] if models else None, allow_custom_value=True,
-                                    label="Model (a checkpoint name, or a checkpoint folder)")
+                model = tts_model_menu()
                 text = gr.Textbox(label="Text", lines=3, value=EXAMPLE_TEXTS[0])
                 gr.Examples([[t] for t in EXAMPLE_TEXTS], inputs=[text], label="Example texts")
-                with gr.Accordion("Reference voice (optional)", open=False):
-                    reference = gr.Audio(sources=["upload", "microphone"], type="filepath", label="Reference clip")
-                    reference_text = gr.Textbox(label="Its transcript (blank: transcribed by the ASR)")
-                    gr.Examples([[str(EXAMPLE_REFERENCE), EXAMPLE_REFERENCE_TEXT]], inputs=[reference, reference_text],
-                                label="Example reference (CMU ARCTIC, slt)")
+                reference, reference_text = reference_voice("Reference voice (optional)")
+                gr.Examples([[str(EXAMPLE_REFERENCE), EXAMPLE_REFERENCE_TEXT]], inputs=[reference, reference_text],
+                            label="Example reference (CMU ARCTIC, slt)")
                 cfg = gr.Slider(1.0, 4.0, value=2.0, step=0.1, label="Classifier-free guidance scale")
                 with gr.Row():
                     seed = gr.Number(value=0, precision=0, label="Seed")

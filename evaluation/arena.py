@@ -1,4 +1,5 @@
-"""Listening-test statistics: win rates and Bradley-Terry scores with bootstrap CIs.
+"""Listening tests: which pair to play next, the durable vote store, and the statistics
+(win rates and Bradley-Terry scores with bootstrap CIs).
 
 A vote compares system A with system B; its outcome is "A", "B", "tie" or "both_bad".
 Ties and "both bad" count as half a win for each side (as Chatbot-Arena-style boards

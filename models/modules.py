@@ -134,12 +134,16 @@ def feature_matching_loss(real: list, fake: list) -> torch.Tensor:
 def rotary(x: torch.Tensor, positions: torch.Tensor, base: float = 10000.0) -> torch.Tensor:
     """Rotary position embedding (RoPE, Su et al. 2021) on (batch, heads, length, head_dim).
 
+    positions: (length,) shared by the batch, or (batch, length); they may be fractional.
+
     Rotating query and key pairs by position-dependent angles makes their dot product depend
     only on the relative offset, so a KV cache stays valid as the sequence grows.
     """
     half = x.shape[-1] // 2
     freqs = base ** (-torch.arange(half, device=x.device, dtype=torch.float32) / half)
-    angles = positions.to(torch.float32)[:, None] * freqs  # (length, half)
+    angles = positions.to(torch.float32)[..., None] * freqs  # (length, half), or (batch, length, half)
+    if angles.dim() == 3:  # positions per sequence: broadcast over heads
+        angles = angles[:, None]
     cos, sin = angles.cos(), angles.sin()
     x1, x2 = x[..., :half].float(), x[..., half:].float()
     return torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1).to(x.dtype)

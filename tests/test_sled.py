@@ -4,7 +4,7 @@ import torch
 
 from models import registry
 from models.flow_vae import ChunkedDecoder, FlowVAE, FlowVAEConfig
-from models.sled import EOT, LATENT, SLED, TEXT, GenerativeHead, SLEDConfig, energy_distance, layout
+from models.sled import EOT, LATENT, SLED, TEXT, GenerativeHead, SLEDConfig, energy_distance, layout, positions
 from models.training import load_config
 from studio.cli import main
 
@@ -75,6 +75,14 @@ def test_layouts_put_text_before_the_speech_that_says_it():
     assert layout(7, 1, (3, 2)) == [TEXT] * 3 + [LATENT] + [TEXT] * 4 + [EOT]
 
 
+def test_aligned_positions_put_text_on_the_frame_axis():
+    kinds = layout(3, 2, None)
+    assert positions(kinds, None) == [0, 1, 2, 3, 4, 5]
+    assert positions(kinds, 1.5) == [0.0, 1.5, 3.0, 4.5, 0.0, 1.0]  # EOT where the text ends
+    streaming = layout(4, 3, (2, 2))
+    assert positions(streaming, 2.0) == [0.0, 2.0, 0.0, 1.0, 4.0, 6.0, 8.0, 2.0]
+
+
 def test_kv_cache_generation_equals_full_recomputation():
     model = tiny()
     x = torch.randn(2, 11, model.config.dim)
@@ -85,13 +93,14 @@ def test_kv_cache_generation_equals_full_recomputation():
     assert torch.allclose(torch.cat(pieces, dim=1), full, atol=1e-5)
 
 
-def test_generated_frames_match_a_teacher_forced_pass():
+@pytest.mark.parametrize("overrides", [{}, {"text_rate": 1.3}, {"text_rate": 1.3, "interleave": (3, 2)}])
+def test_generated_frames_match_a_teacher_forced_pass(overrides):
     """Each frame drawn with the KV cache equals the head applied to a full recomputation."""
-    model = tiny()
+    model = tiny(**overrides)
     ids = tokens(model)
     frames = list(model.generate(ids, cfg=None, seed=3, max_frames=6, stop_threshold=2.0))
     seq = model.embed([torch.tensor(ids)], [model.normalize(torch.stack(frames))])
-    h = model.transformer(seq["x"])[0, seq["frame_positions"][0] - 1]
+    h = model.transformer(seq["x"], seq["positions"])[0, seq["frame_positions"][0] - 1]
     generator = torch.Generator().manual_seed(3)
     redrawn = torch.cat([model.sample_frame(h[i:i + 1], generator) for i in range(len(frames))])
     assert torch.allclose(model.denormalize(redrawn), torch.stack(frames), atol=1e-4)

@@ -289,6 +289,7 @@ class Trainer:
     resume: bool = False
     device: str | None = None
     max_steps: int | None = None  # stop this process early (the schedule still follows train.steps)
+    validate_only: bool = False  # one validation of the loaded weights (init_from or --resume), no training
     log: Callable[[str], None] = print
     train: TrainConfig = field(init=False)
 
@@ -354,6 +355,13 @@ class Trainer:
             meta = load_training_state(previous, modules, optimizers, schedulers, device)
             state.update({k: meta[k] for k in state})
             self.log(f"resumed from {previous} at step {state['step']}")
+        self.board = _tensorboard(run) if rank == 0 else None
+        if self.validate_only:
+            if previous is None and not t.init_from:
+                raise ValueError("--validate-only needs weights: set train.init_from, or --resume a run with checkpoints")
+            if rank == 0:
+                self._validate(model, valid_set, run, state, device)
+            return state
         wrapped, wrapped_discriminator = model, discriminator
         if world > 1:
             ids = [device] if device.startswith("cuda") else None
@@ -361,7 +369,6 @@ class Trainer:
             if discriminator is not None:
                 wrapped_discriminator = torch.nn.parallel.DistributedDataParallel(discriminator, device_ids=ids)
 
-        self.board = _tensorboard(run) if rank == 0 else None
         autocast = self._autocast(device)
         stop = min(t.steps, self.max_steps) if self.max_steps else t.steps
         progress = tqdm(total=stop, initial=state["step"], desc=f"train {self.task_name}", unit="step",

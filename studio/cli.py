@@ -72,8 +72,12 @@ def _train(args: argparse.Namespace) -> int:
     if args.steps is not None:
         config["train"]["steps"] = args.steps
     trainer = Trainer(args.model, config, data=args.data, out=args.out, resume=args.resume,
-                      device=os.environ.get("STUDIO_DEVICE"), max_steps=args.stop_after)
+                      device=os.environ.get("STUDIO_DEVICE"), max_steps=args.stop_after,
+                      validate_only=args.validate_only)
     state = trainer.run()
+    if args.validate_only:
+        print(f"validated step {state['step']}: {args.out}/val.csv")
+        return 0
     print(f"stopped at step {state['step']} after {state['wall_time_s']:.0f} s; checkpoint: {args.out}/export")
     return 0
 
@@ -227,6 +231,9 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--resume", action="store_true", help="continue from the run's latest checkpoint")
     train.add_argument("--steps", type=int, help="override train.steps (the schedule's length)")
     train.add_argument("--stop-after", type=int, help="stop this process at this step (resume later)")
+    train.add_argument("--validate-only", action="store_true",
+                       help="validate the loaded weights (train.init_from, or the latest checkpoint with --resume) "
+                            "into the run's val.csv and samples/, without training")
     train.set_defaults(run=_train)
 
     publish = commands.add_parser("publish", help="copy a trained checkpoint into assets/checkpoints with its "

@@ -1,10 +1,13 @@
+import csv
+
 import numpy as np
 import pytest
 import torch
 
 from models import registry
 from models.flow_vae import ChunkedDecoder, FlowVAE, FlowVAEConfig
-from models.sled import EOT, LATENT, SLED, TEXT, GenerativeHead, SLEDConfig, energy_distance, layout, positions
+from models.sled import (EOT, LATENT, SLED, TEXT, GenerativeHead, SLEDConfig, diagonal_alignment, energy_distance,
+                         layout, positions)
 from models.training import load_config
 from studio.cli import main
 
@@ -81,6 +84,52 @@ def test_aligned_positions_put_text_on_the_frame_axis():
     assert positions(kinds, 1.5) == [0.0, 1.5, 3.0, 4.5, 0.0, 1.0]  # EOT where the text ends
     streaming = layout(4, 3, (2, 2))
     assert positions(streaming, 2.0) == [0.0, 2.0, 0.0, 1.0, 4.0, 6.0, 8.0, 2.0]
+
+
+def test_text_saliency_is_the_jacobian_norm_and_sees_only_text_already_read():
+    model = tiny(interleave=(3, 2))  # streaming: frame k only sees the text that arrived before it
+    text = torch.tensor(tokens(model))
+    latents = torch.randn(8, model.config.latent_dim)
+    saliency = model.text_saliency(text, latents, probes=3000)
+    assert saliency.shape == (8, len(text))
+    seq = model.embed([text], [model.normalize(latents)])
+    kinds = torch.tensor(layout(len(text), len(latents), (3, 2)))
+    text_at = (kinds == TEXT).nonzero()[:, 0]
+    for frame in (0, 5):
+        before = int(seq["frame_positions"][0][frame]) - 1
+
+        def state(x, before=before):
+            return model.transformer(x, seq["positions"])[0, before]
+
+        jacobian = torch.autograd.functional.jacobian(state, seq["x"].detach())[:, 0]  # (dim, length, dim)
+        exact = jacobian[:, text_at].pow(2).sum((0, 2)).sqrt()
+        assert torch.allclose(saliency[frame], exact, rtol=0.1, atol=1e-6)
+        assert (exact[(text_at > before)] == 0).all() and (exact[text_at < before] > 0).all()
+
+
+def test_diagonal_alignment_tells_reading_from_ignoring():
+    frames, tokens_ = 120, 100
+    diagonal = torch.zeros(frames, tokens_)
+    diagonal[torch.arange(frames), (torch.arange(frames) * tokens_ / frames).long()] = 1.0
+    assert diagonal_alignment(diagonal) == 1.0
+    torch.manual_seed(0)
+    noise = torch.rand(frames, tokens_)
+    assert diagonal_alignment(noise) < 0.35
+    assert diagonal_alignment(diagonal.flip(1)) < 0.35  # reading backwards is not reading
+
+
+def test_history_noise_corrupts_only_the_training_inputs():
+    model = tiny(history_noise=0.5)
+    text, latents = [torch.tensor(tokens(model))], [torch.randn(6, model.config.latent_dim)]
+    clean = tiny()  # the same weights
+
+    def generative(m):
+        torch.manual_seed(1)  # the same energy-distance draws
+        return m.loss(text, latents)["generative"]
+
+    assert torch.equal(generative(model), generative(clean))  # eval: no noise
+    model.train(), clean.train()
+    assert not torch.allclose(generative(model), generative(clean))
 
 
 def test_kv_cache_generation_equals_full_recomputation():
@@ -183,6 +232,28 @@ def test_training_exports_latent_statistics_and_the_frontend(sled_run):
     _, config, card = registry.load_checkpoint(sled_run, "cpu")
     assert len(config["latent_mean"]) == 8 and min(config["latent_std"]) > 0
     assert config["frontend"]["mode"] in ("phoneme", "char") and card["steps"] == 4
+
+
+def test_validate_only_measures_a_checkpoint_without_training(sled_run, mini, tmp_path, capsys):
+    import yaml
+
+    config = yaml.safe_load((sled_run.parent / "config.yaml").read_text())
+    config.pop("task")
+    config["train"]["init_from"] = str(sled_run)
+    path = tmp_path / "validate.yaml"
+    path.write_text(yaml.safe_dump(config))
+    out = tmp_path / "validated"
+    assert main(["train", "sled", "--config", str(path), "--data", str(mini[0]), "--out", str(out),
+                 "--validate-only"]) == 0
+    rows = list(csv.DictReader(open(out / "val.csv")))
+    assert len(rows) == 1 and int(rows[0]["step"]) == 0 and not (out / "checkpoints").exists()
+    # the loss gap to the null text is measured (tiny and untrained: it may have either sign)
+    assert np.isfinite(float(rows[0]["val_text_gain"])) and float(rows[0]["val_text_gain"]) != 0.0
+    config["train"].pop("init_from")
+    path.write_text(yaml.safe_dump(config))
+    assert main(["train", "sled", "--config", str(path), "--data", str(mini[0]), "--out", str(tmp_path / "none"),
+                 "--validate-only"]) != 0
+    assert "--validate-only needs weights" in capsys.readouterr().err
 
 
 def test_pipeline_streaming_gives_the_offline_frames_and_audio(sled_run):

@@ -320,6 +320,8 @@ class Trainer:
         previous = latest_checkpoint(run)
         if previous is not None and not self.resume:
             raise ValueError(f"{run} already has checkpoints: pass --resume to continue, or choose another --out")
+        if self.validate_only and previous is None and not t.init_from:
+            raise ValueError("--validate-only needs weights: set train.init_from, or --resume a run with checkpoints")
         if rank == 0:
             write_text_atomic(run / "config.yaml", yaml.safe_dump({**self.config, "task": self.task_name},
                                                                    sort_keys=False))
@@ -357,8 +359,6 @@ class Trainer:
             self.log(f"resumed from {previous} at step {state['step']}")
         self.board = _tensorboard(run) if rank == 0 else None
         if self.validate_only:
-            if previous is None and not t.init_from:
-                raise ValueError("--validate-only needs weights: set train.init_from, or --resume a run with checkpoints")
             if rank == 0:
                 self._validate(model, valid_set, run, state, device)
             return state

@@ -121,6 +121,13 @@ class Vocoder:
     # Frames of context on each side of a chunk: more than the generator's receptive
     # field (about 13 frames), so chunked synthesis equals one pass to float precision.
     context_frames = 32
+    # oneDNN builds its convolution kernels per input shape (~1.5 s a new length in bf16 on
+    # this CPU, more than synthesizing 3 s of audio), so inputs are right-padded by repeating
+    # the last frame to a multiple of `bucket_frames`, and lengths repeat. At least
+    # `tail_frames` (more than the receptive field) are added, so the kept output never
+    # depends on how much padding a length needed.
+    bucket_frames = 32
+    tail_frames = 16
 
     def __init__(self, generator: HiFiGANGenerator, device: str | torch.device = "cpu", chunk_frames: int = 1024,
                  precision: str = "fp32"):
@@ -152,17 +159,23 @@ class Vocoder:
         mel = (mel.unsqueeze(0) if squeeze else mel).to(self.device, PRECISIONS[self.precision])
         frames = mel.shape[-1]
         if frames <= self.chunk_frames:
-            wav = self.generator(mel)
+            wav = self._generate(mel)
         else:
             pieces, ctx = [], self.context_frames
             for start in range(0, frames, self.chunk_frames):
                 end = min(start + self.chunk_frames, frames)
                 lo, hi = max(0, start - ctx), min(frames, end + ctx)
-                out = self.generator(mel[..., lo:hi])
+                out = self._generate(mel[..., lo:hi])
                 pieces.append(out[..., (start - lo) * self.hop : (end - lo) * self.hop])
             wav = torch.cat(pieces, dim=-1)
         wav = wav.float()
         return wav.squeeze(0) if squeeze else wav
+
+    def _generate(self, mel: torch.Tensor) -> torch.Tensor:
+        frames = mel.shape[-1]
+        padded = -(-(frames + self.tail_frames) // self.bucket_frames) * self.bucket_frames
+        mel = torch.cat([mel, mel[..., -1:].expand(*mel.shape[:-1], padded - frames)], dim=-1)
+        return self.generator(mel)[..., : frames * self.hop]
 
     def resynthesize(self, wav: np.ndarray) -> np.ndarray:
         """Analysis then synthesis; the output has `len(wav) // hop * hop` samples."""

@@ -47,7 +47,7 @@ def _bench(args: argparse.Namespace) -> int:
     from models.registry import ASSETS
 
     if args.target == "tts":
-        result = bench.bench_tts(args.model, args.text or bench.BENCH_TEXT, cfg=args.cfg, repeats=args.repeats)
+        result = bench.bench_tts(args.model, (args.text,) if args.text else bench.BENCH_TEXTS, cfg=args.cfg)
     elif args.target == "studio":
         from studio import bench as studio_bench
 
@@ -300,9 +300,9 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--model", default="sled", help="tts, studio: a TTS checkpoint name or folder")
     bench.add_argument("--voters", type=int, default=20, help="arena: concurrent voters")
     bench.add_argument("--votes", type=int, default=5, help="arena: votes per voter")
-    bench.add_argument("--text", help="tts: the sentence to speak")
+    bench.add_argument("--text", help="tts: one sentence to speak instead of the built-in five")
     bench.add_argument("--cfg", type=float, default=2.0, help="tts: guidance scale")
-    bench.add_argument("--repeats", type=int, default=3, help="timed runs after the warm-up (best is kept)")
+    bench.add_argument("--repeats", type=int, default=3, help="vocoder, studio: timed runs after the warm-up (best is kept)")
     bench.add_argument("--out", help="also write the JSON here")
     bench.set_defaults(run=_bench)
     return parser

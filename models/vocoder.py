@@ -121,15 +121,15 @@ class Vocoder:
     # Frames of context on each side of a chunk: more than the generator's receptive
     # field (about 13 frames), so chunked synthesis equals one pass to float precision.
     context_frames = 32
-    # oneDNN builds its convolution kernels per input shape (~1.5 s a new length in bf16 on
-    # this CPU, more than synthesizing 3 s of audio), so inputs are right-padded by repeating
-    # the last frame to a multiple of `bucket_frames`, and lengths repeat. At least
-    # `tail_frames` (more than the receptive field) are added, so the kept output never
-    # depends on how much padding a length needed.
-    bucket_frames = 32
+    # oneDNN builds its convolution kernels per input shape: a new length costs ~2.5x its
+    # synthesis in bf16 on this CPU (AMX). So every call runs at one of a few lengths, `buckets`
+    # (inputs right-padded by repeating their last frame, with at least `tail_frames`, more
+    # than the receptive field, so the kept output never depends on how much padding a length
+    # needed), and `warm_up()` builds them all at load time.
+    buckets = tuple(range(64, 513, 64))
     tail_frames = 16
 
-    def __init__(self, generator: HiFiGANGenerator, device: str | torch.device = "cpu", chunk_frames: int = 1024,
+    def __init__(self, generator: HiFiGANGenerator, device: str | torch.device = "cpu", chunk_frames: int = 448,
                  precision: str = "fp32"):
         if precision not in PRECISIONS:
             raise ValueError(f"vocoder precision must be one of {', '.join(PRECISIONS)}, not {precision!r}")
@@ -159,23 +159,31 @@ class Vocoder:
         mel = (mel.unsqueeze(0) if squeeze else mel).to(self.device, PRECISIONS[self.precision])
         frames = mel.shape[-1]
         if frames <= self.chunk_frames:
-            wav = self._generate(mel)
-        else:
+            wav = self._generate(mel, at_end=True)
+        else:  # windows of chunk_frames + context on both sides: 512, the largest bucket, by default
             pieces, ctx = [], self.context_frames
             for start in range(0, frames, self.chunk_frames):
                 end = min(start + self.chunk_frames, frames)
                 lo, hi = max(0, start - ctx), min(frames, end + ctx)
-                out = self._generate(mel[..., lo:hi])
+                out = self._generate(mel[..., lo:hi], at_end=hi == frames)
                 pieces.append(out[..., (start - lo) * self.hop : (end - lo) * self.hop])
             wav = torch.cat(pieces, dim=-1)
         wav = wav.float()
         return wav.squeeze(0) if squeeze else wav
 
-    def _generate(self, mel: torch.Tensor) -> torch.Tensor:
+    def _generate(self, mel: torch.Tensor, at_end: bool) -> torch.Tensor:
         frames = mel.shape[-1]
-        padded = -(-(frames + self.tail_frames) // self.bucket_frames) * self.bucket_frames
-        mel = torch.cat([mel, mel[..., -1:].expand(*mel.shape[:-1], padded - frames)], dim=-1)
+        need = frames + (self.tail_frames if at_end else 0)
+        size = next((b for b in self.buckets if b >= need), None) or -(-need // self.buckets[-1]) * self.buckets[-1]
+        mel = torch.cat([mel, mel[..., -1:].expand(*mel.shape[:-1], size - frames)], dim=-1)
         return self.generator(mel)[..., : frames * self.hop]
+
+    @torch.no_grad()
+    def warm_up(self) -> None:
+        """Run every bucket length once, so no later call pays for building kernels."""
+        for size in self.buckets:
+            self.generator(torch.zeros(1, self.generator.config.n_mels, size, device=self.device,
+                                       dtype=PRECISIONS[self.precision]))
 
     def resynthesize(self, wav: np.ndarray) -> np.ndarray:
         """Analysis then synthesis; the output has `len(wav) // hop * hop` samples."""
@@ -185,4 +193,10 @@ class Vocoder:
 def get_vocoder(device: str | None = None, precision: str = "fp32") -> Vocoder:
     """The resident vocoder for a device and precision (loaded on first use)."""
     device = registry.pick_device(device)
-    return registry.resident(("vocoder", device, precision), lambda: Vocoder.universal(device, precision=precision))
+    def load() -> Vocoder:
+        vocoder = Vocoder.universal(device, precision=precision)
+        if precision == "bf16" and vocoder.device.type == "cpu":  # where kernel builds cost most (~14 s here)
+            vocoder.warm_up()
+        return vocoder
+
+    return registry.resident(("vocoder", device, precision), load)

@@ -52,7 +52,7 @@ def test_synthesis_runs_at_a_few_lengths(vocoder, monkeypatch):
     monkeypatch.setattr(vocoder.generator, "forward", lambda mel: seen.append(mel.shape[-1]) or forward(mel))
     for frames in (1, 47, 48, 49, 200, 497, 1200):
         assert vocoder.synthesize(torch.zeros(80, frames) - 5).shape == (frames * 256,)
-    assert set(seen) <= set(vocoder.buckets) and len(set(seen)) == len(vocoder.buckets)
+    assert set(seen) <= set(vocoder.buckets) and {64, 128, 512} <= set(seen)  # 48 + 16 frames fit 64; 49 do not
 
 
 def test_vocoder_is_resident(vocoder):

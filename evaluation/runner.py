@@ -145,13 +145,18 @@ def _generate(config: RunConfig, items: list[Item], done: set, writer: ResultWri
         if not todo:
             continue
         generate = system.generator(device)
-        generate(todo[0])  # warm-up: first-call allocations and caches stay out of the RTF
+        try:  # warm-up: first-call allocations and caches stay out of the RTF
+            generate(todo[0])
+        except (ValueError, RuntimeError):
+            pass  # the loop below records this item's failure
         began = time.perf_counter()
         for item in tqdm(todo, desc=f"generate {system.name}", unit="utt", dynamic_ncols=True):
             try:
                 start = time.perf_counter()
                 wav, sr = generate(item)
                 seconds = time.perf_counter() - start
+                if len(wav) == 0:
+                    raise ValueError("the system returned no audio")
                 audio.save_audio(system.audio_path(item, run_audio), wav, sr)
                 duration = len(wav) / sr
                 writer.write(_row(system, item, RTF, {"rtf": seconds / duration, "generation_seconds": seconds,

@@ -185,7 +185,10 @@ def tts(
             n_frames += len(z)
             if z:
                 pieces += [codec.decode_wav(torch.stack(z), precision=TTS_VOCODER_PRECISION), pause]
-        wav = np.concatenate(pieces[:-1]) if pieces else np.zeros(0, np.float32)
+        if not pieces:
+            raise ValueError(f"{model} stopped before its first frame: no audio was generated "
+                             "(try another seed, or a higher stop threshold)")
+        wav = np.concatenate(pieces[:-1])
         seconds = time.perf_counter() - start
         info.update(frames=n_frames, seconds=round(len(wav) / audio.SAMPLE_RATE, 3),
                     wall_seconds=round(seconds, 3), rtf=round(seconds / max(len(wav), 1) * audio.SAMPLE_RATE, 4))

@@ -281,6 +281,8 @@ def test_pipeline_refuses_bad_input(sled_run, arctic_wav):
         pipelines.tts("hi", model=str(sled_run), ref_wav=arctic_wav, ref_sr=22050)
     with pytest.raises(ValueError, match="not a TTS model"):
         pipelines.tts("hi", model=str(sled_run.parents[1] / "vae" / "export"))
+    with pytest.raises(ValueError, match="before its first frame"):  # a stop at once is an error, not silence
+        pipelines.tts("hi", model=str(sled_run), stop_threshold=0.0)
     wav, info = pipelines.tts("hi", model=str(sled_run), ref_wav=arctic_wav, ref_sr=22050,
                               transcribe=lambda wav: "author of the danger trail", seed=0)
     assert info["ref_text"] == "author of the danger trail" and len(wav) > 0

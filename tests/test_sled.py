@@ -322,6 +322,11 @@ def test_a_tts_checkpoint_is_an_eval_system_with_options(sled_run, mini, tmp_pat
     rows = read_results(tmp_path / "run")
     assert sum(r["metric"] == "rtf" and r["values"] is not None for r in rows) == 2
     assert len(list((tmp_path / "run" / "audio" / "s").glob("*.wav"))) == 2
+    # a model that stops at once: each item is a recorded failure and the run still ends
+    run_eval(RunConfig(manifest=str(manifest), systems=[parse_system(f"mute={sled_run}:stop=0.0")],
+                       metrics=["sisdr"], out=str(tmp_path / "mute"), limit=2))
+    rows = [r for r in read_results(tmp_path / "mute") if r["metric"] == "rtf"]
+    assert len(rows) == 2 and all(r["values"] is None and "first frame" in r["reason"] for r in rows)
 
 
 def test_bench_tts_reports_speed_and_first_chunk(sled_run):

@@ -196,10 +196,17 @@ def _score(config: RunConfig, items: list[Item], done: set, failed: set, writer:
         start = time.perf_counter()
         try:
             for system, item in tqdm(todo, desc=name, unit="utt", dynamic_ncols=True):
-                if (system.name, item.key) in failed:
-                    writer.write(_row(system, item, name, reason="no audio: generation failed"))
-                    continue
                 sample = _sample(system, item, run)
+                if (system.name, item.key) in failed:
+                    if hasattr(scorer, "missing"):
+                        try:
+                            writer.write(_row(system, item, name, scorer.missing(sample),
+                                              reason="generation failed: scored as no output"))
+                        except MetricError as reason:
+                            writer.write(_row(system, item, name, reason=str(reason)))
+                    else:
+                        writer.write(_row(system, item, name, reason="no audio: generation failed"))
+                    continue
                 try:
                     if not sample.audio_path or not Path(sample.audio_path).is_file():
                         raise MetricError(f"no audio file for this system: {sample.audio_path}")

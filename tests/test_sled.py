@@ -322,11 +322,16 @@ def test_a_tts_checkpoint_is_an_eval_system_with_options(sled_run, mini, tmp_pat
     rows = read_results(tmp_path / "run")
     assert sum(r["metric"] == "rtf" and r["values"] is not None for r in rows) == 2
     assert len(list((tmp_path / "run" / "audio" / "s").glob("*.wav"))) == 2
-    # a model that stops at once: each item is a recorded failure and the run still ends
+    # a model that stops at once: each item is a recorded failure and the run still ends;
+    # WER counts the missing output as every word deleted, a metric without that meaning is NaN
     run_eval(RunConfig(manifest=str(manifest), systems=[parse_system(f"mute={sled_run}:stop=0.0")],
-                       metrics=["sisdr"], out=str(tmp_path / "mute"), limit=2))
-    rows = [r for r in read_results(tmp_path / "mute") if r["metric"] == "rtf"]
-    assert len(rows) == 2 and all(r["values"] is None and "first frame" in r["reason"] for r in rows)
+                       metrics=["sisdr", "wer"], out=str(tmp_path / "mute"), limit=2))
+    rows = read_results(tmp_path / "mute")
+    rtf = [r for r in rows if r["metric"] == "rtf"]
+    assert len(rtf) == 2 and all(r["values"] is None and "first frame" in r["reason"] for r in rtf)
+    assert all(r["values"] is None for r in rows if r["metric"] == "sisdr")
+    wer = [r["values"] for r in rows if r["metric"] == "wer"]
+    assert len(wer) == 2 and all(v["wer"] == 1.0 and v["deletions"] == v["reference_words"] > 0 for v in wer)
 
 
 def test_bench_tts_reports_speed_and_first_chunk(sled_run):

@@ -162,9 +162,16 @@ class WerScorer:
         self.info = {**asr.info, "normalizer": NORMALIZER}
 
     def __call__(self, sample: Sample) -> dict:
+        return self._counts(sample, self.asr.transcribe(sample.audio(sr=METRIC_RATE)))
+
+    def missing(self, sample: Sample) -> dict:
+        """A failed generation said nothing: every reference word is deleted (WER 1), not left out of the mean."""
+        return self._counts(sample, "")
+
+    @staticmethod
+    def _counts(sample: Sample, hypothesis: str) -> dict:
         if not sample.text or not normalize_for_wer(sample.text):
             raise MetricError("no reference transcript")
-        hypothesis = self.asr.transcribe(sample.audio(sr=METRIC_RATE))
         words, chars = wer_counts(sample.text, hypothesis), cer_counts(sample.text, hypothesis)
         return {"wer": words.rate, "cer": chars.rate, "substitutions": words.substitutions,
                 "deletions": words.deletions, "insertions": words.insertions,

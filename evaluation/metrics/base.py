@@ -6,6 +6,8 @@ utterance with `scorer(sample) -> {column: value}`, then calls `scorer.close()`.
 A scorer that cannot score one utterance raises `MetricError(reason)`: the runner records
 NaN with that reason, never a silent 0. A factory that cannot load its model raises
 `MetricUnavailable(reason)`: the metric is skipped and the reason reported.
+A system that produced no audio for an utterance is NaN for every metric, unless the
+scorer defines `missing(sample)`: what the metric means for no output (WER: every word deleted).
 """
 
 from __future__ import annotations

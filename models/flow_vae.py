@@ -53,6 +53,9 @@ class FlowVAEConfig:
     lambda_recon: float = 1.0
     lambda_adv: float = 1.0
     lambda_fm: float = 2.0
+    # Training-time voice variety: each crop's mel axis is stretched by a factor in [1 - warp, 1 + warp]
+    # (vocal-tract-length perturbation), so a dozen training voices cover more of the unseen ones.
+    warp: float = 0.0
     model: str = field(default="flow_vae", init=False)
 
     @property
@@ -333,6 +336,22 @@ class ChunkedDecoder:
         return out
 
 
+def warp_frequencies(mel: torch.Tensor, factors: torch.Tensor) -> torch.Tensor:
+    """Stretch each (80, frames) log-mel of a batch along frequency: output bin f reads input bin f / factor.
+
+    A factor above 1 moves formants up (a shorter vocal tract); bins read past the top repeat the top bin.
+    """
+    bins = mel.shape[1]
+    source = (torch.arange(bins, device=mel.device, dtype=torch.float32)[None] / factors[:, None]).clamp(0, bins - 1)
+    low = source.floor().long()
+    high = (low + 1).clamp(max=bins - 1)
+    weight = (source - low).unsqueeze(-1).to(mel.dtype)
+    frames = mel.shape[-1]
+    below = mel.gather(1, low.unsqueeze(-1).expand(-1, -1, frames))
+    above = mel.gather(1, high.unsqueeze(-1).expand(-1, -1, frames))
+    return below * (1 - weight) + above * weight
+
+
 @registry.register("flow_vae")
 def build(config: dict) -> FlowVAE:
     return FlowVAE(FlowVAEConfig.from_dict(config))
@@ -364,6 +383,9 @@ class FlowVAETask(Task):
             lengths = torch.div(lengths, audio.MelConfig().hop_length, rounding_mode="floor").clamp_min(1)
         else:
             mel = features
+        if c.warp and model.training:
+            factors = 1 + c.warp * (2 * torch.rand(mel.shape[0], device=mel.device) - 1)
+            mel = warp_frequencies(mel, factors)
         out = model(mel, lengths)
         mask = sequence_mask(lengths, mel.shape[-1]).unsqueeze(1).to(mel.dtype)
         recon = ((out["mel_hat"] - mel).abs() * mask).sum() / (mask.sum() * mel.shape[1])

@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from models import registry
-from models.flow_vae import AffineCoupling, Flow, FlowVAE, FlowVAEConfig, FlowVAETask, flow_kl
+from models.flow_vae import AffineCoupling, Flow, FlowVAE, FlowVAEConfig, FlowVAETask, flow_kl, warp_frequencies
 from models.modules import MultiDiscriminator, discriminator_loss, feature_matching_loss
 
 TINY = dict(latent_dim=8, channels=16, dilations=(1, 3), flow_layers=2, flow_hidden=16, flow_kernel=3)
@@ -81,6 +81,27 @@ def test_a_tiny_overfit_lowers_the_loss():
         optimizer.step()
         first = first if first is not None else logs["recon"]
     assert logs["recon"] < 0.5 * first
+
+
+def test_frequency_warp_moves_energy_along_the_mel_axis():
+    mel = torch.full((3, 80, 5), -10.0)
+    mel[:, 20] = 0.0  # one bright band at bin 20
+    warped = warp_frequencies(mel, torch.tensor([1.0, 1.5, 0.5]))
+    assert torch.equal(warped[0], mel[0])  # factor 1 is the identity
+    assert warped[1].mean(-1).argmax() == 30 and warped[2].mean(-1).argmax() == 10
+    assert torch.equal(warped[2, 79], mel[2, 79])  # past the top: the top bin repeats
+    warped_task, plain_task = FlowVAETask({**TINY, "warp": 0.2}), FlowVAETask(TINY)
+    model = plain_task.build()
+    batch = {"features": torch.randn(2, 80, 16).cumsum(1), "feature_lengths": torch.tensor([16, 16])}
+
+    def recon(task):
+        torch.manual_seed(0)
+        return task.losses(model, batch, 0)[1]["recon"]
+
+    model.eval()  # the warp is for training only
+    assert recon(warped_task) == recon(plain_task)
+    model.train()
+    assert recon(warped_task) != recon(plain_task)
 
 
 def test_waveform_head_discriminators_and_feature_matching_run_a_step():

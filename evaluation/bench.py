@@ -57,6 +57,51 @@ def bench_vocoder(path: str | os.PathLike, device: str | None = None, repeats: i
     }
 
 
+def bench_codec(codec: str, manifest: str | os.PathLike, per_speaker: int = 1, steps: int = 150,
+                lr: float = 0.05) -> dict:
+    """Where a latent codec's reconstruction loses quality: encoder or decoder.
+
+    Per utterance: log-mel L1 and PESQ-wb of the vocoder alone, of encode -> decode, and of
+    latents optimized by gradient descent against the frozen decoder (its best output for
+    that recording). A large encode -> optimized gap means the encoder, not the decoder, limits.
+    """
+    from evaluation.systems import read_items
+    from models import registry
+
+    model, _, _ = registry.load_model(codec, "cpu")
+    model.eval().requires_grad_(False)
+    vocoder = get_vocoder("cpu", "fp32")
+    by_speaker: dict[str, list] = {}
+    for item in read_items(manifest):
+        by_speaker.setdefault(item.speaker, []).append(item)
+    rows = []
+    for speaker, items in sorted(by_speaker.items()):
+        for item in items[:per_speaker]:
+            wav = audio.load_audio(item.reference)
+            mel = audio.mel_spectrogram(wav).unsqueeze(0)
+            mu, _ = model.encode(mel)
+            z = mu.clone().requires_grad_(True)
+            optimizer = torch.optim.Adam([z], lr=lr)
+            for _ in range(steps):
+                loss = (model.decode(z)[..., : mel.shape[-1]] - mel).abs().mean()
+                optimizer.zero_grad()
+                loss.backward()
+                optimizer.step()
+            row = {"key": item.key, "speaker": speaker}
+            with torch.no_grad():
+                for name, latents in (("encoded", mu), ("optimized", z)):
+                    out = model.decode(latents)[0, :, : mel.shape[-1]]
+                    row[f"{name}_mel_l1"] = round(float((out - mel[0]).abs().mean()), 4)
+                    row[f"{name}_pesq_wb"] = round(pesq_score(wav, vocoder.synthesize(out).numpy(), audio.SAMPLE_RATE), 3)
+                row["vocoder_pesq_wb"] = round(pesq_score(wav, vocoder.synthesize(mel[0]).numpy(), audio.SAMPLE_RATE), 3)
+            rows.append(row)
+    if not rows:
+        raise ValueError(f"{manifest}: no utterances")
+    means = {k: round(sum(r[k] for r in rows) / len(rows), 4) for k in rows[0] if k not in ("key", "speaker")}
+    return {"codec": str(codec), "manifest": str(manifest), "utterances": len(rows), "optimizer_steps": steps,
+            "mean": means, "items": rows, "hardware": hardware()}
+
+
 def bench_tts(model: str = "sled", texts: tuple[str, ...] = BENCH_TEXTS, device: str | None = None,
               cfg: float = 2.0, seed: int = 0, chunk_frames: tuple[int, int] = (20, 20)) -> dict:
     """TTS speed after a warm-up on another sentence: offline RTF (generation + decoding) and

@@ -46,8 +46,14 @@ def _bench(args: argparse.Namespace) -> int:
 
     from models.registry import ASSETS
 
+    if args.target in ("tts", "studio"):
+        args.model = args.model or "sled"
     if args.target == "tts":
         result = bench.bench_tts(args.model, (args.text,) if args.text else bench.BENCH_TEXTS, cfg=args.cfg)
+    elif args.target == "codec":
+        if not args.manifest:
+            raise ValueError("bench codec needs --manifest (e.g. data/corpus/eval/tts_heldout.lst)")
+        result = bench.bench_codec(args.model or "flow_vae", args.manifest, per_speaker=args.repeats)
     elif args.target == "studio":
         from studio import bench as studio_bench
 
@@ -292,12 +298,15 @@ def build_parser() -> argparse.ArgumentParser:
     report.set_defaults(run=_report)
 
     bench = commands.add_parser("bench", help="measure speed and quality, print JSON")
-    bench.add_argument("target", choices=["vocoder", "tts", "studio", "arena"],
-                       help="vocoder, tts: speed and quality; studio: launch time and UI vs pipeline latency; "
-                       "arena: the A/B vote store under concurrent voters")
+    bench.add_argument("target", choices=["vocoder", "tts", "codec", "studio", "arena"],
+                       help="vocoder, tts: speed and quality; codec: encoder vs decoder headroom of a latent codec "
+                       "(--model CODEC --manifest LST, --repeats utterances per speaker); studio: launch time and "
+                       "UI vs pipeline latency; arena: the A/B vote store under concurrent voters")
+    bench.add_argument("--manifest", help="codec: an eval manifest whose reference recordings are reconstructed")
     bench.add_argument("--input", help="vocoder: recording to resynthesize (default: the CMU ARCTIC fixture)")
     bench.add_argument("--precision", choices=["fp32", "bf16"], default="fp32", help="vocoder: synthesis precision")
-    bench.add_argument("--model", default="sled", help="tts, studio: a TTS checkpoint name or folder")
+    bench.add_argument("--model", help="tts, studio: a TTS checkpoint name or folder (default sled); "
+                       "codec: a codec checkpoint (default flow_vae)")
     bench.add_argument("--voters", type=int, default=20, help="arena: concurrent voters")
     bench.add_argument("--votes", type=int, default=5, help="arena: votes per voter")
     bench.add_argument("--text", help="tts: one sentence to speak instead of the built-in five")

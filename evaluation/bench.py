@@ -73,7 +73,8 @@ def bench_codec(codec: str, manifest: str | os.PathLike, per_speaker: int = 1, s
     vocoder = get_vocoder("cpu", "fp32")
     by_speaker: dict[str, list] = {}
     for item in read_items(manifest):
-        by_speaker.setdefault(item.speaker, []).append(item)
+        if item.reference is not None:  # the recording to reconstruct (a TTS list's ground truth)
+            by_speaker.setdefault(item.speaker, []).append(item)
     rows = []
     for speaker, items in sorted(by_speaker.items()):
         for item in items[:per_speaker]:
@@ -96,7 +97,7 @@ def bench_codec(codec: str, manifest: str | os.PathLike, per_speaker: int = 1, s
                 row["vocoder_pesq_wb"] = round(pesq_score(wav, vocoder.synthesize(mel[0]).numpy(), audio.SAMPLE_RATE), 3)
             rows.append(row)
     if not rows:
-        raise ValueError(f"{manifest}: no utterances")
+        raise ValueError(f"{manifest}: no utterance with a reference recording to reconstruct")
     means = {k: round(sum(r[k] for r in rows) / len(rows), 4) for k in rows[0] if k not in ("key", "speaker")}
     return {"codec": str(codec), "manifest": str(manifest), "utterances": len(rows), "optimizer_steps": steps,
             "mean": means, "items": rows, "hardware": hardware()}

@@ -53,7 +53,7 @@ def _bench(args: argparse.Namespace) -> int:
     elif args.target == "codec":
         if not args.manifest:
             raise ValueError("bench codec needs --manifest (e.g. data/corpus/eval/tts_heldout.lst)")
-        result = bench.bench_codec(args.model or "flow_vae", args.manifest, per_speaker=args.repeats)
+        result = bench.bench_codec(args.model or "flow_vae", args.manifest, per_speaker=args.per_speaker)
     elif args.target == "studio":
         from studio import bench as studio_bench
 
@@ -300,9 +300,10 @@ def build_parser() -> argparse.ArgumentParser:
     bench = commands.add_parser("bench", help="measure speed and quality, print JSON")
     bench.add_argument("target", choices=["vocoder", "tts", "codec", "studio", "arena"],
                        help="vocoder, tts: speed and quality; codec: encoder vs decoder headroom of a latent codec "
-                       "(--model CODEC --manifest LST, --repeats utterances per speaker); studio: launch time and "
+                       "(--model CODEC --manifest LST); studio: launch time and "
                        "UI vs pipeline latency; arena: the A/B vote store under concurrent voters")
     bench.add_argument("--manifest", help="codec: an eval manifest whose reference recordings are reconstructed")
+    bench.add_argument("--per-speaker", type=int, default=2, help="codec: recordings per speaker")
     bench.add_argument("--input", help="vocoder: recording to resynthesize (default: the CMU ARCTIC fixture)")
     bench.add_argument("--precision", choices=["fp32", "bf16"], default="fp32", help="vocoder: synthesis precision")
     bench.add_argument("--model", help="tts, studio: a TTS checkpoint name or folder (default sled); "

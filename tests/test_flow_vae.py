@@ -140,7 +140,7 @@ def test_checkpoint_round_trip_gives_identical_outputs(tmp_path):
         assert torch.equal(model.flow(z, mask)[0], loaded.flow(z, mask)[0])
 
 
-def test_bench_codec_separates_encoder_from_decoder(sled_run, mini):
+def test_bench_codec_separates_encoder_from_decoder(sled_run, mini, tmp_path):
     from evaluation.bench import bench_codec
 
     codec = sled_run.parent.parent / "vae" / "export"
@@ -148,3 +148,9 @@ def test_bench_codec_separates_encoder_from_decoder(sled_run, mini):
     assert result["utterances"] >= 2 and len({r["speaker"] for r in result["items"]}) == result["utterances"]
     # latents fitted to the decoder reconstruct at least as well as the encoder's own
     assert all(r["optimized_mel_l1"] <= r["encoded_mel_l1"] for r in result["items"])
+    seen = mini[0] / "eval" / "tts_seen.lst"
+    no_truth = tmp_path / "no_ground_truth.lst"  # target text only: nothing to reconstruct
+    rows = [line.split("|") for line in seen.read_text().splitlines()]
+    no_truth.write_text("".join(f"{r[0]}|{r[1]}|{(seen.parent / r[2]).resolve()}|{r[3]}\n" for r in rows))
+    with pytest.raises(ValueError, match="no utterance with a reference"):
+        bench_codec(str(codec), no_truth, per_speaker=1, steps=1)

@@ -174,7 +174,8 @@ def tts(
 
     def frames(index: int, sentence: str):
         ids = prompt_ids + generator.frontend.encode([sentence])[0]
-        return generator.generate(ids, prompt, None if cfg == 1.0 else cfg, seed + index, stop_threshold)
+        return generator.generate(ids, prompt, None if cfg == 1.0 else cfg, seed + index, stop_threshold,
+                                  prompt_symbols=len(prompt_ids))
 
     pause = np.zeros(int(PAUSE_SECONDS * audio.SAMPLE_RATE), np.float32)
     start = time.perf_counter()

@@ -187,6 +187,15 @@ def test_a_voice_prompt_is_forced_and_continued():
     assert len(frames) == 5  # the prompt is context, not output
 
 
+def test_the_length_cap_counts_only_the_new_text():
+    """A run whose stop head never fires ends after 20 + frames_per_phoneme x the new text's symbols."""
+    model = tiny()
+    prompt_ids, new_ids = tokens(model, "a much longer prompt transcript here"), tokens(model, "one two")
+    frames = list(model.generate(prompt_ids + new_ids, prompt=torch.randn(4, 8), seed=0, stop_threshold=2.0,
+                                 prompt_symbols=len(prompt_ids)))
+    assert len(frames) == int(20 + model.config.frames_per_phoneme * len(new_ids))
+
+
 def test_a_tiny_model_overfits_one_utterance():
     torch.manual_seed(0)
     model = SLED(SLEDConfig.from_dict({**TINY["model"], "frontend": None, "text_dropout": 0.0}))

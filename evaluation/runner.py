@@ -36,6 +36,7 @@ from models.files import write_text_atomic
 from models.registry import REPO_ROOT, pick_device
 
 RTF = "rtf"  # the row metric written while generating
+WARMUP_TRIES = 3  # items tried in turn until one generates, before the timed loop
 
 
 @dataclass
@@ -141,14 +142,16 @@ def _generate(config: RunConfig, items: list[Item], done: set, writer: ResultWri
               meta: dict) -> None:
     run_audio = Path(config.out) / "audio"
     for system in (s for s in config.systems if s.generated):
-        todo = [item for item in items if (system.name, item.key, RTF) not in done]
+        todo = [item for item in items if (system.name, item.key, RTF) not in done and system.missing(item) is None]
         if not todo:
             continue
         generate = system.generator(device)
-        try:  # warm-up: first-call allocations and caches stay out of the RTF
-            generate(todo[0])
-        except (ValueError, RuntimeError):
-            pass  # the loop below records this item's failure
+        for item in todo[:WARMUP_TRIES]:  # warm-up: first-call allocations and caches stay out of the RTF
+            try:
+                generate(item)
+                break
+            except (ValueError, RuntimeError):
+                continue  # a failing item does not warm up: the next one does; the loop records the failure
         began = time.perf_counter()
         for item in tqdm(todo, desc=f"generate {system.name}", unit="utt", dynamic_ncols=True):
             try:
@@ -182,7 +185,8 @@ def _score(config: RunConfig, items: list[Item], done: set, failed: set, writer:
     options = {**config.options, "latent_dir": run / "latents"}
     for name in config.metrics:
         spec = get_metric(name)
-        todo = [(s, i) for s in config.systems for i in items if (s.name, i.key, name) not in done]
+        todo = [(s, i) for s in config.systems for i in items
+                if (s.name, i.key, name) not in done and s.missing(i) is None]
         if not todo:
             continue
         try:
@@ -233,8 +237,11 @@ def planned_units(config: RunConfig) -> int:
     system x item, and one per metric x system x item."""
     index, count = config.shard
     items = select_items(read_items(config.manifest, config.split), config.limit, config.per_speaker)[index::count]
-    generated = sum(s.generated for s in config.systems)
-    return len(items) * (generated + len(config.metrics) * len(config.systems))
+    units = 0
+    for system in config.systems:
+        applicable = sum(system.missing(item) is None for item in items)
+        units += applicable * ((1 if system.generated else 0) + len(config.metrics))
+    return units
 
 
 def run_eval(config: RunConfig, argv: list[str] | None = None) -> dict:
@@ -253,6 +260,12 @@ def run_eval(config: RunConfig, argv: list[str] | None = None) -> dict:
         raise ValueError(f"{out} already holds results for shard {index}/{count}: pass --resume to continue it, "
                          "or choose another --out")
     items = select_items(read_items(config.manifest, config.split), config.limit, config.per_speaker)
+    if not items:
+        raise ValueError("no items to evaluate (check --limit and --per-speaker)")
+    for system in config.systems:  # a system none of the items applies to would report a mean of nothing
+        if all(system.missing(item) for item in items):
+            raise ValueError(f"system {system.name!r} cannot run on this test set: none of its {len(items)} "
+                             f"items has {system.missing(items[0])}")
     items = items[index::count]
     device = pick_device()
     meta = {"command": shlex.join(argv if argv is not None else sys.argv), "git_commit": git_commit(),

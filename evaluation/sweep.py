@@ -16,6 +16,7 @@ from evaluation.report import aggregate
 from evaluation.runner import RunConfig, latest_rows, read_results
 from evaluation.systems import System
 from models.files import write_text_atomic
+from models.text import check_text
 
 HEADLINE = {"dnsmos": "dnsmos_ovrl"}  # the column plotted for a metric (else its first column)
 MAX_POINTS = 60  # scales x seeds the studio runs at once
@@ -41,8 +42,7 @@ def sweep_config(model: str, text: str, scales: list[float], seeds: int, metrics
                  resume: bool = False) -> RunConfig:
     """Write the sweep's manifest (one item per seed, continuing `reference` when given) into
     `out` and return the runner configuration."""
-    if not text or not text.strip():
-        raise ValueError("Enter a text to speak")
+    check_text(text)  # a clear line for empty or unspeakable text, before any model runs
     if not 1 <= seeds or len(scales) * seeds > MAX_POINTS:
         raise ValueError(f"CFG values x seeds must be between 1 and {MAX_POINTS}, not {len(scales)} x {seeds}")
     if reference is not None and not reference_text:

@@ -163,17 +163,22 @@ class System:
             return _speak(self.source, device, **dict(self.options))
         return GENERATORS[self.source](device)
 
-    def applies_to(self, item: Item) -> bool:
-        """Whether this system can give audio for the item (a TTS needs text, a codec a reference...)."""
+    def missing(self, item: Item) -> str | None:
+        """What the item lacks for this system to apply (a TTS needs text, a codec reference audio,
+        ...), or None. A folder applies to every item: a file missing there is its own failure."""
         if self.kind == "tts":
-            return bool(item.text)
+            return None if item.text else "text"
         if self.kind == "codec" or (self.kind == "manifest" and self.source == "gt"):
-            return item.reference is not None
+            return None if item.reference is not None else "reference audio"
         if self.kind == "manifest":
-            return item.input is not None
+            return None if item.input is not None else "an input recording"
+        return None
+
+    def applies_to(self, item: Item) -> bool:
+        """Whether this system can give audio for the item (for a folder: whether it holds the file)."""
         if self.kind == "folder":
             return (Path(self.source) / f"{item.key}.wav").is_file()
-        return True
+        return self.missing(item) is None
 
     def audio_path(self, item: Item, run_audio: Path) -> Path | None:
         if self.kind == "manifest":

@@ -78,6 +78,10 @@ class SLEDConfig:
     # Generation cap: 20 + this x the new text's symbols. Training speech runs 1.18 latent frames per symbol
     # (median; max 1.86 over 1,500 corpus utterances), so 2.5 only cuts runs the stop head failed to end.
     frames_per_phoneme: float = 2.5
+    # Generation floor: the stop head is not read before this x the new text's symbols. A short or
+    # out-of-domain prompt could make the head fire at once (no audio at all); 0.5 is under half the
+    # corpus median rate, so it only holds back a stop that comes far too early.
+    min_frames_per_phoneme: float = 0.5
     model: str = field(default="sled", init=False)
 
     @classmethod
@@ -315,7 +319,9 @@ class SLED(nn.Module):
         prompt = self.normalize(prompt.to(device)) if prompt is not None else torch.zeros(0, self.config.latent_dim)
         # Only the new text sets the cap: counting the prompt's transcript let a run that never stops
         # babble for several times the sentence's length.
-        limit = max_frames or int(20 + self.config.frames_per_phoneme * (len(text) - prompt_symbols))
+        new_symbols = len(text) - prompt_symbols
+        limit = max_frames or int(20 + self.config.frames_per_phoneme * new_symbols)
+        floor = min(limit, max(1, int(self.config.min_frames_per_phoneme * new_symbols)))
         guided = cfg is not None
         ids = torch.tensor(text, device=device)
         streams = [self.text_embedding(ids)]
@@ -344,7 +350,7 @@ class SLED(nn.Module):
                 where = torch.tensor(pending_positions[:-1], device=device)
                 h = self.transformer(torch.stack(pending, dim=1), where, cache=cache)[:, -1]
                 pending, pending_positions = [], pending_positions[-1:]
-                if eot_fed and torch.sigmoid(self.stop_head(h[:1])).item() > stop_threshold:
+                if eot_fed and generated >= floor and torch.sigmoid(self.stop_head(h[:1])).item() > stop_threshold:
                     return
                 condition = h[1:] + cfg * (h[:1] - h[1:]) if guided else h[:1]
                 z = self.sample_frame(condition, generator)

@@ -32,6 +32,12 @@ def build_app(config: StudioConfig | None = None) -> gr.Blocks:
     return demo
 
 
-def launch(demo: gr.Blocks, host: str = "127.0.0.1", port: int = 7860, share: bool = False) -> None:
+def launch(demo: gr.Blocks, host: str = "127.0.0.1", port: int = 7860, share: bool = False, **options) -> None:
+    """Serve the studio. Only the shipped example audio and Gradio's own cache (uploads and the
+    copies of generated files, under opaque names) are readable over HTTP; the data folder with
+    votes, run metadata and system-named clips is blocked. Uploads over the configured size are
+    refused before they are stored or decoded."""
+    config = demo.studio_config
     demo.launch(server_name=host, server_port=port, share=share, theme=gr.themes.Soft(),
-                allowed_paths=[str(resynthesis.EXAMPLE.parent), str(demo.studio_config.data_dir)])
+                allowed_paths=[str(resynthesis.EXAMPLE.parent)], blocked_paths=[str(config.data_dir.resolve())],
+                max_file_size=int(config.max_upload_mb * 2**20), **options)

@@ -34,11 +34,11 @@ def free_port() -> int:
 @contextmanager
 def served(config: StudioConfig):
     """The studio built from `config`, served on a loopback port for the duration: yields its URL."""
-    from studio.app import build_app
+    from studio.app import build_app, launch
 
     port = free_port()
     demo = build_app(config)
-    demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
+    launch(demo, port=port, prevent_thread_lock=True, quiet=True)
     try:
         yield f"http://127.0.0.1:{port}/"
     finally:

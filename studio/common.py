@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import functools
 import inspect
+import shutil
+import tempfile
 import threading
+import uuid
 from pathlib import Path
 from typing import Callable, Iterator
 
@@ -23,37 +26,43 @@ except ImportError:
         return fn
 
 
-def user_errors(n_outputs: int) -> Callable:
-    """Show a handler's ValueError / FileNotFoundError as a Gradio warning, not a traceback.
-
-    The handler's outputs are left empty (None) when it refuses the input; a generator
-    (streaming) handler yields them empty once.
-    """
-
-    def decorate(fn: Callable) -> Callable:
-        empty = (None,) * n_outputs if n_outputs > 1 else None
-        if inspect.isgeneratorfunction(fn):  # streaming handlers: errors arrive while iterating
-            @functools.wraps(fn)
-            def streaming(*args, **kwargs):
-                try:
-                    yield from fn(*args, **kwargs)
-                except (ValueError, FileNotFoundError) as error:
-                    gr.Warning(str(error))
-                    yield empty
-
-            return streaming
-
+def user_errors(fn: Callable) -> Callable:
+    """Turn a handler's ValueError / FileNotFoundError into `gr.Error`: the page shows the reason,
+    a `gradio_client` caller gets it as an exception, and every output keeps its value (Gradio
+    updates no output of an event that raised). Bugs keep their traceback."""
+    if inspect.isgeneratorfunction(fn):  # streaming handlers: errors arrive while iterating
         @functools.wraps(fn)
-        def wrapper(*args, **kwargs):
+        def streaming(*args, **kwargs):
             try:
-                return fn(*args, **kwargs)
+                yield from fn(*args, **kwargs)
             except (ValueError, FileNotFoundError) as error:
-                gr.Warning(str(error))
-                return empty
+                raise gr.Error(str(error), print_exception=False) from None
 
-        return wrapper
+        return streaming
 
-    return decorate
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except (ValueError, FileNotFoundError) as error:
+            raise gr.Error(str(error), print_exception=False) from None
+
+    return wrapper
+
+
+def served_copy(path: str | Path) -> str:
+    """A copy of a file the studio made, under an opaque name in a private temp folder, for a
+    component to serve. The studio's data folder is never served itself (votes, metadata and
+    system-named clips stay private), so every file shown to a visitor goes through here."""
+    source = Path(path)
+    target = _served_folder() / f"{uuid.uuid4().hex}{source.suffix.lower()}"
+    shutil.copyfile(source, target)
+    return str(target)
+
+
+@functools.lru_cache(maxsize=1)
+def _served_folder() -> Path:
+    return Path(tempfile.mkdtemp(prefix="speech-studio-served-"))
 
 
 def tts_model_menu() -> gr.Dropdown:

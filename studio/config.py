@@ -3,11 +3,12 @@ it keeps votes, clips and evaluation runs. Data, not code paths: `serve` flags f
 
 from __future__ import annotations
 
+import functools
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from models.registry import REPO_ROOT
+from models.registry import ASSETS, REPO_ROOT
 
 
 def default_testsets() -> dict[str, str]:
@@ -32,6 +33,39 @@ class StudioConfig:
     # `speech-studio eval --system` specs: the A/B test's systems and the Evaluate tab's menu.
     systems: list[str] = field(default_factory=default_systems)
     eval_max_items: int = 50  # the Evaluate tab refuses larger runs (the CLI has no limit)
+    # Uploads above this are refused by the server before anything decodes them.
+    max_upload_mb: float = 50.0
 
     def __post_init__(self):
         self.data_dir = Path(self.data_dir)
+
+    def readable_roots(self) -> list[Path]:
+        """The allow-list of folders a visitor's manifest, system folder or checkpoint path may name:
+        the studio's data folder, the shipped assets, and the folders of the configured test sets."""
+        return [self.data_dir.resolve(), ASSETS.resolve(),
+                *(testset_root(manifest) for manifest in self.testsets.values())]
+
+    def check_readable(self, path: str | os.PathLike, what: str) -> Path:
+        """`path` resolved, if it lies under `readable_roots`; otherwise one line that is the same
+        whether or not the path exists (a visitor must not learn what is on the server)."""
+        resolved = Path(os.path.realpath(os.path.join(self.data_dir, path)))
+        if not any(resolved.is_relative_to(root) for root in self.readable_roots()):
+            raise ValueError(f"{what} {str(path)!r} is outside the folders this studio reads (its data folder "
+                             "and its test sets): upload the audio, or ask the operator to add a test set")
+        return resolved
+
+
+@functools.lru_cache(maxsize=64)
+def testset_root(manifest: str) -> Path:
+    """The folder holding a test set: the deepest one that contains its manifest and every audio
+    file it names (a corpus's eval/*.lst names audio under the corpus's wavs/)."""
+    from evaluation.systems import AUDIO_FIELDS, read_items
+
+    folder = Path(manifest).resolve().parent
+    paths = [str(folder)]
+    try:
+        items = read_items(manifest)
+    except (OSError, ValueError):  # an unbuilt or broken test set allows nothing beyond its folder
+        items = []
+    paths += [str(Path(getattr(item, f)).parent) for item in items for f in AUDIO_FIELDS if getattr(item, f)]
+    return Path(os.path.commonpath(paths))

@@ -2,6 +2,7 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 import soundfile as sf
 
 from evaluation.metrics import pesq_score
@@ -49,20 +50,21 @@ def test_resynthesis_handler(arctic_path):
     assert len(figure.data) == 2
 
 
-def test_bad_input_becomes_a_warning(tmp_path, monkeypatch):
+def test_bad_input_becomes_a_gradio_error(tmp_path):
+    """A refused input raises gr.Error with the reason: the page and API clients see it, and no
+    output is overwritten (Gradio updates no output of an event that raised)."""
     import gradio as gr
 
     from studio.common import user_errors
     from studio.tabs.resynthesis import resynthesize
 
-    shown = []
-    monkeypatch.setattr(gr, "Warning", lambda message: shown.append(message))
-    handler = user_errors(3)(resynthesize)
-    assert handler(None) == (None, None, None)
+    handler = user_errors(resynthesize)
+    with pytest.raises(gr.Error, match="No audio"):
+        handler(None)
     garbage = tmp_path / "x.wav"
     garbage.write_bytes(b"garbage")
-    assert handler(str(garbage)) == (None, None, None)
-    assert "No audio" in shown[0] and "Could not read audio file x.wav" in shown[1]
+    with pytest.raises(gr.Error, match="Could not read audio file x.wav"):
+        handler(str(garbage))
 
 
 def test_served_app_answers_the_api(arctic_path):
@@ -87,7 +89,7 @@ def test_served_app_answers_the_api(arctic_path):
         demo.close()
 
 
-def test_synthesize_handler_reproduces_its_seed_and_streams(sled_run, arctic_path, monkeypatch):
+def test_synthesize_handler_reproduces_its_seed_and_streams(sled_run, arctic_path):
     import gradio as gr
 
     from studio.common import user_errors
@@ -110,11 +112,10 @@ def test_synthesize_handler_reproduces_its_seed_and_streams(sled_run, arctic_pat
     assert outputs[-1][2]["reference"] and outputs[-1][3] == 3
     assert tab.declared_controls(str(sled_run)) == set(names) and tab.declared_controls("/no/such") == set()
 
-    shown = []
-    monkeypatch.setattr(gr, "Warning", lambda message: shown.append(message))
-    assert user_errors(4)(tab.synthesize)(str(sled_run), "  ", None, None, 2.0, 0, False, *values) == (None,) * 4
-    assert list(user_errors(4)(tab.synthesize_stream)(None, "hi", None, None, 2.0, 0, False, *values)) == [(None,) * 4]
-    assert "empty" in shown[0] and "No TTS model" in shown[1]
+    with pytest.raises(gr.Error, match="empty"):
+        user_errors(tab.synthesize)(str(sled_run), "  ", None, None, 2.0, 0, False, *values)
+    with pytest.raises(gr.Error, match="No TTS model"):
+        list(user_errors(tab.synthesize_stream)(None, "hi", None, None, 2.0, 0, False, *values))
 
 
 def test_readme_api_example_synthesizes(sled_run):

@@ -76,11 +76,12 @@ def test_evaluate_runs_the_bench_reports_and_resumes(ab_config):
     seen = []
     args = ("set", None, ab_config.systems, "", ["stoi", "sisdr"], 3, "first", False)
     updates = list(evaluate(ab_config, *args, progress=lambda fraction, desc: seen.append(fraction)))
-    table, status, menu, folder, reports, chart = updates[-1]
+    table, status, menu, folder, reports, chart, name = updates[-1]
     assert sorted(table["system"]) == ["gt", "other"] and {"stoi", "si_sdr"} <= set(table.columns)
     assert table.loc[table["system"] == "gt", "stoi"].iloc[0].startswith("1.000")  # gt against itself
     assert "Done: 12 results" in status and all(0 <= f <= 1 for f in seen)
-    assert [Path(p).name for p in reports] == ["report.csv", "report.html"] and all(Path(p).is_file() for p in reports)
+    assert [Path(p).suffix for p in reports] == [".csv", ".html"] and all(Path(p).is_file() for p in reports)
+    assert name == "first" and not any(str(ab_config.data_dir) in p for p in reports)  # served copies only
     assert chart is not None and plot(folder, "si_sdr") is not None and menu["choices"]
     with pytest.raises(ValueError, match="tick Resume"):
         list(evaluate(ab_config, *args))
@@ -119,7 +120,7 @@ def test_latent_explorer_encodes_plots_and_plays_a_point(ab_config):
     from studio.tabs.latents import explore, utterance_audio, views
 
     updates = list(explore(ab_config, "set", ab_config.systems, 3, "flow_vae", "lat", progress=lambda *a, **k: None))
-    status, stats, menu, figure, utterances, run = updates[-1]
+    status, stats, menu, figure, utterances, run, name = updates[-1]
     assert "6 utterances encoded" in status
     assert sorted(stats["system"]) == ["gt", "other"] and stats["energy distance to gt"].notna().sum() == 1
     titles = menu["choices"]

@@ -17,7 +17,8 @@ from evaluation import sweep
 from models import audio, pipelines
 from models.files import write_text_atomic
 from models.registry import pick_device
-from studio.common import RunFollower, reference_voice, tts_model_menu, user_errors
+from models.text import check_text
+from studio.common import RunFollower, reference_voice, served_copy, tts_model_menu, user_errors
 from studio.config import StudioConfig
 from studio.tabs.synthesize import EXAMPLE_TEXTS
 
@@ -33,6 +34,7 @@ def run_sweep(config: StudioConfig, model: str | None, text: str, reference: str
     pipelines.tts_kind(model)  # a clear error for anything else
     if not metrics:
         raise ValueError("Choose at least one metric")
+    check_text(text)
     values = sweep.parse_scales(scales)
     out = config.data_dir / "cfg_lab" / f"{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
     if reference:
@@ -50,13 +52,19 @@ def run_sweep(config: StudioConfig, model: str | None, text: str, reference: str
         yield status, gr.skip(), gr.skip(), gr.skip(), gr.skip()
     points, figure = sweep.curves(out, values, metrics)
     grid = sweep.per_utterance(out, values, metrics)
+    made = [row for row in grid if Path(row["audio"]).is_file()]
+    if not made:
+        raise ValueError(f"{model} gave no audio for this text at any CFG value (see the CSV's reasons)")
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=list(grid[0]) if grid else ["cfg"])
     writer.writeheader()
     writer.writerows(grid)
     table = write_text_atomic(out / "cfg_lab.csv", buffer.getvalue())
-    yield (f"Done: {len(values)} CFG values x {seeds} seeds in `{out}`.", grid, pd.DataFrame(points), figure,
-           [str(table), str(out / "report.csv")])
+    failed = len(values) * int(seeds) - len(made)
+    shown = [{**row, "audio": served_copy(row["audio"])} for row in made]
+    yield (f"Done: {len(values)} CFG values x {seeds} seeds, {len(made)} outputs"
+           + (f", {failed} generations failed" if failed else "") + ".", shown, pd.DataFrame(points), figure,
+           [served_copy(table), served_copy(out / "report.csv")])
 
 
 def cell_label(row: dict) -> str:
@@ -89,10 +97,9 @@ def build(config: StudioConfig) -> None:
             for cfg in sorted({row["cfg"] for row in rows}):
                 with gr.Row():
                     for row in (r for r in rows if r["cfg"] == cfg):
-                        if Path(row["audio"]).is_file():
-                            gr.Audio(row["audio"], label=cell_label(row), interactive=False)
+                        gr.Audio(row["audio"], label=cell_label(row), interactive=False)
 
-        @user_errors(5)
+        @user_errors
         def run(model, text, reference, reference_text, scales, seeds, metrics, progress=gr.Progress()):
             yield from run_sweep(config, model, text, reference, reference_text, scales, seeds, metrics, progress)
 

@@ -7,6 +7,7 @@ import math
 import re
 import shutil
 import time
+import uuid
 from pathlib import Path
 from typing import Iterator
 
@@ -15,10 +16,10 @@ import pandas as pd
 
 from evaluation.metrics import METRICS
 from evaluation.report import aggregate, figures
-from evaluation.runner import RunConfig, latest_rows, read_results
-from evaluation.systems import parse_system
+from evaluation.runner import RTF, RunConfig, latest_rows, read_results
+from evaluation.systems import AUDIO_FIELDS, MANIFEST_SYSTEMS, System, parse_system, read_items
+from studio.common import RunFollower, served_copy, user_errors
 from studio.config import StudioConfig
-from studio.common import RunFollower, user_errors
 
 DEFAULT_METRICS = ["wer", "sim"]
 
@@ -27,6 +28,47 @@ def run_folder(config: StudioConfig, name: str) -> Path:
     if not re.fullmatch(r"[A-Za-z0-9_.-]{1,64}", name or "") or name.startswith("."):
         raise ValueError(f"run name {name!r}: use 1-64 letters, digits, '.', '_' or '-'")
     return config.data_dir / "eval" / name
+
+
+def new_run_name(prefix: str = "run") -> str:
+    """A name no other visitor's run has: the time and a random suffix."""
+    return f"{prefix}-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
+
+
+def visitor_systems(config: StudioConfig, specs: list[str]) -> list[System]:
+    """Systems typed by a visitor: a built-in, a checkpoint name, or a folder or checkpoint under the
+    studio's readable folders (never an arbitrary server path)."""
+    from models import registry
+
+    systems = []
+    for spec in specs:
+        name, _, source = spec.partition("=")
+        source = (source or name).partition(":")[0]
+        if source not in MANIFEST_SYSTEMS + ("vocoder",) and source not in registry.list_checkpoints():
+            config.check_readable(source, f"system {name!r}: folder")
+        systems.append(parse_system(spec))
+    return systems
+
+
+def check_manifest_audio(config: StudioConfig, manifest: Path) -> None:
+    """Every audio path of an uploaded manifest must lie under the studio's readable folders."""
+    for item in read_items(manifest):
+        for field_name in AUDIO_FIELDS:
+            path = getattr(item, field_name)
+            if path is not None:
+                config.check_readable(path, f"item {item.key!r}: {field_name} audio")
+
+
+def applicable_systems(config: StudioConfig, testset: str | None) -> list[str]:
+    """The configured systems that can give audio for some item of the test set (a codec needs
+    reference audio, a TTS text): the default choice, so the defaults always produce results."""
+    if testset not in config.testsets:
+        return []
+    try:
+        items = read_items(config.testsets[testset])
+    except (OSError, ValueError):
+        return []
+    return [spec for spec in config.systems if any(parse_system(spec).applies_to(item) for item in items)]
 
 
 def results_table(out: Path) -> pd.DataFrame:
@@ -58,10 +100,13 @@ def plan(config: StudioConfig, testset: str | None, upload: str | None, systems:
     out = run_folder(config, name)
     if read_results(out) and not resume:
         raise ValueError(f"a run named {name!r} exists: tick Resume to continue it, or choose another name")
-    specs = list(systems or []) + [s for s in re.split(r"[\s,]+", extra or "") if s]
-    if not specs:
+    typed = [s for s in re.split(r"[\s,]+", extra or "") if s]
+    if not (systems or typed):
         raise ValueError("Choose at least one system")
-    parsed = [parse_system(spec) for spec in specs]
+    unknown = [spec for spec in systems or [] if spec not in config.systems]
+    if unknown:
+        raise ValueError(f"unknown system {unknown[0]!r}: choose from the menu, or type it under More systems")
+    parsed = [parse_system(spec) for spec in systems or []] + visitor_systems(config, typed)
     if len({s.name for s in parsed}) != len(parsed):
         raise ValueError("two systems share a name")
     if not metrics:
@@ -75,6 +120,7 @@ def plan(config: StudioConfig, testset: str | None, upload: str | None, systems:
         out.mkdir(parents=True, exist_ok=True)
         manifest = out / f"manifest{suffix}"
         shutil.copyfile(upload, manifest)
+        check_manifest_audio(config, manifest)
     elif testset in config.testsets:
         manifest = Path(config.testsets[testset])
     else:
@@ -86,19 +132,24 @@ def plan(config: StudioConfig, testset: str | None, upload: str | None, systems:
 def evaluate(config: StudioConfig, testset, upload, systems, extra, metrics, limit, name, resume,
              progress=gr.Progress()) -> Iterator[tuple]:
     """Runs the bench in a worker thread; yields (table, status, plot metric menu, run folder,
-    report files, plot) while it works and when it is done."""
+    report files, plot, run name) while it works and when it is done. A blank name is a new run."""
+    name = (name or "").strip() or new_run_name()
     run = plan(config, testset, upload, systems, extra, metrics, limit, name, resume)
     out = Path(run.out)
     follow = RunFollower(run, progress)
     for status in follow.steps:
-        yield results_table(out), status, gr.skip(), gr.skip(), gr.skip(), gr.skip()
+        yield results_table(out), status, gr.skip(), gr.skip(), gr.skip(), gr.skip(), name
     table = results_table(out)
     columns = [c for c in table.columns if c != "system"]
-    reports = [str(out / "report.csv"), str(out / "report.html")]
-    status = (f"Done: {len(latest_rows(read_results(out)))} results in `{out}`. Skipped metrics: "
-              f"{follow.summary['skipped'] or 'none'}. Resume or extend it with the same run name.")
+    reports = [served_copy(out / "report.csv"), served_copy(out / "report.html")]
+    rows = latest_rows(read_results(out))
+    failed = sum(1 for r in rows if r["metric"] == RTF and r["values"] is None)
+    status = (f"Done: {len(rows)} results in run `{name}`"
+              + (f"; {failed} generations failed (scored as no output)" if failed else "")
+              + f". Skipped metrics: {follow.summary['skipped'] or 'none'}. Resume or extend it with the same "
+              "run name.")
     first = columns[0] if columns else None
-    yield table, status, gr.update(choices=columns, value=first), str(out), reports, plot(str(out), first)
+    yield table, status, gr.update(choices=columns, value=first), str(out), reports, plot(str(out), first), name
 
 
 def build(config: StudioConfig) -> None:
@@ -116,12 +167,13 @@ def build(config: StudioConfig) -> None:
                                   label="Items (the first N)")
             with gr.Column():
                 systems = gr.CheckboxGroup([(spec.partition("=")[0], spec) for spec in config.systems],
-                                           value=config.systems[:2], label="Systems")
+                                           value=applicable_systems(config, testsets[0] if testsets else None),
+                                           label="Systems")
                 extra = gr.Textbox(label="More systems (NAME=FOLDER_OR_CHECKPOINT[:cfg=2], comma-separated)")
                 metrics = gr.CheckboxGroup(list(METRICS), value=DEFAULT_METRICS, label="Metrics",
                                            info="; ".join(f"{n}: {s.description}" for n, s in METRICS.items()))
         with gr.Row():
-            name = gr.Textbox(value=time.strftime("run-%Y%m%d-%H%M%S"), label="Run name")
+            name = gr.Textbox(value="", label="Run name", placeholder="blank: a new run with a name of its own")
             resume = gr.Checkbox(value=False, label="Resume a run of this name")
             start = gr.Button("Run evaluation", variant="primary")
         status = gr.Markdown(elem_id="eval-status")
@@ -132,10 +184,12 @@ def build(config: StudioConfig) -> None:
             chart = gr.Plot(label="Systems compared")
         reports = gr.File(label="Report (CSV, HTML)", file_count="multiple", interactive=False)
 
-        @user_errors(6)
+        @user_errors
         def run(testset, upload, systems, extra, metrics, limit, name, resume, progress=gr.Progress()):
             yield from evaluate(config, testset, upload, systems, extra, metrics, limit, name, resume, progress)
 
         start.click(run, [testset, upload, systems, extra, metrics, limit, name, resume],
-                    [table, status, column, folder, reports, chart], api_name="evaluate", concurrency_limit=1)
+                    [table, status, column, folder, reports, chart, name], api_name="evaluate", concurrency_limit=1)
+        testset.change(lambda t: gr.update(value=applicable_systems(config, t)), [testset], [systems],
+                       api_name="evaluate_systems")
         column.change(plot, [folder, column], [chart], api_name="evaluate_plot")

@@ -3,6 +3,7 @@ durably in SQLite, with a Bradley-Terry leaderboard (evaluation.arena)."""
 
 from __future__ import annotations
 
+import logging
 import threading
 import uuid
 from pathlib import Path
@@ -15,9 +16,10 @@ from evaluation.arena import OUTCOMES, VoteStore, choose_pair, leaderboard
 from evaluation.systems import Item, System, parse_system, read_items
 from models import audio
 from models.registry import pick_device
-from studio.common import gpu, user_errors
+from studio.common import gpu, served_copy, user_errors
 from studio.config import StudioConfig
 
+log = logging.getLogger(__name__)
 RANDOM = "(random prompt)"
 BUTTONS = {"A": "A is better", "B": "B is better", "tie": "Tie", "both_bad": "Both bad"}
 BOARD_COLUMNS = ["rank", "system", "score", "ci_low", "ci_high", "win_rate", "votes", "provisional"]
@@ -25,6 +27,8 @@ BOARD_COLUMNS = ["rank", "system", "score", "ci_low", "ci_high", "win_rate", "vo
 
 class Arena:
     """The tab's state that outlives a page: systems, the vote store and the clip cache."""
+
+    PROMPT_TRIES = 3  # random prompts tried before a new pair is refused
 
     def __init__(self, config: StudioConfig):
         self.config = config
@@ -34,6 +38,7 @@ class Arena:
         self.rng = np.random.default_rng()
         self.lock = threading.Lock()  # numpy generators are not thread-safe
         self.items: dict[str, list[Item]] = {}
+        self.failed: set[tuple[str, str, str]] = set()  # (test set, system, key) that gave no audio
 
     def testset_items(self, testset: str) -> list[Item]:
         if testset not in self.config.testsets:
@@ -46,8 +51,8 @@ class Arena:
         return [RANDOM] + [f"{item.key} | {item.text or ''}" for item in self.testset_items(testset)]
 
     def _clip(self, system: System, item: Item, testset: str) -> Path:
-        """The system's audio for the item, cached (atomically) under the studio's data folder:
-        generated once, or copied from the manifest or folder, so every served file lives there."""
+        """The system's audio for the item, cached (atomically) under the studio's private data folder:
+        generated once, or copied from the manifest or folder. Listeners get opaque copies."""
         path = self.clips / testset / system.name / f"{item.key}.wav"
         if path.is_file():
             return path
@@ -58,25 +63,44 @@ class Arena:
         return audio.save_audio(path, wav, sr)
 
     def new_match(self, testset: str, prompt: str | None) -> dict:
-        """A hidden pair on a prompt; the order is random, under-compared pairs come first."""
+        """A hidden pair on a prompt, both clips made before it is shown; the order is random and
+        under-compared pairs come first. A system that fails on the prompt is logged and left out
+        of this pair; a random prompt where fewer than two systems succeed gives way to another."""
         items = self.testset_items(testset)
         if prompt and prompt != RANDOM:
             key = prompt.split(" | ", 1)[0]
             items = [item for item in items if item.key == key]
             if not items:
                 raise ValueError(f"no prompt {key!r} in test set {testset!r}")
+        candidates = [item for item in items if sum(s.applies_to(item) for s in self.systems.values()) >= 2]
+        if not candidates:
+            raise ValueError(f"fewer than two A/B systems ({', '.join(self.systems)}) can give audio for "
+                             f"{'this prompt' if len(items) == 1 else 'test set ' + repr(testset)}")
         with self.lock:
-            candidates = [item for item in items if sum(s.applies_to(item) for s in self.systems.values()) >= 2]
-            if not candidates:
-                raise ValueError(f"fewer than two A/B systems ({', '.join(self.systems)}) can give audio for "
-                                 f"{'this prompt' if len(items) == 1 else 'test set ' + repr(testset)}")
-            item = candidates[self.rng.integers(len(candidates))]
-            names = [name for name, s in self.systems.items() if s.applies_to(item)]
-            a, b = choose_pair(names, self.store.pair_votes(), self.rng)
-        return {"match": uuid.uuid4().hex, "testset": testset, "key": item.key, "text": item.text,
-                "a": a, "b": b, "paths": [str(self._clip(self.systems[a], item, testset)),
-                                          str(self._clip(self.systems[b], item, testset))],
-                "played": [], "voted": None}
+            order = [candidates[i] for i in self.rng.permutation(len(candidates))[:self.PROMPT_TRIES]]
+        failures: list[str] = []
+        for item in order:
+            names = [name for name, s in self.systems.items() if s.applies_to(item)
+                     and (testset, name, item.key) not in self.failed]
+            while len(names) >= 2:
+                with self.lock:
+                    a, b = choose_pair(names, self.store.pair_votes(), self.rng)
+                clips = {}
+                for name in (a, b):
+                    try:
+                        clips[name] = self._clip(self.systems[name], item, testset)
+                    except (ValueError, RuntimeError) as error:
+                        log.warning("A/B: %s gave no audio for %s/%s: %s", name, testset, item.key, error)
+                        failures.append(f"{name} on {item.key}: {error}")
+                        self.failed.add((testset, name, item.key))
+                        names.remove(name)
+                        break
+                if len(clips) == 2:
+                    match = uuid.uuid4().hex
+                    return {"match": match, "testset": testset, "key": item.key, "text": item.text, "a": a, "b": b,
+                            "paths": [served_copy(clips[a]), served_copy(clips[b])], "played": [], "voted": None}
+        raise ValueError("no pair could be made: fewer than two systems gave audio ("
+                         + "; ".join(failures[:3]) + ")")
 
     def vote(self, match: dict | None, outcome: str) -> dict:
         """Record the listener's verdict once both clips were played; the match then reveals its pair."""
@@ -97,7 +121,7 @@ class Arena:
     def export(self) -> str:
         path = self.config.data_dir / "arena" / "votes.csv"
         self.store.export_csv(path)
-        return str(path)
+        return served_copy(path)
 
 
 def played(match: dict | None, side: str) -> tuple:
@@ -159,14 +183,14 @@ def build(config: StudioConfig) -> Arena:
             refresh = gr.Button("Refresh leaderboard")
         votes_file = gr.File(label="Votes", interactive=False)
 
-        testset.change(user_errors(1)(lambda t: gr.update(choices=arena.prompts(t), value=RANDOM)), [testset],
+        testset.change(user_errors(lambda t: gr.update(choices=arena.prompts(t), value=RANDOM)), [testset],
                        [prompt], api_name="ab_prompts")
-        new.click(user_errors(8)(start), [testset, prompt], [clip_a, clip_b, match, status, *buttons],
+        new.click(user_errors(start), [testset, prompt], [clip_a, clip_b, match, status, *buttons],
                   api_name="ab_new_pair")
         clip_a.play(lambda m: played(m, "A"), [match], [match, *buttons], api_name="ab_played_a")
         clip_b.play(lambda m: played(m, "B"), [match], [match, *buttons], api_name="ab_played_b")
         for outcome, button in zip(BUTTONS, buttons):
-            button.click(user_errors(7)(cast(outcome)), [match], [match, status, board, *buttons],
+            button.click(user_errors(cast(outcome)), [match], [match, status, board, *buttons],
                          api_name=f"ab_vote_{outcome}")
         refresh.click(arena.board, None, [board], api_name="ab_leaderboard")
         export.click(arena.export, None, [votes_file], api_name="ab_export")

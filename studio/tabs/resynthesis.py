@@ -46,5 +46,5 @@ def build() -> None:
                 result = gr.Audio(label="Resynthesis", type="numpy", interactive=False)
                 scores = gr.JSON(label="Metrics and settings")
         mels = gr.Plot(label="Mel spectrograms")
-        run.click(user_errors(3)(resynthesize), [source, codec], [result, mels, scores],
+        run.click(user_errors(resynthesize), [source, codec], [result, mels, scores],
                   api_name="resynthesize")

@@ -123,7 +123,7 @@ def build() -> None:
                 settings = gr.JSON(label="Settings used (seed, RTF, ...)")
         mel = gr.Plot(label="Mel spectrogram")
         inputs = [model, text, reference, reference_text, cfg, seed, randomize, *sliders]
-        run.click(user_errors(4)(synthesize), inputs, [result, mel, settings, seed], api_name="synthesize")
-        stream.click(user_errors(4)(synthesize_stream), inputs, [streamed, mel, settings, seed],
+        run.click(user_errors(synthesize), inputs, [result, mel, settings, seed], api_name="synthesize")
+        stream.click(user_errors(synthesize_stream), inputs, [streamed, mel, settings, seed],
                      api_name="synthesize_stream")
         model.change(visible_controls, [model], sliders, api_name="tts_controls")

@@ -32,6 +32,7 @@ from evaluation.metrics import MetricError, MetricUnavailable, Sample, get_metri
 from evaluation.metrics.base import free_device_memory
 from evaluation.systems import Item, System, read_items
 from models import audio
+from models.data.manifest import read_text
 from models.files import write_text_atomic
 from models.registry import REPO_ROOT, pick_device
 
@@ -84,12 +85,15 @@ def read_results(out: str | os.PathLike) -> list[dict]:
     """Every row of every shard file; a torn last line (a crash mid-write) is ignored."""
     rows = []
     for path in sorted((Path(out) / "results").glob("shard-*.jsonl")):
-        with open(path) as f:
-            for line in f:
-                try:
-                    rows.append(json.loads(line))
-                except json.JSONDecodeError:
-                    continue
+        for number, line in enumerate(read_text(path).splitlines(), start=1):
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if not (isinstance(row, dict) and all(isinstance(row.get(k), str) for k in ("system", "key", "metric"))
+                    and (row.get("values") is None or isinstance(row["values"], dict))):
+                raise ValueError(f"{path}:{number}: not a results row (system, key, metric, values)")
+            rows.append(row)
     return rows
 
 

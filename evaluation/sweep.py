@@ -16,6 +16,7 @@ from evaluation.report import aggregate
 from evaluation.runner import RunConfig, latest_rows, read_results
 from evaluation.systems import System
 from models.files import write_text_atomic
+from models.pipelines import CFG_RANGE
 from models.text import check_text
 
 HEADLINE = {"dnsmos": "dnsmos_ovrl"}  # the column plotted for a metric (else its first column)
@@ -27,13 +28,14 @@ def system_name(cfg: float) -> str:
 
 
 def parse_scales(text: str) -> list[float]:
-    """"1, 1.5, 2" -> [1.0, 1.5, 2.0]: sorted, unique, each in 0..10."""
+    """"1, 1.5, 2" -> [1.0, 1.5, 2.0]: sorted, unique, each in the pipelines' CFG range."""
     try:
         scales = sorted({float(x) for x in text.replace(",", " ").split()})
     except ValueError:
         raise ValueError(f"CFG values must be numbers separated by commas, not {text!r}") from None
-    if not scales or not all(0.0 <= s <= 10.0 for s in scales):
-        raise ValueError("give one or more CFG values between 0 and 10")
+    low, high = CFG_RANGE
+    if not scales or not all(low <= s <= high for s in scales):
+        raise ValueError(f"give one or more CFG values between {low:g} and {high:g}")
     return scales
 
 

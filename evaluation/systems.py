@@ -73,6 +73,10 @@ def read_items(manifest: str | os.PathLike, split: str | None = None) -> list[It
         key = _first(row, FIELDS["key"])
         if key is None:
             raise ValueError(f"{manifest}: row {number} has no id/utt")
+        for field_name in ("text", "prompt_text", "speaker", *AUDIO_FIELDS):
+            value = _first(row, FIELDS[field_name])
+            if value is not None and not isinstance(value, str):
+                raise ValueError(f"{manifest}: row {number}: {field_name} must be a string, not {value!r}")
         if key in seen:
             raise ValueError(f"{manifest}: duplicate key {key!r}")
         if "/" in str(key) or str(key).startswith("."):

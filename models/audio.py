@@ -10,6 +10,7 @@ problem, so the studio and the CLI can show it to the user as it is.
 from __future__ import annotations
 
 import os
+import wave
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -39,8 +40,16 @@ def load_audio(
 ) -> np.ndarray:
     """Read wav/flac/ogg/mp3 as mono float32 at `sr`, validated (see `check_audio`)."""
     path = Path(path)
+    if path.is_dir():
+        raise AudioError(f"{path.name} is a folder, not an audio file")
     if not path.is_file():
         raise AudioError(f"Audio file not found: {path}")
+    try:
+        header = sf.info(path)
+    except Exception:  # not a format soundfile knows; librosa gets its turn below
+        header = None
+    if header is not None and max_seconds is not None and header.duration > max_seconds:  # before decoding
+        raise AudioError(f"{path.name} is {header.duration:.1f} s long; the limit is {max_seconds:.0f} s")
     try:
         wav, native_sr = sf.read(path, dtype="float32", always_2d=True)
     except Exception as sf_error:  # soundfile lacks some codecs; librosa tries audioread
@@ -55,9 +64,24 @@ def load_audio(
             wav = np.atleast_2d(wav).T  # librosa gives (channels, time)
         except Exception as error:
             raise AudioError(f"Could not read audio file {path.name}: {sf_error}") from error
+    promised = _wav_header_frames(path)
+    if promised is not None and len(wav) < promised - native_sr // 100:
+        raise AudioError(f"{path.name} is truncated: its header promises {promised / native_sr:.2f} s, the file "
+                         f"holds {len(wav) / native_sr:.2f} s")
     wav = to_mono(wav)
     check_audio(wav, native_sr, max_seconds=max_seconds, name=path.name)
     return resample(wav, native_sr, sr)
+
+
+def _wav_header_frames(path: Path) -> int | None:
+    """The frame count a PCM WAV header declares (libsndfile silently reads what is there), or None
+    when there is no such header or it declares an unknown length (0 or the streaming maximum)."""
+    try:
+        with wave.open(str(path), "rb") as reader:
+            frames, width = reader.getnframes(), reader.getsampwidth() * reader.getnchannels()
+    except (wave.Error, EOFError, OSError):
+        return None
+    return frames if 0 < frames * width < 0xFFFFFFF0 else None
 
 
 def save_audio(path: str | os.PathLike, wav: np.ndarray, sr: int = SAMPLE_RATE) -> Path:

@@ -24,6 +24,19 @@ MAX_TTS_CHARS = 2000
 MAX_REFERENCE_SECONDS = 20.0
 PAUSE_SECONDS = 0.2  # silence between sentences
 TTS_VOCODER_PRECISION = "bf16"  # 2x faster synthesis, same PESQ (see models.vocoder.PRECISIONS)
+CFG_RANGE = (1.0, 10.0)  # 1 = no guidance; the papers' best scales are 2-3
+MAX_SEED = 2**32 - 1
+
+
+def check_sampling(cfg: float, seed: int | None, stop_threshold: float) -> None:
+    """One clear line for a guidance scale, seed or stop threshold out of range (NaN included)."""
+    low, high = CFG_RANGE
+    if not (isinstance(cfg, (int, float)) and low <= cfg <= high):  # NaN fails every comparison
+        raise ValueError(f"the guidance scale (cfg) must be between {low:g} and {high:g}, not {cfg}")
+    if seed is not None and not (isinstance(seed, int) and 0 <= seed <= MAX_SEED):
+        raise ValueError(f"the seed must be a whole number from 0 to {MAX_SEED}, not {seed}")
+    if not (isinstance(stop_threshold, (int, float)) and 0.0 < stop_threshold < 1.0):
+        raise ValueError(f"the stop threshold must be between 0 and 1, not {stop_threshold}")
 
 
 def available_codecs() -> list[str]:
@@ -152,10 +165,11 @@ def tts(
     """
     from models.flow_vae import ChunkedDecoder
 
+    check_sampling(cfg, seed, stop_threshold)
     sentences = split_sentences(check_text(text, max_chars))
     generator, config = _checkpoint_model(model, TTS_MODELS, "TTS model", device)
     codec = _codec_model(config["codec"], device)
-    seed = random.randrange(2**31) if seed is None else int(seed)
+    seed = random.randrange(2**31) if seed is None else seed
     symbols = generator.frontend.symbols
     prompt_ids, prompt = [], None
     if ref_wav is not None:

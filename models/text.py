@@ -183,12 +183,26 @@ def _match_case(word: str, like: str) -> str:
     return word.capitalize() if like[:1].isupper() else word
 
 
+MAX_WORD_CHARS = 50  # longer than any dictionary word: a run-together string, URL or hash
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")  # all but tab, newline, carriage return
+_MARKUP = re.compile(r"<\s*/?\s*[A-Za-z][^<>]*>")
+
+
 def check_text(text: str, max_chars: int | None = None) -> str:
     """Normalize and validate user text; raise TextError naming the problem."""
     if not isinstance(text, str) or not text.strip():
         raise TextError("text is empty")
     if max_chars is not None and len(text) > max_chars:
         raise TextError(f"text is {len(text)} characters long; the limit is {max_chars}")
+    if _CONTROL.search(text):
+        raise TextError("text contains control characters (terminal escape codes?): give plain text")
+    tag = _MARKUP.search(text)
+    if tag:
+        raise TextError(f"text contains a markup tag {tag.group(0)[:30]!r}; SSML and HTML are not read: give plain text")
+    longest = max(text.split(), key=len)
+    if len(longest) > MAX_WORD_CHARS:
+        raise TextError(f"text has a {len(longest)}-character word ({longest[:20]}...); the limit is "
+                        f"{MAX_WORD_CHARS} (it would be spelled out letter by letter)")
     normalized = normalize_text(text)
     if not re.search(r"[A-Za-z]", normalized):
         raise TextError(f"text has no speakable words: {text[:60]!r}")

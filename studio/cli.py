@@ -7,6 +7,51 @@ import os
 import sys
 from pathlib import Path
 
+OUTPUT_FORMATS = (".wav", ".flac", ".ogg")
+
+
+class _Parser(argparse.ArgumentParser):
+    """An argument error is one line naming the problem (exit 2), not the usage block."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+def _number(kind: type, low: float | None = None, high: float | None = None):
+    """An argparse type: `kind` (int or float), finite, within [low, high] (argparse names the option)."""
+
+    def show(x) -> str:
+        return f"{x:g}" if kind is float else str(x)
+
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must be {'a whole number' if kind is int else 'a number'}, "
+                                             f"not {text!r}") from None
+        if value != value or value in (float("inf"), float("-inf")) or (low is not None and value < low) \
+                or (high is not None and value > high):
+            bounds = f"at least {show(low)}" if high is None else f"between {show(low)} and {show(high)}"
+            raise argparse.ArgumentTypeError(f"must be {bounds}, not {text}")
+        return value
+
+    return parse
+
+
+def _output(path: str, overwrite: bool, *inputs: str | None) -> Path:
+    """Check an output path before any work: a supported format, and no file replaced unless asked."""
+    out = Path(path)
+    if out.suffix.lower() not in OUTPUT_FORMATS:
+        raise ValueError(f"output {path}: unsupported format {out.suffix or '(none)'!r}; use "
+                         f"{', '.join(OUTPUT_FORMATS)}")
+    if out.is_dir():
+        raise ValueError(f"output {path} is a folder")
+    if any(i and Path(i).resolve() == out.resolve() for i in inputs):
+        raise ValueError(f"output {path} is also the input: choose another file name")
+    if out.exists() and not overwrite:
+        raise ValueError(f"output {path} exists: pass --overwrite to replace it")
+    return out
+
 
 def _serve(args: argparse.Namespace) -> int:
     from studio.app import build_app, launch
@@ -34,6 +79,7 @@ def _named(spec: str, flag: str) -> tuple[str, str]:
 def _vocode(args: argparse.Namespace) -> int:
     from models import audio, pipelines
 
+    _output(args.output, args.overwrite, args.input)
     wav = audio.load_audio(args.input, audio.SAMPLE_RATE, max_seconds=args.max_seconds)
     out, info = pipelines.reconstruct(wav, audio.SAMPLE_RATE, codec="vocoder", max_seconds=args.max_seconds)
     audio.save_audio(args.output, out, audio.SAMPLE_RATE)
@@ -112,6 +158,8 @@ def _tts(args: argparse.Namespace) -> int:
 
     from models import audio, pipelines, registry
 
+    _output(args.out, args.overwrite, args.ref)
+    pipelines.check_sampling(args.cfg, args.seed, 0.5)
     ref, transcribe = None, None
     if args.ref:
         ref = audio.load_audio(args.ref, audio.SAMPLE_RATE, max_seconds=pipelines.MAX_REFERENCE_SECONDS)
@@ -131,6 +179,7 @@ def _tts(args: argparse.Namespace) -> int:
 def _codec_reconstruct(args: argparse.Namespace) -> int:
     from models import audio, pipelines
 
+    _output(args.output, args.overwrite, args.input)
     wav = audio.load_audio(args.input, audio.SAMPLE_RATE, max_seconds=args.max_seconds)
     out, info = pipelines.reconstruct(wav, audio.SAMPLE_RATE, codec=args.codec, max_seconds=args.max_seconds)
     audio.save_audio(args.output, out, audio.SAMPLE_RATE)
@@ -188,13 +237,16 @@ def _corpus_tasks(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="speech-studio", description=__doc__)
+    from models.pipelines import CFG_RANGE, MAX_SEED
+
+    parser = _Parser(prog="speech-studio", description=__doc__)
     parser.add_argument("--device", help="cuda, mps or cpu (default: the best available)")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     serve = commands.add_parser("serve", help="run the Gradio studio")
     serve.add_argument("--host", default=os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"))
-    serve.add_argument("--port", type=int, default=int(os.environ.get("GRADIO_SERVER_PORT", 7860)))
+    serve.add_argument("--port", type=_number(int, 1, 65535),
+                       default=int(os.environ.get("GRADIO_SERVER_PORT", 7860)))
     serve.add_argument("--share", action="store_true", help="also open a public gradio.live link")
     serve.add_argument("--data", help="folder for votes, A/B clips and evaluation runs "
                        "(default: $STUDIO_DATA or runs/studio)")
@@ -208,7 +260,9 @@ def build_parser() -> argparse.ArgumentParser:
     vocode = commands.add_parser("vocode", help="analysis-resynthesis through the shared HiFi-GAN vocoder")
     vocode.add_argument("input", help="audio file (wav, flac, ogg, mp3)")
     vocode.add_argument("output", help="output .wav, .flac or .ogg (22.05 kHz)")
-    vocode.add_argument("--max-seconds", type=float, default=600.0, help="refuse longer inputs")
+    vocode.add_argument("--max-seconds", type=_number(float, 0.1, 3600), default=600.0,
+                        help="refuse longer inputs")
+    vocode.add_argument("--overwrite", action="store_true", help="replace the output file if it exists")
     vocode.set_defaults(run=_vocode)
 
     corpus = commands.add_parser("corpus", help="build the synthetic speech corpus and task sets")
@@ -216,17 +270,19 @@ def build_parser() -> argparse.ArgumentParser:
     build = corpus_commands.add_parser("build", help="synthesize a multi-speaker corpus (resumable)")
     build.add_argument("--out", required=True, help="corpus folder (created; an existing one is resumed)")
     build.add_argument("--profile", choices=["mini", "default"], default="default")
-    build.add_argument("--hours", type=float, help="training hours over seen speakers (overrides the profile)")
+    build.add_argument("--hours", type=_number(float, 0.01, 1000),
+                       help="training hours over seen speakers (overrides the profile)")
     build.add_argument("--voices", nargs="+", help="voice names, engines or speakers (default: all installed)")
-    build.add_argument("--workers", type=int, help="processes (default: one per core)")
-    build.add_argument("--seed", type=int, default=0)
+    build.add_argument("--workers", type=_number(int, 1, 256), help="processes (default: one per core)")
+    build.add_argument("--seed", type=_number(int, 0, MAX_SEED), default=0)
     build.set_defaults(run=_corpus_build)
     task_sets = corpus_commands.add_parser("tasks", help="enhancement, extraction and conversion sets from a corpus")
     task_sets.add_argument("--corpus", required=True, help="folder with the corpus manifest.jsonl")
     task_sets.add_argument("--out", required=True, help="output folder (an existing one is resumed)")
-    task_sets.add_argument("--seed", type=int, default=0)
+    task_sets.add_argument("--seed", type=_number(int, 0, MAX_SEED), default=0)
     for split, default in (("train", 4000), ("valid", 200), ("test", 300)):
-        task_sets.add_argument(f"--{split}", type=int, default=default, help=f"items per task in {split}")
+        task_sets.add_argument(f"--{split}", type=_number(int, 0), default=default,
+                               help=f"items per task in {split}")
     task_sets.set_defaults(run=_corpus_tasks)
 
     train = commands.add_parser("train", help="train a model (resumable; DDP under torchrun)")
@@ -235,8 +291,9 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--data", required=True, help="corpus folder (or its manifest.jsonl)")
     train.add_argument("--out", required=True, help="run folder: logs, checkpoints, samples, export/")
     train.add_argument("--resume", action="store_true", help="continue from the run's latest checkpoint")
-    train.add_argument("--steps", type=int, help="override train.steps (the schedule's length)")
-    train.add_argument("--stop-after", type=int, help="stop this process at this step (resume later)")
+    train.add_argument("--steps", type=_number(int, 1, None), help="override train.steps (the schedule's length)")
+    train.add_argument("--stop-after", type=_number(int, 1, None),
+                       help="stop this process at this step (resume later)")
     train.add_argument("--validate-only", action="store_true",
                        help="validate the loaded weights (train.init_from, or the latest checkpoint with --resume) "
                             "into the run's val.csv and samples/, without training")
@@ -256,10 +313,12 @@ def build_parser() -> argparse.ArgumentParser:
     tts.add_argument("--text", required=True, help="what to say (long text is split into sentences)")
     tts.add_argument("--ref", help="a reference clip whose voice to continue")
     tts.add_argument("--ref-text", help="the reference's transcript (default: transcribed by the bench's ASR)")
-    tts.add_argument("--cfg", type=float, default=2.0, help="classifier-free guidance scale (1 = none)")
-    tts.add_argument("--seed", type=int, help="random seed (default: drawn and printed)")
+    tts.add_argument("--cfg", type=_number(float, *CFG_RANGE), default=2.0,
+                     help=f"classifier-free guidance scale, {CFG_RANGE[0]:g}-{CFG_RANGE[1]:g} (1 = none)")
+    tts.add_argument("--seed", type=_number(int, 0, MAX_SEED), help="random seed (default: drawn and printed)")
     tts.add_argument("--stream", action="store_true", help="generate and decode chunk by chunk")
     tts.add_argument("--out", required=True, help="output .wav, .flac or .ogg (22.05 kHz)")
+    tts.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
     tts.set_defaults(run=_tts)
 
     codec = commands.add_parser("codec", help="encode and decode audio through a codec")
@@ -268,7 +327,9 @@ def build_parser() -> argparse.ArgumentParser:
     reconstruct.add_argument("input", help="audio file")
     reconstruct.add_argument("output", help="output .wav, .flac or .ogg (22.05 kHz)")
     reconstruct.add_argument("--codec", default="flow_vae", help="vocoder, or a codec checkpoint name or folder")
-    reconstruct.add_argument("--max-seconds", type=float, default=600.0, help="refuse longer inputs")
+    reconstruct.add_argument("--max-seconds", type=_number(float, 0.1, 3600), default=600.0,
+                             help="refuse longer inputs")
+    reconstruct.add_argument("--overwrite", action="store_true", help="replace the output file if it exists")
     reconstruct.set_defaults(run=_codec_reconstruct)
 
     evaluate = commands.add_parser("eval", help="score systems on a manifest (resumable, shardable)")
@@ -284,17 +345,18 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--resume", action="store_true", help="continue a run, skipping finished units")
     evaluate.add_argument("--shard", metavar="I/N", help="this process takes every N-th item from I "
                                                           "(default: torchrun's RANK/WORLD_SIZE)")
-    evaluate.add_argument("--limit", type=int, help="only the first N items")
-    evaluate.add_argument("--per-speaker", type=int, help="only the first N items of each speaker")
+    evaluate.add_argument("--limit", type=_number(int, 1, None), help="only the first N items")
+    evaluate.add_argument("--per-speaker", type=_number(int, 1, None),
+                          help="only the first N items of each speaker")
     evaluate.add_argument("--asr", help="ASR as BACKEND:MODEL (default faster-whisper:tiny.en)")
     evaluate.add_argument("--latent-codec", help="codec for the latent metric (default vocoder: log-mel)")
-    evaluate.add_argument("--seed", type=int, default=0, help="bootstrap seed")
+    evaluate.add_argument("--seed", type=_number(int, 0, MAX_SEED), default=0, help="bootstrap seed")
     evaluate.add_argument("--no-report", action="store_true", help="skip writing the report at the end")
     evaluate.set_defaults(run=_eval)
 
     report = commands.add_parser("report", help="CSV, JSON and HTML report of an eval run folder")
     report.add_argument("folder", help="the --out folder of speech-studio eval")
-    report.add_argument("--seed", type=int, default=0, help="bootstrap seed")
+    report.add_argument("--seed", type=_number(int, 0, MAX_SEED), default=0, help="bootstrap seed")
     report.set_defaults(run=_report)
 
     bench = commands.add_parser("bench", help="measure speed and quality, print JSON")
@@ -303,16 +365,17 @@ def build_parser() -> argparse.ArgumentParser:
                        "(--model CODEC --manifest LST); studio: launch time and "
                        "UI vs pipeline latency; arena: the A/B vote store under concurrent voters")
     bench.add_argument("--manifest", help="codec: an eval manifest whose reference recordings are reconstructed")
-    bench.add_argument("--per-speaker", type=int, default=2, help="codec: recordings per speaker")
+    bench.add_argument("--per-speaker", type=_number(int, 1, None), default=2,
+                       help="codec: recordings per speaker")
     bench.add_argument("--input", help="vocoder: recording to resynthesize (default: the CMU ARCTIC fixture)")
     bench.add_argument("--precision", choices=["fp32", "bf16"], default="fp32", help="vocoder: synthesis precision")
     bench.add_argument("--model", help="tts, studio: a TTS checkpoint name or folder (default sled); "
                        "codec: a codec checkpoint (default flow_vae)")
-    bench.add_argument("--voters", type=int, default=20, help="arena: concurrent voters")
-    bench.add_argument("--votes", type=int, default=5, help="arena: votes per voter")
+    bench.add_argument("--voters", type=_number(int, 1, 200), default=20, help="arena: concurrent voters")
+    bench.add_argument("--votes", type=_number(int, 1, 1000), default=5, help="arena: votes per voter")
     bench.add_argument("--text", help="tts: one sentence to speak instead of the built-in five")
-    bench.add_argument("--cfg", type=float, default=2.0, help="tts: guidance scale")
-    bench.add_argument("--repeats", type=int, default=3, help="vocoder, studio: timed runs after the warm-up (best is kept)")
+    bench.add_argument("--cfg", type=_number(float, *CFG_RANGE), default=2.0, help="tts: guidance scale")
+    bench.add_argument("--repeats", type=_number(int, 1, 100), default=3, help="vocoder, studio: timed runs after the warm-up (best is kept)")
     bench.add_argument("--out", help="also write the JSON here")
     bench.set_defaults(run=_bench)
     return parser

@@ -171,12 +171,14 @@ def test_the_stop_head_ends_generation():
     assert len(list(model.generate(ids, seed=0, max_frames=30, stop_threshold=2.0))) == 30  # never fires
     torch.nn.init.zeros_(model.stop_head.weight)
     torch.nn.init.constant_(model.stop_head.bias, 10.0)
-    assert list(model.generate(ids, seed=0, max_frames=30)) == []
+    # a head that always fires stops at the floor: min_frames_per_phoneme x the text's symbols, never at once
+    floor = max(1, int(model.config.min_frames_per_phoneme * len(ids)))
+    assert len(list(model.generate(ids, seed=0, max_frames=30))) == floor
     streaming = tiny(interleave=(3, 2))
     torch.nn.init.zeros_(streaming.stop_head.weight)
     torch.nn.init.constant_(streaming.stop_head.bias, 10.0)
     # the streaming layout speaks while text arrives; stop is only read once EOT is in
-    assert len(list(streaming.generate(ids, seed=0, max_frames=30))) == 2 * (len(ids) - 1) // 3
+    assert len(list(streaming.generate(ids, seed=0, max_frames=30))) == max(2 * (len(ids) - 1) // 3, floor)
 
 
 def test_a_voice_prompt_is_forced_and_continued():
@@ -290,8 +292,11 @@ def test_pipeline_refuses_bad_input(sled_run, arctic_wav):
         pipelines.tts("hi", model=str(sled_run), ref_wav=arctic_wav, ref_sr=22050)
     with pytest.raises(ValueError, match="not a TTS model"):
         pipelines.tts("hi", model=str(sled_run.parents[1] / "vae" / "export"))
-    with pytest.raises(ValueError, match="before its first frame"):  # a stop at once is an error, not silence
-        pipelines.tts("hi", model=str(sled_run), stop_threshold=0.0)
+    for bad, match in (({"cfg": float("nan")}, "guidance"), ({"cfg": 0.0}, "guidance"), ({"cfg": 1e6}, "guidance"),
+                       ({"seed": 2**70}, "seed"), ({"seed": -1}, "seed"), ({"stop_threshold": 0.0}, "stop threshold"),
+                       ({"stop_threshold": 1.0}, "stop threshold")):
+        with pytest.raises(ValueError, match=match):
+            pipelines.tts("hi", model=str(sled_run), **bad)
     wav, info = pipelines.tts("hi", model=str(sled_run), ref_wav=arctic_wav, ref_sr=22050,
                               transcribe=lambda wav: "author of the danger trail", seed=0)
     assert info["ref_text"] == "author of the danger trail" and len(wav) > 0
@@ -307,11 +312,16 @@ def test_cli_tts_end_to_end(sled_run, tmp_path, arctic_path, capsys):
                  "--stream", "--ref", str(arctic_path), "--ref-text", "author of the danger trail",
                  "--out", str(streamed)]) == 0
     assert streamed.is_file()
-    assert main(["tts", "--model", str(sled_run), "--text", "", "--out", str(out)]) == 2
+    assert main(["tts", "--model", str(sled_run), "--text", "", "--out", str(tmp_path / "new.wav")]) == 2
     assert "text is empty" in capsys.readouterr().err
+    before = out.read_bytes()
+    assert main(["tts", "--model", str(sled_run), "--text", "Hi.", "--seed", "1", "--out", str(out)]) == 2
+    assert "--overwrite" in capsys.readouterr().err and out.read_bytes() == before  # nothing replaced
+    assert main(["tts", "--model", str(sled_run), "--text", "Hi.", "--seed", "1", "--out", str(out), "--overwrite"]) == 0
+    assert out.read_bytes() != before
 
 
-def test_a_tts_checkpoint_is_an_eval_system_with_options(sled_run, mini, tmp_path):
+def test_a_tts_checkpoint_is_an_eval_system_with_options(sled_run, mini, tmp_path, monkeypatch):
     from evaluation.runner import RunConfig, read_results, run_eval
     from evaluation.systems import parse_system, read_items
 
@@ -331,9 +341,15 @@ def test_a_tts_checkpoint_is_an_eval_system_with_options(sled_run, mini, tmp_pat
     rows = read_results(tmp_path / "run")
     assert sum(r["metric"] == "rtf" and r["values"] is not None for r in rows) == 2
     assert len(list((tmp_path / "run" / "audio" / "s").glob("*.wav"))) == 2
-    # a model that stops at once: each item is a recorded failure and the run still ends;
+    # a model that gives no audio: each item is a recorded failure and the run still ends;
     # WER counts the missing output as every word deleted, a metric without that meaning is NaN
-    run_eval(RunConfig(manifest=str(manifest), systems=[parse_system(f"mute={sled_run}:stop=0.0")],
+    from models import pipelines
+
+    def mute(*args, **kwargs):
+        raise ValueError("stopped before its first frame: no audio was generated")
+
+    monkeypatch.setattr(pipelines, "tts", mute)
+    run_eval(RunConfig(manifest=str(manifest), systems=[parse_system(f"mute={sled_run}")],
                        metrics=["sisdr", "wer"], out=str(tmp_path / "mute"), limit=2))
     rows = read_results(tmp_path / "mute")
     rtf = [r for r in rows if r["metric"] == "rtf"]

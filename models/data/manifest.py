@@ -20,15 +20,26 @@ def write_jsonl(path: str | os.PathLike, rows: Iterable[dict]) -> Path:
     return write_text_atomic(path, "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows))
 
 
+def read_text(path: str | os.PathLike) -> str:
+    """A text file's contents; a file that is not UTF-8 is one clear error naming it."""
+    try:
+        return Path(path).read_text(encoding="utf-8")
+    except UnicodeDecodeError as error:
+        raise ValueError(f"{path}: not UTF-8 text (byte {error.start} cannot be decoded)") from None
+
+
 def read_jsonl(path: str | os.PathLike) -> list[dict]:
+    """Rows of a JSONL file; a line that is not a JSON object is an error naming file and line."""
     rows = []
-    with open(path) as f:
-        for number, line in enumerate(f, start=1):
-            if line.strip():
-                try:
-                    rows.append(json.loads(line))
-                except json.JSONDecodeError as error:
-                    raise ValueError(f"{path}:{number}: not a JSON line ({error.msg})") from None
+    for number, line in enumerate(read_text(path).splitlines(), start=1):
+        if line.strip():
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as error:
+                raise ValueError(f"{path}:{number}: not a JSON line ({error.msg})") from None
+            if not isinstance(row, dict):
+                raise ValueError(f"{path}:{number}: expected a JSON object, got {type(row).__name__}")
+            rows.append(row)
     return rows
 
 
@@ -50,7 +61,7 @@ def write_seed_tts(path: str | os.PathLike, rows: Iterable[dict]) -> Path:
 
 def read_seed_tts(path: str | os.PathLike) -> list[dict]:
     rows = []
-    for number, line in enumerate(Path(path).read_text().splitlines(), start=1):
+    for number, line in enumerate(read_text(path).splitlines(), start=1):
         if not line.strip():
             continue
         fields = line.split("|")

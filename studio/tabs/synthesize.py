@@ -3,6 +3,7 @@ sampling settings, optionally continuing a reference voice; offline or streamed.
 
 from __future__ import annotations
 
+import shutil
 from typing import Iterator
 
 import gradio as gr
@@ -61,6 +62,9 @@ def synthesize(model: str | None, text: str, reference: str | None = None, refer
 def synthesize_stream(model: str | None, text: str, reference: str | None = None, reference_text: str | None = None,
                       cfg: float = 2.0, seed=None, randomize: bool = False, *sampling_values) -> Iterator[tuple]:
     """Yields (audio chunk, None, None, None) as frames are decoded, then the mel, settings and seed."""
+    if shutil.which("ffmpeg") is None:  # Gradio encodes streamed audio with it
+        raise ValueError("streamed playback needs ffmpeg on the server (apt-get install ffmpeg; packages.txt lists "
+                         "it for a Space); the Synthesize button works without it")
     request = _request(model, text, reference, reference_text, seed, randomize,
                        dict(zip(sampling_names(), sampling_values)))
     chunks, info = pipelines.tts(cfg=float(cfg), stream=True, **request)

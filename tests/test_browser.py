@@ -51,7 +51,8 @@ def page(studio_url):
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(
             executable_path=CHROMIUM if Path(CHROMIUM).is_file() else shutil.which("chromium"), headless=True,
-            args=["--no-sandbox", "--disable-background-networking", "--disable-dev-shm-usage"])
+            args=["--no-sandbox", "--disable-background-networking", "--disable-dev-shm-usage",
+                  "--autoplay-policy=no-user-gesture-required"])
         page = browser.new_page(viewport={"width": 1280, "height": 1600})
         page.goto(studio_url, wait_until="load", timeout=120_000)
         page.get_by_role("tab", name="Synthesize").wait_for(timeout=120_000)
@@ -80,6 +81,26 @@ def test_synthesize_plays_non_silent_audio(page, sled_run, artifacts):
         (artifacts / "synthesize.html").write_text(page.locator("#tts-output").inner_html())
     assert page.evaluate(PEAK_OF_AUDIO, AUDIO_FILE) > 0.001
     assert "stop_threshold" in page.locator("body").inner_text()  # the settings JSON is shown
+
+
+def test_stream_plays_a_streamed_synthesis(page, sled_run, artifacts):
+    """The Stream button through the served app: Gradio encodes the chunks with ffmpeg into a live
+    playlist, and the page's player plays it to the end."""
+    page.get_by_role("tab", name="Synthesize").click()
+    model = page.get_by_label("Model (a checkpoint name, or a checkpoint folder)")
+    model.fill(str(sled_run))
+    model.press("Enter")
+    page.get_by_label("Text", exact=True).fill("Streaming starts before the sentence is done.")
+    page.get_by_role("button", name="Stream", exact=True).click()
+    played = """() => Array.from(document.querySelectorAll('#tts-stream audio'))
+                     .some(a => a.duration > 0.3 && a.currentTime > 0.3)"""
+    try:
+        page.wait_for_selector("#tts-stream a[data-testid=download-link][href*='/stream/']", state="attached",
+                               timeout=120_000)
+        page.wait_for_function(played, timeout=120_000)
+    finally:
+        page.screenshot(path=str(artifacts / "stream.png"), full_page=True)
+    assert "Error" not in page.locator("#tts-stream").inner_text()
 
 
 def test_ab_vote_after_both_plays_updates_the_leaderboard(page, artifacts):

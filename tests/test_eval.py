@@ -235,3 +235,41 @@ def test_cli_eval_with_real_models_and_report(tmp_path, seen, capsys):
     assert "report.html" in capsys.readouterr().out
     assert main(["eval", "--manifest", str(seen), "--system", "gt", "--out", str(out)]) == 2
     assert "--resume" in capsys.readouterr().err
+
+
+def test_a_system_no_item_can_feed_is_refused_and_others_skip_what_they_cannot(tmp_path, seen):
+    """A codec on a text-only test set would report 'WER 1' for work it never did: refused up front.
+    Where only some items lack what a system needs, those items are left out, not failed."""
+    words = tmp_path / "words.jsonl"
+    words.write_text("".join(json.dumps({"id": f"w{k}", "text": "only words"}) + "\n" for k in range(2)))
+    with pytest.raises(ValueError, match="system 'vocoder' cannot run on this test set: none of its 2 items "
+                                         "has reference audio"):
+        run_eval(config(words, tmp_path / "run", systems=("vocoder",), metrics=["sisdr"]))
+    first = read_items(seen)[0]
+    mixed = tmp_path / "mixed.jsonl"
+    mixed.write_text(json.dumps({"id": "a", "text": "t", "path": str(first.reference)}) + "\n"
+                     + json.dumps({"id": "b", "text": "only words"}) + "\n")
+    run_eval(config(mixed, tmp_path / "mixed", systems=("vocoder",), metrics=["sisdr"], report=False))
+    assert {(r["key"], r["metric"]) for r in read_results(tmp_path / "mixed")} == {("a", "rtf"), ("a", "sisdr")}
+
+
+def test_a_failing_first_item_does_not_warm_up_the_timed_run(tmp_path, seen, monkeypatch):
+    from evaluation.systems import GENERATORS
+    from tests.conftest import tone
+
+    calls = []
+
+    def factory(device):
+        def generate(item):
+            calls.append(item.key)
+            if len(calls) == 1:
+                raise ValueError("the first call fails")
+            return tone(1.0), audio.SAMPLE_RATE
+
+        return generate
+
+    monkeypatch.setitem(GENERATORS, "flaky", factory)
+    run_eval(config(seen, tmp_path / "run", systems=("f=flaky",), metrics=[], limit=3, report=False))
+    keys = [item.key for item in read_items(seen)[:3]]
+    assert calls == [keys[0], keys[1], *keys]  # the warm-up moved on to the second item
+    assert all(r["values"] is not None for r in read_results(tmp_path / "run"))

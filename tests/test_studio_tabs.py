@@ -130,3 +130,37 @@ def test_latent_explorer_encodes_plots_and_plays_a_point(ab_config):
     assert Path(utterance_audio(run, choice)).is_file()
     with pytest.raises(ValueError, match="not a latent codec"):
         list(explore(ab_config, "set", ab_config.systems, 3, "vocoder", "lat2"))
+
+
+def test_cfg_lab_refuses_text_it_cannot_speak_before_running(tmp_path):
+    from studio.config import StudioConfig
+    from studio.tabs.cfg_lab import run_sweep
+
+    config = StudioConfig(data_dir=tmp_path, testsets={}, systems=[])
+    with pytest.raises(ValueError, match="no speakable words"):
+        list(run_sweep(config, "sled", "你好，世界。今天天气很好", None, None, "1, 2", 1, ["wer"]))
+    assert not (tmp_path / "cfg_lab").exists()  # nothing ran
+
+
+def test_ab_skips_a_system_that_fails_on_the_prompt_and_logs_it(ab_config, caplog):
+    """A pair is made before it is shown: a system that gives no audio is left out and logged."""
+    import numpy as np
+
+    from models import audio
+    from studio.tabs.listen import Arena
+
+    root = Path(ab_config.testsets["set"]).parent
+    broken = root / "broken"
+    broken.mkdir()
+    audio.save_audio(broken / "u0.wav", np.zeros(22050, np.float32))  # silent: refused when loaded
+    ab_config.systems = [*ab_config.systems, f"broken={broken}"]
+    arena = Arena(ab_config)
+    arena.rng = np.random.default_rng(0)
+    with caplog.at_level("WARNING"):
+        pairs = [arena.new_match("set", "u0 | tone 0") for _ in range(8)]
+    assert all({m["a"], m["b"]} == {"gt", "other"} for m in pairs)
+    assert all(Path(p).is_file() for m in pairs for p in m["paths"])
+    assert any("broken gave no audio for set/u0" in record.getMessage() for record in caplog.records)
+    ab_config.systems = ["gt", f"broken={broken}"]
+    with pytest.raises(ValueError, match="no pair could be made"):
+        Arena(ab_config).new_match("set", "u0 | tone 0")

@@ -123,7 +123,8 @@ def build() -> None:
                     stream = gr.Button("Stream")
             with gr.Column():
                 result = gr.Audio(label="Speech", type="numpy", interactive=False, elem_id="tts-output")
-                streamed = gr.Audio(label="Streamed speech", streaming=True, autoplay=True, interactive=False)
+                streamed = gr.Audio(label="Streamed speech", streaming=True, autoplay=True, interactive=False,
+                                    elem_id="tts-stream")
                 settings = gr.JSON(label="Settings used (seed, RTF, ...)")
         mel = gr.Plot(label="Mel spectrogram")
         inputs = [model, text, reference, reference_text, cfg, seed, randomize, *sliders]

@@ -1,0 +1,143 @@
+"""The served studio as a visitor and an attacker see it (loopback HTTP and gradio_client): what
+it serves, what it reads, how it refuses, and that a refusal keeps the visitor's state."""
+
+import re
+import urllib.error
+import urllib.parse
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from models import audio
+from tests.conftest import tone
+
+
+@pytest.fixture(scope="module")
+def studio(tmp_path_factory):
+    """A served studio over three tone prompts (two file-backed A/B systems, no model runs), with a
+    1 MB upload limit; and a 'secret' recording outside every folder the studio may read."""
+    from studio.bench import served, tone_testset
+
+    config = tone_testset(tmp_path_factory.mktemp("served"), prompts=3)
+    config.max_upload_mb = 1.0
+    secret = tmp_path_factory.mktemp("private") / "secret.wav"
+    audio.save_audio(secret, tone(1.0))
+    with served(config) as url:
+        yield url, config, secret
+
+
+@pytest.fixture
+def client(studio):
+    from gradio_client import Client
+
+    return Client(studio[0], verbose=False)
+
+
+def status_of(url: str) -> int:
+    try:
+        with urllib.request.urlopen(url, timeout=30) as response:
+            return response.status
+    except urllib.error.HTTPError as error:
+        return error.code
+
+
+def file_url(base: str, path: Path) -> str:
+    return f"{base}gradio_api/file={urllib.parse.quote(str(path))}"
+
+
+def test_the_data_folder_and_the_vote_store_are_not_served(studio, client):
+    url, config, _ = studio
+    client.predict("tones", "(random prompt)", api_name="/ab_new_pair")  # the store and clip cache exist now
+    votes = config.data_dir / "arena" / "votes.sqlite"
+    clips = sorted((config.data_dir / "arena" / "clips").rglob("*.wav"))
+    assert votes.is_file() and clips
+    for private in (votes, clips[0]):
+        assert status_of(file_url(url, private)) == 403
+    assert status_of(file_url(url, Path(audio.__file__))) == 403  # nor the server's code
+
+
+def test_ab_clips_have_opaque_names(studio, client):
+    a, b = client.predict("tones", "u1 | tone 1", api_name="/ab_new_pair")[:2]
+    for path in (a, b):
+        assert re.fullmatch(r"[0-9a-f]{32}\.wav", Path(path).name), path  # no system or prompt in the name
+        assert audio.load_audio(path).size > 0
+
+
+def test_a_manifest_or_system_naming_server_paths_is_refused_alike(studio, client, tmp_path):
+    from gradio_client import handle_file
+
+    _, _, secret = studio
+    messages = []
+    for target in (secret, secret.parent / "missing.wav", Path("/etc/shadow")):
+        manifest = tmp_path / f"leak-{len(messages)}.lst"
+        manifest.write_text(f"x|a|{target}|some words|{target}\n")
+        with pytest.raises(Exception, match="outside the folders this studio reads") as error:
+            client.predict(None, handle_file(str(manifest)), studio[1].systems, "", ["stoi"], 1, "", False,
+                           api_name="/evaluate")
+        messages.append(str(error.value).replace(str(target), "PATH"))
+    assert len(set(messages)) == 1  # whether the file exists, is missing or unreadable: the same line
+    with pytest.raises(Exception, match="outside the folders this studio reads"):
+        client.predict("tones", None, ["gt"], f"leak={secret.parent}", ["stoi"], 1, "", False, api_name="/evaluate")
+
+
+def test_uploads_over_the_limit_are_refused(client, tmp_path):
+    from gradio_client import handle_file
+
+    big = tmp_path / "big.wav"
+    audio.save_audio(big, tone(30.0))  # 1.3 MB of 16-bit audio, over the 1 MB limit
+    with pytest.raises(Exception, match="(?i)size|large|413"):
+        client.predict(handle_file(str(big)), "vocoder", api_name="/resynthesize")
+
+
+def test_errors_reach_api_clients_and_keep_the_pair(studio, client):
+    with pytest.raises(Exception, match="Start a comparison"):
+        client.predict(api_name="/ab_vote_A")  # a refused vote reaches the client with its reason...
+    client.predict("tones", "u2 | tone 2", api_name="/ab_new_pair")
+    with pytest.raises(Exception, match="Play both clips"):
+        client.predict(api_name="/ab_vote_A")
+    client.predict(api_name="/ab_played_a")
+    client.predict(api_name="/ab_played_b")
+    status = client.predict(api_name="/ab_vote_B")[0]  # ...and the pair survived the refusal
+    assert "Vote stored" in status and "u2" in status
+
+
+def test_blank_run_names_are_unique_per_request(studio, client):
+    names = []
+    for _ in range(2):  # two visitors with the default (blank) name: neither is refused
+        result = client.predict("tones", None, studio[1].systems, "", ["stoi"], 1, "", False, api_name="/evaluate")
+        assert "Done" in result[1]
+        names.append(result[-1])
+    assert names[0] != names[1] and all(name.startswith("run-") for name in names)
+    assert not any(str(studio[1].data_dir) in str(part) for part in result)  # no server path in what is shown
+
+
+def test_the_default_systems_fit_the_test_set(studio):
+    from studio.tabs.evaluate import applicable_systems
+
+    config = studio[1]
+    text_only = Path(config.data_dir).parent / "words.jsonl"
+    text_only.write_text('{"id": "w0", "text": "only words"}\n')
+    config.testsets["words"] = str(text_only)
+    try:
+        assert applicable_systems(config, "tones") == config.systems
+        assert applicable_systems(config, "words") == []  # neither system can speak text
+    finally:
+        del config.testsets["words"]
+
+
+def test_a_header_too_long_is_refused_before_decoding(tmp_path, monkeypatch):
+    """The duration comes from the header: a long file is refused without reading its samples."""
+    import soundfile as sf
+
+    long = tmp_path / "long.wav"
+    with sf.SoundFile(long, "w", samplerate=8000, channels=1, subtype="PCM_16") as f:
+        f.write(np.zeros(8000 * 70, np.int16))
+
+    def no_decoding(*args, **kwargs):
+        raise AssertionError("the samples were decoded")
+
+    monkeypatch.setattr(sf, "read", no_decoding)
+    with pytest.raises(audio.AudioError, match="70.0 s long; the limit is 60 s"):
+        audio.load_audio(long)

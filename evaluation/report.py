@@ -15,6 +15,7 @@ import io
 import json
 import math
 import os
+import re
 from collections import Counter, defaultdict
 from pathlib import Path
 
@@ -119,6 +120,9 @@ def read_meta(out: str | os.PathLike) -> list[dict]:
     return [json.loads(p.read_text()) for p in sorted((Path(out) / "results").glob("shard-*.meta.json"))]
 
 
+_SERVER_PATH = re.compile(r"(?:/[^\s/:'\"]+){2,}")  # an absolute path of two or more parts
+
+
 def nan_reasons(rows: list[dict]) -> list[dict]:
     counter = Counter((r["system"], r["metric"], r.get("reason", "?")) for r in rows if r["values"] is None)
     return [{"system": s, "metric": m, "reason": reason, "count": n} for (s, m, reason), n in counter.most_common()]
@@ -138,8 +142,10 @@ def card_metrics(out: str | os.PathLike, system: str, label: str) -> dict:
     return metrics
 
 
-def write_report(out: str | os.PathLike, seed: int = 0) -> list[Path]:
-    """Write report.csv, report.json and report.html into the run folder; returns their paths."""
+def write_report(out: str | os.PathLike, seed: int = 0, public: bool = False) -> list[Path]:
+    """Write report.csv, report.json and report.html into the run folder; returns their paths.
+    A public report's HTML (the studio serves it to visitors) leaves out what only the server's
+    operator should see: command lines, commit, hardware, server paths and metric model files."""
     out = Path(out)
     rows = latest_rows(read_results(out))
     if not rows:
@@ -163,7 +169,7 @@ def write_report(out: str | os.PathLike, seed: int = 0) -> list[Path]:
     document = {"meta": meta, "aggregates": table, "nan_reasons": nan_reasons(rows),
                 "latents": {codec: stats for codec, (stats, _) in latents.items()}}
     paths.append(write_text_atomic(out / "report.json", json.dumps(_finite(document), indent=1) + "\n"))
-    paths.append(write_text_atomic(out / "report.html", _html(out, rows, table, meta, latents)))
+    paths.append(write_text_atomic(out / "report.html", _html(out, rows, table, meta, latents, public)))
     paths.append(write_text_atomic(out / "report.md", markdown(table)))
     return paths
 
@@ -247,7 +253,8 @@ def figures(rows: list[dict], table: list[dict], columns: list[str] | None = Non
     return figures
 
 
-def _html(out: Path, rows: list[dict], table: list[dict], meta: list[dict], latents: dict) -> str:
+def _html(out: Path, rows: list[dict], table: list[dict], meta: list[dict], latents: dict,
+          public: bool = False) -> str:
     first = meta[0] if meta else {}
     models = {}
     for m in meta:
@@ -264,6 +271,12 @@ def _html(out: Path, rows: list[dict], table: list[dict], meta: list[dict], late
         ["shards", html.escape(", ".join(m.get("shard", "?") for m in meta))],
         ["started / finished", html.escape(f"{first.get('started')} / {meta[-1].get('finished', 'unfinished') if meta else '?'}")],
     ]
+    if public:
+        private = {"git commit", "commands", "hardware"}
+        header_rows = [row for row in header_rows if row[0] not in private]
+        header_rows[0:2] = [["manifest", html.escape(Path(str(first.get("manifest"))).name)],
+                            ["systems", html.escape(", ".join(first.get("systems", {})))]]
+        models = {}
     for name, info in sorted(models.items()):
         header_rows.append([f"metric {html.escape(name)}",
                             "<br>".join(f"{html.escape(k)}: {html.escape(str(v))}" for k, v in info.items())])
@@ -273,6 +286,7 @@ def _html(out: Path, rows: list[dict], table: list[dict], meta: list[dict], late
                                 f"{timing['units']} in {timing['seconds']} s = {timing['units_per_minute']} per minute"])
     for m in meta:
         for name, reason in m.get("skipped", {}).items():
+            reason = _SERVER_PATH.sub(lambda m: Path(m.group(0)).name, reason) if public else reason
             header_rows.append([f"skipped {html.escape(name)}", html.escape(reason)])
 
     overall = [e for e in table if e["speaker"] == "all"]
@@ -305,6 +319,8 @@ def _html(out: Path, rows: list[dict], table: list[dict], meta: list[dict], late
                 per_speaker.append(cells)
 
     reasons = nan_reasons(rows)
+    if public:  # a reason may quote a server path: keep only its file name
+        reasons = [{**r, "reason": _SERVER_PATH.sub(lambda m: Path(m.group(0)).name, r["reason"])} for r in reasons]
     latent_html = []
     for codec, (stats, figs) in latents.items():
         body = [[html.escape(name), str(entry["utterances"]), str(entry["frames"]),

@@ -54,6 +54,7 @@ class RunConfig:
     options: dict = field(default_factory=dict)  # asr, latent_codec, ... passed to metric factories
     seed: int = 0
     report: bool = True
+    public_report: bool = False  # the report's HTML without commands, commit, hardware or paths (studio)
 
 
 def parse_shard(text: str | None) -> tuple[int, int]:
@@ -297,5 +298,5 @@ def run_eval(config: RunConfig, argv: list[str] | None = None) -> dict:
     if config.report:
         from evaluation.report import write_report
 
-        summary["report"] = [str(p) for p in write_report(out, seed=config.seed)]
+        summary["report"] = [str(p) for p in write_report(out, seed=config.seed, public=config.public_report)]
     return summary

@@ -46,7 +46,7 @@ def load_audio(
         raise AudioError(f"Audio file not found: {path}")
     try:
         header = sf.info(path)
-    except Exception:  # not a format soundfile knows; librosa gets its turn below
+    except RuntimeError:  # not a format soundfile knows (LibsndfileError); librosa gets its turn below
         header = None
     if header is not None and max_seconds is not None and header.duration > max_seconds:  # before decoding
         raise AudioError(f"{path.name} is {header.duration:.1f} s long; the limit is {max_seconds:.0f} s")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gradio as gr
 
+from studio.common import SERVED_MAX_AGE_S
 from studio.config import StudioConfig
 from studio.tabs import cfg_lab, evaluate, latents, listen, resynthesis, synthesize
 
@@ -18,7 +19,7 @@ QUEUE_CONCURRENCY = 2  # two workers: one generation per CPU core
 
 def build_app(config: StudioConfig | None = None) -> gr.Blocks:
     config = config or StudioConfig()
-    with gr.Blocks(title=TITLE) as demo:
+    with gr.Blocks(title=TITLE, delete_cache=(3600, SERVED_MAX_AGE_S)) as demo:
         gr.Markdown(INTRO)
         with gr.Tabs():
             synthesize.build()

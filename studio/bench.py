@@ -5,6 +5,7 @@ directly, and the A/B vote store under concurrent voters on loopback."""
 from __future__ import annotations
 
 import json
+import shutil
 import socket
 import statistics
 import subprocess
@@ -162,4 +163,116 @@ def arena_load(voters: int = 20, votes: int = 5, prompts: int = 4) -> dict:
             "wall_s": round(wall, 2), "votes_per_s": round(len(rows) / wall, 2),
             "vote_latency_p50_s": round(float(np.percentile(latencies, 50)), 3) if latencies else None,
             "vote_latency_p95_s": round(float(np.percentile(latencies, 95)), 3) if latencies else None,
+            "hardware": hardware()}
+
+
+# The main action of each tab, called with the values its widgets start with.
+TAB_ACTIONS = ("synthesize", "synthesize_stream", "ab_new_pair", "cfg_sweep", "evaluate", "latents", "resynthesize")
+
+
+def tab_defaults(config: StudioConfig | None = None) -> dict:
+    """Every tab's main action through the served studio with its starting values, plus the
+    Synthesize and Resynthesis examples: whether each gives a result, what, and in how long."""
+    import gradio as gr
+    from gradio_client import Client, handle_file
+
+    from studio.app import build_app
+    from studio.tabs.resynthesis import EXAMPLE
+    from studio.tabs.synthesize import EXAMPLE_REFERENCE, EXAMPLE_REFERENCE_TEXT
+
+    config = config or StudioConfig(data_dir=Path(tempfile.mkdtemp(prefix="studio-defaults-")))
+    starting = {fn.api_name: [component.value for component in fn.inputs if not isinstance(component, gr.State)]
+                for fn in build_app(config).fns.values() if fn.api_name in TAB_ACTIONS}
+    calls = [(name, starting[name]) for name in TAB_ACTIONS]
+    example = list(starting["synthesize"])
+    example[2:4] = [handle_file(str(EXAMPLE_REFERENCE)), EXAMPLE_REFERENCE_TEXT]
+    calls.insert(2, ("synthesize (example reference)", example))
+    calls[-1] = ("resynthesize (example)", [handle_file(str(EXAMPLE)), *starting["resynthesize"][1:]])
+    results = []
+    with served(config) as url:
+        client = Client(url, verbose=False)
+        for label, values in calls:
+            start = time.perf_counter()
+            try:
+                output = client.predict(*values, api_name="/" + label.split(" ")[0])
+                entry = {"result": _summary(output)}
+            except Exception as error:  # what a visitor would see instead of a result
+                entry = {"error": str(error)[:300]}
+            results.append({"action": label, "ok": "error" not in entry,
+                            "seconds": round(time.perf_counter() - start, 1), **entry})
+    return {"testsets": list(config.testsets), "systems": config.systems, "actions": results,
+            "all_ok": all(r["ok"] for r in results), "hardware": hardware()}
+
+
+def _summary(output) -> list:
+    """A short, JSON-safe description of an API answer: audio durations, status lines, sizes."""
+    parts = output if isinstance(output, (list, tuple)) else [output]
+    summary = []
+    for part in parts:
+        if isinstance(part, str) and Path(part).suffix in (".wav", ".mp3", ".aac", ".ogg") and Path(part).is_file():
+            summary.append(f"audio {len(audio.load_audio(part, max_seconds=None)) / audio.SAMPLE_RATE:.2f} s")
+        elif isinstance(part, str) and len(part) < 300:
+            summary.append(part)
+        elif isinstance(part, dict) and "rtf" in part:
+            summary.append({k: part[k] for k in ("seed", "frames", "seconds", "rtf") if k in part})
+    return summary
+
+
+def upload_limit(size_mb: float = 460.0) -> dict:
+    """A `size_mb` WAV uploaded to a fresh `speech-studio serve` (Resynthesis tab): the answer, how
+    long it took, and the server's peak memory (Linux VmHWM) before and after."""
+    import httpx
+    import soundfile as sf
+    from gradio_client import Client, handle_file
+
+    def peak_mb(pid: int) -> float:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+        return float("nan")
+
+    root = Path(tempfile.mkdtemp(prefix="studio-upload-"))
+    big = root / "big.wav"
+    frames = int(size_mb * 2**20 / 4)  # 16-bit stereo
+    with sf.SoundFile(big, "w", samplerate=44100, channels=2, subtype="PCM_16") as out:  # low noise, in blocks
+        block = (np.random.default_rng(0).standard_normal((441000, 2)) * 0.05).astype(np.float32)
+        for start in range(0, frames, len(block)):
+            out.write(block[:frames - start])
+    port = free_port()
+    process = subprocess.Popen([sys.executable, "-m", "studio", "serve", "--port", str(port), "--data",
+                                str(root / "data")], cwd=REPO_ROOT, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL)
+    try:
+        client = None
+        for _ in range(600):
+            try:
+                client = Client(f"http://127.0.0.1:{port}/", verbose=False)
+                break
+            except Exception:
+                time.sleep(0.5)
+        if client is None:
+            raise RuntimeError("the studio did not start")
+        before = peak_mb(process.pid)
+        start = time.perf_counter()
+        try:  # the page's own client checks the limit before sending
+            client.predict(handle_file(str(big)), "vocoder", api_name="/resynthesize")
+            answer = "accepted"
+        except Exception as error:
+            answer = str(error)[:300]
+        seconds = time.perf_counter() - start
+        start = time.perf_counter()
+        with big.open("rb") as f:  # a raw upload that skips that check: the server must refuse it too
+            response = httpx.post(f"http://127.0.0.1:{port}/gradio_api/upload", files={"files": ("big.wav", f)},
+                                  timeout=600)
+        raw = {"status": response.status_code, "body": response.text[:200],
+               "seconds": round(time.perf_counter() - start, 2)}
+        after = peak_mb(process.pid)
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+        size = big.stat().st_size
+        shutil.rmtree(root, ignore_errors=True)
+    return {"file_mb": round(size / 2**20, 1), "answer": answer, "seconds": round(seconds, 2),
+            "raw_http_upload": raw,
+            "server_peak_mb_before": round(before, 1), "server_peak_mb_after": round(after, 1),
             "hardware": hardware()}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import sys
 from pathlib import Path
@@ -29,10 +30,9 @@ def _number(kind: type, low: float | None = None, high: float | None = None):
         except ValueError:
             raise argparse.ArgumentTypeError(f"must be {'a whole number' if kind is int else 'a number'}, "
                                              f"not {text!r}") from None
-        if value != value or value in (float("inf"), float("-inf")) or (low is not None and value < low) \
-                or (high is not None and value > high):
+        if (kind is float and not math.isfinite(value)) or (low is not None and value < low) or (high is not None and value > high):
             bounds = f"at least {show(low)}" if high is None else f"between {show(low)} and {show(high)}"
-            raise argparse.ArgumentTypeError(f"must be {bounds}, not {text}")
+            raise argparse.ArgumentTypeError(f"must be {bounds}, not {text[:40]}")
         return value
 
     return parse
@@ -110,6 +110,14 @@ def _bench(args: argparse.Namespace) -> int:
         from studio import bench as studio_bench
 
         result = studio_bench.arena_load(voters=args.voters, votes=args.votes)
+    elif args.target == "defaults":
+        from studio import bench as studio_bench
+
+        result = studio_bench.tab_defaults()
+    elif args.target == "upload":
+        from studio import bench as studio_bench
+
+        result = studio_bench.upload_limit(args.size_mb)
     else:
         result = bench.bench_vocoder(args.input or ASSETS / "audio" / "arctic_a0007.wav", repeats=args.repeats,
                                      precision=args.precision)
@@ -360,10 +368,12 @@ def build_parser() -> argparse.ArgumentParser:
     report.set_defaults(run=_report)
 
     bench = commands.add_parser("bench", help="measure speed and quality, print JSON")
-    bench.add_argument("target", choices=["vocoder", "tts", "codec", "studio", "arena"],
+    bench.add_argument("target", choices=["vocoder", "tts", "codec", "studio", "arena", "defaults", "upload"],
                        help="vocoder, tts: speed and quality; codec: encoder vs decoder headroom of a latent codec "
                        "(--model CODEC --manifest LST); studio: launch time and "
-                       "UI vs pipeline latency; arena: the A/B vote store under concurrent voters")
+                       "UI vs pipeline latency; arena: the A/B vote store under concurrent voters; defaults: every "
+                       "tab's main action with its starting values through the served studio; upload: a large "
+                       "upload against the size limit, with the server's peak memory")
     bench.add_argument("--manifest", help="codec: an eval manifest whose reference recordings are reconstructed")
     bench.add_argument("--per-speaker", type=_number(int, 1, None), default=2,
                        help="codec: recordings per speaker")
@@ -371,6 +381,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--precision", choices=["fp32", "bf16"], default="fp32", help="vocoder: synthesis precision")
     bench.add_argument("--model", help="tts, studio: a TTS checkpoint name or folder (default sled); "
                        "codec: a codec checkpoint (default flow_vae)")
+    bench.add_argument("--size-mb", type=_number(float, 1, 4096), default=460.0, help="upload: file size")
     bench.add_argument("--voters", type=_number(int, 1, 200), default=20, help="arena: concurrent voters")
     bench.add_argument("--votes", type=_number(int, 1, 1000), default=5, help="arena: votes per voter")
     bench.add_argument("--text", help="tts: one sentence to speak instead of the built-in five")

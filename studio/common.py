@@ -7,6 +7,7 @@ import inspect
 import shutil
 import tempfile
 import threading
+import time
 import uuid
 from pathlib import Path
 from typing import Callable, Iterator
@@ -50,12 +51,22 @@ def user_errors(fn: Callable) -> Callable:
     return wrapper
 
 
+SERVED_MAX_AGE_S = 24 * 3600  # served copies (and Gradio's cached ones, see studio.app) older than this go
+
+
 def served_copy(path: str | Path) -> str:
     """A copy of a file the studio made, under an opaque name in a private temp folder, for a
     component to serve. The studio's data folder is never served itself (votes, metadata and
     system-named clips stay private), so every file shown to a visitor goes through here."""
     source = Path(path)
-    target = _served_folder() / f"{uuid.uuid4().hex}{source.suffix.lower()}"
+    folder = _served_folder()
+    for old in folder.iterdir():  # Gradio has long since copied these into its own cache
+        try:
+            if time.time() - old.stat().st_mtime > SERVED_MAX_AGE_S:
+                old.unlink()
+        except FileNotFoundError:  # another worker removed it first
+            pass
+    target = folder / f"{uuid.uuid4().hex}{source.suffix.lower()}"
     shutil.copyfile(source, target)
     return str(target)
 

@@ -111,6 +111,10 @@ def test_blank_run_names_are_unique_per_request(studio, client):
         names.append(result[-1])
     assert names[0] != names[1] and all(name.startswith("run-") for name in names)
     assert not any(str(studio[1].data_dir) in str(part) for part in result)  # no server path in what is shown
+    files = [p for part in result if isinstance(part, (list, tuple)) for p in part if str(p).endswith(".html")]
+    page = Path(files[0]).read_text()
+    assert "stoi" in page and "tones.jsonl" in page  # the results and the test set's name...
+    assert str(studio[1].data_dir.parent) not in page and "git commit" not in page  # ...no paths, no metadata
 
 
 def test_the_default_systems_fit_the_test_set(studio):

@@ -120,7 +120,7 @@ def test_latent_explorer_encodes_plots_and_plays_a_point(ab_config):
     from studio.tabs.latents import explore, utterance_audio, views
 
     updates = list(explore(ab_config, "set", ab_config.systems, 3, "flow_vae", "lat", progress=lambda *a, **k: None))
-    status, stats, menu, figure, utterances, run, name = updates[-1]
+    status, stats, menu, figure, utterances, run, _name = updates[-1]
     assert "6 utterances encoded" in status
     assert sorted(stats["system"]) == ["gt", "other"] and stats["energy distance to gt"].notna().sum() == 1
     titles = menu["choices"]

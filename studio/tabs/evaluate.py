@@ -120,13 +120,19 @@ def plan(config: StudioConfig, testset: str | None, upload: str | None, systems:
         out.mkdir(parents=True, exist_ok=True)
         manifest = out / f"manifest{suffix}"
         shutil.copyfile(upload, manifest)
-        check_manifest_audio(config, manifest)
+        try:
+            check_manifest_audio(config, manifest)  # paths resolve from where the manifest now lies
+        except ValueError:
+            manifest.unlink()
+            if not any(out.iterdir()):
+                out.rmdir()
+            raise
     elif testset in config.testsets:
         manifest = Path(config.testsets[testset])
     else:
         raise ValueError("Choose a test set or upload a manifest")
     return RunConfig(manifest=str(manifest), systems=parsed, metrics=list(metrics), out=str(out),
-                     resume=bool(resume), limit=int(limit))
+                     resume=bool(resume), limit=int(limit), public_report=True)
 
 
 def evaluate(config: StudioConfig, testset, upload, systems, extra, metrics, limit, name, resume,

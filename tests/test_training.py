@@ -153,6 +153,6 @@ def test_cli_train_export_and_reconstruct(mini, tmp_path, arctic_path, capsys):
     out = tmp_path / "rec.wav"
     assert main(["codec", "reconstruct", str(arctic_path), str(out), "--codec", str(run / "export")]) == 0
     assert out.is_file()
-    assert main(["codec", "reconstruct", str(arctic_path), str(out), "--codec", "nope"]) == 2
+    assert main(["codec", "reconstruct", str(arctic_path), str(tmp_path / "other.wav"), "--codec", "nope"]) == 2
     assert "unknown codec 'nope'" in capsys.readouterr().err
     assert main(["train", "flow_vae", "--config", str(TINY), "--data", str(tmp_path), "--out", str(run)]) == 2

@@ -67,13 +67,18 @@ def artifacts(tmp_path) -> Path:
     return folder
 
 
-def test_synthesize_plays_non_silent_audio(page, sled_run, artifacts):
+def synthesize_with(page, model_folder, text: str, button: str) -> None:
+    """On the Synthesize tab: type a checkpoint folder as the model, the text, and press `button`."""
     page.get_by_role("tab", name="Synthesize").click()
     model = page.get_by_label("Model (a checkpoint name, or a checkpoint folder)")
-    model.fill(str(sled_run))
+    model.fill(str(model_folder))
     model.press("Enter")
-    page.get_by_label("Text", exact=True).fill("Hello there, this is a browser test.")
-    page.get_by_role("button", name="Synthesize", exact=True).click()
+    page.get_by_label("Text", exact=True).fill(text)
+    page.get_by_role("button", name=button, exact=True).click()
+
+
+def test_synthesize_plays_non_silent_audio(page, sled_run, artifacts):
+    synthesize_with(page, sled_run, "Hello there, this is a browser test.", "Synthesize")
     try:
         page.wait_for_selector(AUDIO_FILE, state="attached", timeout=120_000)
     finally:
@@ -86,12 +91,7 @@ def test_synthesize_plays_non_silent_audio(page, sled_run, artifacts):
 def test_stream_plays_a_streamed_synthesis(page, sled_run, artifacts):
     """The Stream button through the served app: Gradio encodes the chunks with ffmpeg into a live
     playlist, and the page's player plays it to the end."""
-    page.get_by_role("tab", name="Synthesize").click()
-    model = page.get_by_label("Model (a checkpoint name, or a checkpoint folder)")
-    model.fill(str(sled_run))
-    model.press("Enter")
-    page.get_by_label("Text", exact=True).fill("Streaming starts before the sentence is done.")
-    page.get_by_role("button", name="Stream", exact=True).click()
+    synthesize_with(page, sled_run, "Streaming starts before the sentence is done.", "Stream")
     played = """() => Array.from(document.querySelectorAll('#tts-stream audio'))
                      .some(a => a.duration > 0.3 && a.currentTime > 0.3)"""
     try:

@@ -82,13 +82,17 @@ def test_a_manifest_or_system_naming_server_paths_is_refused_alike(studio, clien
         client.predict("tones", None, ["gt"], f"leak={secret.parent}", ["stoi"], 1, "", False, api_name="/evaluate")
 
 
-def test_uploads_over_the_limit_are_refused(client, tmp_path):
+def test_uploads_over_the_limit_are_refused(studio, client, tmp_path):
+    import httpx
     from gradio_client import handle_file
 
     big = tmp_path / "big.wav"
     audio.save_audio(big, tone(30.0))  # 1.3 MB of 16-bit audio, over the 1 MB limit
     with pytest.raises(Exception, match="(?i)size|large|413"):
         client.predict(handle_file(str(big)), "vocoder", api_name="/resynthesize")
+    with big.open("rb") as f:  # a raw upload, past the page's own check: the server refuses it too
+        response = httpx.post(f"{studio[0]}gradio_api/upload", files={"files": ("big.wav", f)}, timeout=60)
+    assert response.status_code == 413
 
 
 def test_errors_reach_api_clients_and_keep_the_pair(studio, client):

@@ -130,6 +130,13 @@ def test_latent_explorer_encodes_plots_and_plays_a_point(ab_config):
     assert Path(utterance_audio(run, choice)).is_file()
     with pytest.raises(ValueError, match="not a latent codec"):
         list(explore(ab_config, "set", ab_config.systems, 3, "vocoder", "lat2"))
+    # the same run name again, asking for less: only what was asked for is shown, not the earlier run's
+    status, stats, _, _, utterances, run, _ = list(explore(ab_config, "set", ["gt"], 1, "flow_vae", "lat",
+                                                           progress=lambda *a, **k: None))[-1]
+    assert "1 utterances encoded" in status and stats["system"].tolist() == ["gt"]
+    assert utterances["choices"] == ["gt | u0"]
+    with pytest.raises(ValueError, match="no utterance"):
+        utterance_audio(run, "other | u0")
 
 
 def test_cfg_lab_refuses_text_it_cannot_speak_before_running(tmp_path):

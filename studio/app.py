@@ -22,7 +22,7 @@ def build_app(config: StudioConfig | None = None) -> gr.Blocks:
     with gr.Blocks(title=TITLE, delete_cache=(3600, SERVED_MAX_AGE_S)) as demo:
         gr.Markdown(INTRO)
         with gr.Tabs():
-            synthesize.build()
+            synthesize.build(config)
             listen.build(config)
             cfg_lab.build(config)
             evaluate.build(config)

@@ -64,6 +64,7 @@ def _serve(args: argparse.Namespace) -> int:
         config.testsets = dict(_named(spec, "--testset") for spec in args.testset)
     if args.system:
         config.systems = args.system
+    config.model_roots = args.model_folder or []
     launch(build_app(config), host=args.host, port=args.port, share=args.share)
     return 0
 
@@ -263,6 +264,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--system", action="append", metavar="SPEC",
                        help="systems of the A/B test and the Evaluate menu, as `eval --system` (repeatable; "
                        "default: gt, vocoder, every checkpoint)")
+    serve.add_argument("--model-folder", action="append", metavar="DIR",
+                       help="a folder (beyond assets/) whose checkpoint folders visitors may type as a model "
+                       "(repeatable)")
     serve.set_defaults(run=_serve)
 
     vocode = commands.add_parser("vocode", help="analysis-resynthesis through the shared HiFi-GAN vocoder")

@@ -35,6 +35,8 @@ class StudioConfig:
     eval_max_items: int = 50  # the Evaluate tab refuses larger runs (the CLI has no limit)
     # Uploads above this are refused by the server before anything decodes them.
     max_upload_mb: float = 50.0
+    # Folders beyond assets/ where a visitor may name a checkpoint folder (the model boxes).
+    model_roots: list[str] = field(default_factory=list)
 
     def __post_init__(self):
         self.data_dir = Path(self.data_dir)
@@ -42,8 +44,15 @@ class StudioConfig:
     def readable_roots(self) -> list[Path]:
         """The allow-list of folders a visitor's manifest, system folder or checkpoint path may name:
         the studio's data folder, the shipped assets, and the folders of the configured test sets."""
-        return [self.data_dir.resolve(), ASSETS.resolve(),
+        return [self.data_dir.resolve(), ASSETS.resolve(), *(Path(root).resolve() for root in self.model_roots),
                 *(testset_root(manifest) for manifest in self.testsets.values())]
+
+    def check_model(self, model: str | None) -> None:
+        """A model box's value must be a checkpoint name or a folder under `readable_roots`."""
+        from models import registry
+
+        if model and model not in registry.list_checkpoints():
+            self.check_readable(model, "model folder")
 
     def check_readable(self, path: str | os.PathLike, what: str) -> Path:
         """`path` resolved, if it lies under `readable_roots`; otherwise one line that is the same

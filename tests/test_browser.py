@@ -32,14 +32,15 @@ async (selector) => {
 
 
 @pytest.fixture(scope="module")
-def studio_url(tmp_path_factory):
+def studio_url(tmp_path_factory, sled_run):
     """The studio with the built-in test sets plus three tone prompts whose two A/B systems
-    are files (no model runs)."""
+    are files (no model runs); the tiny SLED's folder may be typed as a model."""
     from studio.bench import served, tone_testset
     from studio.config import default_testsets
 
     config = tone_testset(tmp_path_factory.mktemp("browser"), prompts=3)
     config.testsets.update(default_testsets())
+    config.model_roots = [str(sled_run)]
     with served(config) as url:
         yield url
 

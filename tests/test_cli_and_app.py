@@ -125,7 +125,7 @@ def test_readme_api_example_synthesizes(sled_run):
     from studio.bench import served
     from studio.config import StudioConfig
 
-    with served(StudioConfig(testsets={}, systems=[])) as url:
+    with served(StudioConfig(testsets={}, systems=[], model_roots=[str(sled_run)])) as url:
         client = Client(url, verbose=False)
         wav_path, mel, settings, seed = client.predict(
             str(sled_run), "The birch canoe slid on the smooth planks.", None, "", 2.0, 0, False,

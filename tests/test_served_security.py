@@ -149,3 +149,10 @@ def test_a_header_too_long_is_refused_before_decoding(tmp_path, monkeypatch):
     monkeypatch.setattr(sf, "read", no_decoding)
     with pytest.raises(audio.AudioError, match="70.0 s long; the limit is 60 s"):
         audio.load_audio(long)
+
+
+def test_a_model_box_naming_a_server_folder_is_refused(client, studio):
+    _, _, secret = studio
+    for folder in (secret.parent, "/etc", "/no/such/folder"):
+        with pytest.raises(Exception, match="model folder .* is outside the folders this studio reads"):
+            client.predict(str(folder), "Hello.", None, "", 2.0, 0, False, api_name="/synthesize")

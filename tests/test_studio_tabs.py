@@ -98,7 +98,7 @@ def test_cfg_lab_sweeps_scales_and_seeds_through_the_bench(sled_run, arctic_path
     from studio.config import StudioConfig
     from studio.tabs.cfg_lab import cell_label, run_sweep
 
-    config = StudioConfig(data_dir=tmp_path, testsets={}, systems=[])
+    config = StudioConfig(data_dir=tmp_path, testsets={}, systems=[], model_roots=[str(sled_run)])
     updates = list(run_sweep(config, str(sled_run), "Guidance changes speech.", str(arctic_path),
                              "author of the danger trail, philip steels, etc", "2, 1", 2, ["sim"],
                              progress=lambda *a, **k: None))

@@ -31,6 +31,7 @@ def run_sweep(config: StudioConfig, model: str | None, text: str, reference: str
     """Yields (status, grid rows, curve points, figure, CSV) while running and when done."""
     if not model:
         raise ValueError("Choose a TTS model")
+    config.check_model(model)
     pipelines.tts_kind(model)  # a clear error for anything else
     if not metrics:
         raise ValueError("Choose at least one metric")

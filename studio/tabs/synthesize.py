@@ -12,6 +12,7 @@ import numpy as np
 from models import audio, pipelines
 from models.registry import ASSETS, pick_device
 from studio.common import gpu, mel_figure, reference_voice, to_gradio_audio, tts_model_menu, user_errors
+from studio.config import StudioConfig
 
 EXAMPLE_TEXTS = [
     "The birch canoe slid on the smooth planks.",
@@ -97,7 +98,7 @@ def visible_controls(model: str | None):
     return updates[0] if len(updates) == 1 else updates  # Gradio reads one output's value as is
 
 
-def build() -> None:
+def build(config: StudioConfig) -> None:
     specs = {name: spec for controls in pipelines.sampling_controls().values() for name, spec in controls.items()}
     with gr.Tab("Synthesize"):
         gr.Markdown("Text to speech with a trained TTS checkpoint. A reference clip makes the output continue "
@@ -128,7 +129,24 @@ def build() -> None:
                 settings = gr.JSON(label="Settings used (seed, RTF, ...)")
         mel = gr.Plot(label="Mel spectrogram")
         inputs = [model, text, reference, reference_text, cfg, seed, randomize, *sliders]
-        run.click(user_errors(synthesize), inputs, [result, mel, settings, seed], api_name="synthesize")
-        stream.click(user_errors(synthesize_stream), inputs, [streamed, mel, settings, seed],
+        @user_errors
+        def speak(model, *rest):
+            config.check_model(model)
+            return synthesize(model, *rest)
+
+        @user_errors
+        def speak_streamed(model, *rest):
+            config.check_model(model)
+            yield from synthesize_stream(model, *rest)
+
+        run.click(speak, inputs, [result, mel, settings, seed], api_name="synthesize")
+        stream.click(speak_streamed, inputs, [streamed, mel, settings, seed],
                      api_name="synthesize_stream")
-        model.change(visible_controls, [model], sliders, api_name="tts_controls")
+        def controls(model):
+            try:
+                config.check_model(model)
+            except ValueError:  # a path outside the allowed folders shows nothing of what is there
+                model = None
+            return visible_controls(model)
+
+        model.change(controls, [model], sliders, api_name="tts_controls")

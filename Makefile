@@ -23,6 +23,7 @@ studio: setup
 	$(PY) -m studio serve --host $(HOST) --port $(PORT)
 
 test: setup-test
+	$(PY) -m ruff check .
 	$(PY) -m pytest -q $(PYTEST_ARGS)
 
 # The default training corpus (about 22 h, 16 min on 2 cores) and its task sets, under data/.

@@ -93,8 +93,10 @@ def bench_codec(codec: str, manifest: str | os.PathLike, per_speaker: int = 1, s
                 for name, latents in (("encoded", mu), ("optimized", z)):
                     out = model.decode(latents)[0, :, : mel.shape[-1]]
                     row[f"{name}_mel_l1"] = round(float((out - mel[0]).abs().mean()), 4)
-                    row[f"{name}_pesq_wb"] = round(pesq_score(wav, vocoder.synthesize(out).numpy(), audio.SAMPLE_RATE), 3)
-                row["vocoder_pesq_wb"] = round(pesq_score(wav, vocoder.synthesize(mel[0]).numpy(), audio.SAMPLE_RATE), 3)
+                    heard = vocoder.synthesize(out).numpy()
+                    row[f"{name}_pesq_wb"] = round(pesq_score(wav, heard, audio.SAMPLE_RATE), 3)
+                heard = vocoder.synthesize(mel[0]).numpy()
+                row["vocoder_pesq_wb"] = round(pesq_score(wav, heard, audio.SAMPLE_RATE), 3)
             rows.append(row)
     if not rows:
         raise ValueError(f"{manifest}: no utterance with a reference recording to reconstruct")

@@ -269,7 +269,8 @@ def _html(out: Path, rows: list[dict], table: list[dict], meta: list[dict], late
         ["hardware", html.escape(json.dumps(first.get("hardware", {})))],
         ["seed (bootstrap, sampling)", html.escape(str(first.get("seed")))],
         ["shards", html.escape(", ".join(m.get("shard", "?") for m in meta))],
-        ["started / finished", html.escape(f"{first.get('started')} / {meta[-1].get('finished', 'unfinished') if meta else '?'}")],
+        ["started / finished",
+         html.escape(f"{first.get('started')} / {meta[-1].get('finished', 'unfinished') if meta else '?'}")],
     ]
     if public:
         private = {"git commit", "commands", "hardware"}
@@ -283,7 +284,8 @@ def _html(out: Path, rows: list[dict], table: list[dict], meta: list[dict], late
     for m in meta:
         for name, timing in m.get("timing", {}).items():
             header_rows.append([f"time {html.escape(name)} (shard {html.escape(m.get('shard', '?'))})",
-                                f"{timing['units']} in {timing['seconds']} s = {timing['units_per_minute']} per minute"])
+                                f"{timing['units']} in {timing['seconds']} s = "
+                                f"{timing['units_per_minute']} per minute"])
     for m in meta:
         for name, reason in m.get("skipped", {}).items():
             reason = _SERVER_PATH.sub(lambda m: Path(m.group(0)).name, reason) if public else reason
@@ -300,7 +302,8 @@ def _html(out: Path, rows: list[dict], table: list[dict], meta: list[dict], late
         for system in systems:
             e = lookup.get((system, column))
             cells.append("" if e is None else f"{_fmt(e['mean'])} <small>[{_fmt(e['ci_low'])}, {_fmt(e['ci_high'])}] "
-                                              f"n={e['n']}" + (f", NaN {e['n_nan']}" if e["n_nan"] else "") + "</small>")
+                                              f"n={e['n']}" + (f", NaN {e['n_nan']}" if e["n_nan"] else "")
+                                              + "</small>")
         summary.append(cells)
 
     speakers = sorted({e["speaker"] for e in table if e["speaker"] != "all"})
@@ -326,7 +329,8 @@ def _html(out: Path, rows: list[dict], table: list[dict], meta: list[dict], late
         body = [[html.escape(name), str(entry["utterances"]), str(entry["frames"]),
                  _fmt(entry.get("energy_distance", math.nan)), _fmt(entry.get("frechet_distance", math.nan))]
                 for name, entry in stats["systems"].items()]
-        latent_html.append(f"<h2>Latents: codec {html.escape(codec)} (reference: {html.escape(stats['reference'])})</h2>"
+        latent_html.append(f"<h2>Latents: codec {html.escape(codec)} "
+                           f"(reference: {html.escape(stats['reference'])})</h2>"
                            + _table(["system", "utterances", "frames", "energy distance", "Fréchet distance"], body))
         latent_html.extend(f.to_html(full_html=False, include_plotlyjs=False) for f in figs)
 

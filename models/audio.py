@@ -20,6 +20,7 @@ import soxr
 import torch
 
 from models.files import atomic_path
+
 SAMPLE_RATE = 22050
 MAX_SECONDS = 60.0  # default limit for user-supplied audio; every loader takes its own
 SILENCE_PEAK = 1e-3  # -60 dBFS: a clip whose loudest sample is below this is silence

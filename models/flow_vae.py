@@ -29,8 +29,15 @@ from torch.nn import functional as F
 
 from models import audio, registry
 from models.data.manifest import resolve
-from models.modules import (MultiDiscriminator, Snake, discriminator_loss, feature_matching_loss,
-                            generator_adversarial_loss, residual_stack, sequence_mask)
+from models.modules import (
+    MultiDiscriminator,
+    Snake,
+    discriminator_loss,
+    feature_matching_loss,
+    generator_adversarial_loss,
+    residual_stack,
+    sequence_mask,
+)
 from models.training import Task, task
 
 SILENCE = math.log(audio.MelConfig().clamp)  # log-mel of digital silence: pads inputs to whole latent frames

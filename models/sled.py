@@ -393,7 +393,8 @@ def codec_latents(codec: str) -> Feature:
             mu, log_sigma = model.encode(mel[None])
         return torch.cat([mu[0], log_sigma[0]])
 
-    return Feature(f"latents-{digest.hexdigest()[:10]}", compute, MEL.frames_per_second / model.config.downsample, source=MEL)
+    return Feature(f"latents-{digest.hexdigest()[:10]}", compute, MEL.frames_per_second / model.config.downsample,
+                   source=MEL)
 
 
 @task("sled")

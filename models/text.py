@@ -198,7 +198,8 @@ def check_text(text: str, max_chars: int | None = None) -> str:
         raise TextError("text contains control characters (terminal escape codes?): give plain text")
     tag = _MARKUP.search(text)
     if tag:
-        raise TextError(f"text contains a markup tag {tag.group(0)[:30]!r}; SSML and HTML are not read: give plain text")
+        raise TextError(f"text contains a markup tag {tag.group(0)[:30]!r}; SSML and HTML are not read: "
+                        "give plain text")
     longest = max(text.split(), key=len)
     if len(longest) > MAX_WORD_CHARS:
         raise TextError(f"text has a {len(longest)}-character word ({longest[:20]}...); the limit is "

@@ -35,11 +35,9 @@ import yaml
 from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 
-from models import registry
-from models import audio
+from models import audio, registry
 from models.data.dataset import MEL, Feature, SpeechDataset, collate
 from models.files import atomic_path, write_text_atomic
-
 
 # Raw audio (1, samples), for models trained against the waveform (GAN heads); not cached.
 WAVEFORM = Feature("wav", lambda wav: torch.from_numpy(wav)[None], audio.SAMPLE_RATE)
@@ -388,7 +386,8 @@ class Trainer:
                 crop_rng = torch.Generator().manual_seed((t.seed * 1_000_003 + state["step"]) * 1009 + rank)
                 batch = {k: v.to(device) if torch.is_tensor(v) else v for k, v in
                          crop_batch(batch, t.segment_frames, crop_rng).items()}
-                step_logs = self._step(wrapped, wrapped_discriminator, optimizers, schedulers, batch, state["step"], autocast)
+                step_logs = self._step(wrapped, wrapped_discriminator, optimizers, schedulers, batch, state["step"],
+                                       autocast)
                 for key, value in step_logs.items():
                     logs.setdefault(key, []).append(value)
                 state["step"] += 1

@@ -30,7 +30,8 @@ def _number(kind: type, low: float | None = None, high: float | None = None):
         except ValueError:
             raise argparse.ArgumentTypeError(f"must be {'a whole number' if kind is int else 'a number'}, "
                                              f"not {text!r}") from None
-        if (kind is float and not math.isfinite(value)) or (low is not None and value < low) or (high is not None and value > high):
+        if (kind is float and not math.isfinite(value)) or (low is not None and value < low) \
+                or (high is not None and value > high):
             bounds = f"at least {show(low)}" if high is None else f"between {show(low)} and {show(high)}"
             raise argparse.ArgumentTypeError(f"must be {bounds}, not {text[:40]}")
         return value
@@ -90,7 +91,6 @@ def _vocode(args: argparse.Namespace) -> int:
 
 def _bench(args: argparse.Namespace) -> int:
     from evaluation import bench
-
     from models.registry import ASSETS
 
     if args.target in ("tts", "studio"):
@@ -390,7 +390,8 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--votes", type=_number(int, 1, 1000), default=5, help="arena: votes per voter")
     bench.add_argument("--text", help="tts: one sentence to speak instead of the built-in five")
     bench.add_argument("--cfg", type=_number(float, *CFG_RANGE), default=2.0, help="tts: guidance scale")
-    bench.add_argument("--repeats", type=_number(int, 1, 100), default=3, help="vocoder, studio: timed runs after the warm-up (best is kept)")
+    bench.add_argument("--repeats", type=_number(int, 1, 100), default=3,
+                       help="vocoder, studio: timed runs after the warm-up (best is kept)")
     bench.add_argument("--out", help="also write the JSON here")
     bench.set_defaults(run=_bench)
     return parser

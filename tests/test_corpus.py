@@ -2,7 +2,8 @@
 import pytest
 import soundfile as sf
 
-from models.data import corpus, manifest as mf
+from models.data import corpus
+from models.data import manifest as mf
 from models.data.voices import ENGINES, VOICES, CommandEngine, Job, Voice, select_voices
 
 # CI installs these (Makefile: APT_TEST and the `corpus` extra); the mini build must use them.

@@ -40,7 +40,8 @@ def fake_metric():
         def close(self):
             pass
 
-    metric("fake", ("duration",), needs=(), higher_is_better=False, description="test")(lambda device, options: Scorer())
+    register = metric("fake", ("duration",), needs=(), higher_is_better=False, description="test")
+    register(lambda device, options: Scorer())
     yield state
     METRICS.pop("fake")
 
@@ -98,7 +99,8 @@ def test_run_scores_generates_and_reports(tmp_path, seen):
 
     assert [p.split("/")[-1] for p in summary["report"]] == ["report.csv", "report.json", "report.html", "report.md"]
     table = list(csv.DictReader(open(out / "report.csv")))
-    vocoder_stoi = next(r for r in table if r["system"] == "vocoder" and r["speaker"] == "all" and r["metric"] == "stoi")
+    vocoder_stoi = next(r for r in table
+                        if r["system"] == "vocoder" and r["speaker"] == "all" and r["metric"] == "stoi")
     assert 0.8 < float(vocoder_stoi["mean"]) <= 1 and int(vocoder_stoi["n"]) == 3
     assert float(vocoder_stoi["ci_low"]) <= float(vocoder_stoi["mean"]) <= float(vocoder_stoi["ci_high"])
     assert any(r["metric"] == "rtf" and r["system"] == "vocoder" for r in table)

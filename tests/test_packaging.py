@@ -1,6 +1,6 @@
 import re
-import tomllib
 
+import tomllib
 import yaml
 
 from tests.conftest import REPO
@@ -12,8 +12,8 @@ def _name(requirement: str) -> str:
 
 def test_space_requirements_match_the_package():
     project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
-    lines = [l.strip() for l in (REPO / "requirements.txt").read_text().splitlines()]
-    requirements = [l for l in lines if l and not l.startswith("#")]
+    lines = [line.strip() for line in (REPO / "requirements.txt").read_text().splitlines()]
+    requirements = [line for line in lines if line and not line.startswith("#")]
     assert {_name(r) for r in project["dependencies"]} == {_name(r) for r in requirements} - {"spaces"}
     assert "torch==2.13.0" in requirements
 

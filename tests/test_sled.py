@@ -6,8 +6,18 @@ import torch
 
 from models import registry
 from models.flow_vae import ChunkedDecoder, FlowVAE, FlowVAEConfig
-from models.sled import (EOT, LATENT, SLED, TEXT, GenerativeHead, SLEDConfig, diagonal_alignment, energy_distance,
-                         layout, positions)
+from models.sled import (
+    EOT,
+    LATENT,
+    SLED,
+    TEXT,
+    GenerativeHead,
+    SLEDConfig,
+    diagonal_alignment,
+    energy_distance,
+    layout,
+    positions,
+)
 from models.training import load_config
 from studio.cli import main
 
@@ -317,7 +327,8 @@ def test_cli_tts_end_to_end(sled_run, tmp_path, arctic_path, capsys):
     before = out.read_bytes()
     assert main(["tts", "--model", str(sled_run), "--text", "Hi.", "--seed", "1", "--out", str(out)]) == 2
     assert "--overwrite" in capsys.readouterr().err and out.read_bytes() == before  # nothing replaced
-    assert main(["tts", "--model", str(sled_run), "--text", "Hi.", "--seed", "1", "--out", str(out), "--overwrite"]) == 0
+    assert main(["tts", "--model", str(sled_run), "--text", "Hi.", "--seed", "1", "--out", str(out),
+                 "--overwrite"]) == 0
     assert out.read_bytes() != before
 
 

@@ -6,7 +6,6 @@ from pathlib import Path
 import pytest
 
 
-
 @pytest.fixture
 def ab_config(tmp_path):
     """Three tone prompts with ground truth and a folder system (no model runs: fast), and a

@@ -8,8 +8,7 @@ import torch
 from safetensors.torch import load_file
 
 from models import registry
-from models.training import (Trainer, TrainConfig, crop_batch, epoch_batches, get_task, latest_checkpoint,
-                             load_config)
+from models.training import TrainConfig, Trainer, crop_batch, epoch_batches, get_task, latest_checkpoint, load_config
 from studio.cli import main
 
 REPO = registry.REPO_ROOT

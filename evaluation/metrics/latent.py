@@ -154,7 +154,8 @@ def latent_figures(systems: dict[str, dict[str, dict]], stats: dict, speakers: d
             if field in entry:
                 fig.add_trace(go.Histogram(x=entry[field], name=name, opacity=0.6, nbinsx=40))
         if fig.data:
-            fig.update_layout(barmode="overlay", title=f"Latent {title} ({stats['systems'][stats['reference']]['dims']} dims)",
+            dims = stats["systems"][stats["reference"]]["dims"]
+            fig.update_layout(barmode="overlay", title=f"Latent {title} ({dims} dims)",
                               xaxis_title=title, yaxis_title="dimensions")
             figures.append(fig)
     labels, means = [], []

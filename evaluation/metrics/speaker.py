@@ -18,8 +18,15 @@ import numpy as np
 import torch
 from torch import nn
 
-from evaluation.metrics.base import METRIC_RATE, MetricError, MetricUnavailable, Sample, metric, package_version, \
-    wheel_file
+from evaluation.metrics.base import (
+    METRIC_RATE,
+    MetricError,
+    MetricUnavailable,
+    Sample,
+    metric,
+    package_version,
+    wheel_file,
+)
 
 RESEMBLYZER = "resemblyzer==0.1.4"
 

@@ -244,7 +244,8 @@ def _write_eval_lists(out: Path, rows: list[dict]) -> None:
     test utterance of the same voice; ground truth is that voice reading the sentence."""
     for split, name in (("test", "tts_seen.lst"), ("heldout", "tts_heldout.lst")):
         entries = []
-        for voice_rows in _group([r for r in rows if r["split"] == split], key=lambda r: r["id"].rsplit("_", 1)[0]).values():
+        in_split = [r for r in rows if r["split"] == split]
+        for voice_rows in _group(in_split, key=lambda r: r["id"].rsplit("_", 1)[0]).values():
             voice_rows.sort(key=lambda r: r["id"])
             if len(voice_rows) < 2:
                 continue

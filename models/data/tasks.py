@@ -202,7 +202,8 @@ def _enhancement_item(index, pool, split, rng, folder):
     clean = audio.load_audio(source["abs_path"], SR, max_seconds=None)
     speech = fftconvolve(clean, room_impulse_response(rt60, rng))[: len(clean)] if rt60 else clean
     others = [r for r in pool if r["speaker"] != source["speaker"]] or pool
-    babble = [audio.load_audio(r["abs_path"], SR, max_seconds=None) for r in rng.sample(others, k=min(6, len(others)))] \
+    babble = [audio.load_audio(r["abs_path"], SR, max_seconds=None)
+              for r in rng.sample(others, k=min(6, len(others)))] \
         if recipe.startswith("babble") else []
     noise = scale_to_ratio(speech, make_noise(recipe, len(clean), rng, babble), snr)
     noisy, clean = _peak_safe(speech + noise, clean)
@@ -212,7 +213,8 @@ def _enhancement_item(index, pool, split, rng, folder):
 def _tse_item(index, pool, split, rng, folder):
     target = rng.choice(pool)
     voice = target["id"].rsplit("_", 1)[0]
-    enrollments = [r for r in pool if r["id"].rsplit("_", 1)[0] == voice and r["normalized_text"] != target["normalized_text"]]
+    enrollments = [r for r in pool
+                   if r["id"].rsplit("_", 1)[0] == voice and r["normalized_text"] != target["normalized_text"]]
     interferers = [r for r in pool if r["speaker"] != target["speaker"]]
     if not enrollments or not interferers:
         return None

@@ -25,7 +25,7 @@ import plotly.graph_objects as go
 
 from evaluation.metrics import METRICS
 from evaluation.metrics.latent import latent_figures, latent_statistics, load_latents
-from evaluation.runner import RTF, latest_rows, read_results
+from evaluation.results import RTF, latest_rows, read_results
 from models.files import write_text_atomic
 
 BOOTSTRAP = 1000

@@ -30,13 +30,12 @@ from tqdm import tqdm
 from evaluation.bench import hardware
 from evaluation.metrics import MetricError, MetricUnavailable, Sample, get_metric
 from evaluation.metrics.base import free_device_memory
+from evaluation.results import RTF, ResultWriter, latest_rows, read_results
 from evaluation.systems import Item, System, read_items
 from models import audio
-from models.data.manifest import read_text
 from models.files import write_text_atomic
 from models.registry import REPO_ROOT, pick_device
 
-RTF = "rtf"  # the row metric written while generating
 WARMUP_TRIES = 3  # items tried in turn until one generates, before the timed loop
 
 
@@ -82,30 +81,6 @@ def select_items(items: list[Item], limit: int | None, per_speaker: int | None) 
     return items[:limit] if limit is not None else items
 
 
-def read_results(out: str | os.PathLike) -> list[dict]:
-    """Every row of every shard file; a torn last line (a crash mid-write) is ignored."""
-    rows = []
-    for path in sorted((Path(out) / "results").glob("shard-*.jsonl")):
-        for number, line in enumerate(read_text(path).splitlines(), start=1):
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError:
-                continue
-            if not (isinstance(row, dict) and all(isinstance(row.get(k), str) for k in ("system", "key", "metric"))
-                    and (row.get("values") is None or isinstance(row["values"], dict))):
-                raise ValueError(f"{path}:{number}: not a results row (system, key, metric, values)")
-            rows.append(row)
-    return rows
-
-
-def latest_rows(rows: list[dict]) -> list[dict]:
-    """One row per (system, key, metric), the last written (a rerun overrides)."""
-    unique = {}
-    for row in rows:
-        unique[(row["system"], row["key"], row["metric"])] = row
-    return list(unique.values())
-
-
 def git_commit() -> str:
     try:
         commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO_ROOT, capture_output=True, text=True,
@@ -115,25 +90,6 @@ def git_commit() -> str:
     except (OSError, subprocess.SubprocessError):
         return "unknown"
     return (commit + ("+dirty" if dirty else "")) if commit else "unknown"
-
-
-class ResultWriter:
-    """Appends one JSON line per unit and flushes it to disk before the next unit starts."""
-
-    def __init__(self, path: Path):
-        path.parent.mkdir(parents=True, exist_ok=True)
-        torn = path.is_file() and path.stat().st_size > 0 and not path.read_bytes().endswith(b"\n")
-        self.file = open(path, "a")
-        if torn:  # a crash cut the last line: end it, so the next row starts on its own line
-            self.file.write("\n")
-
-    def write(self, row: dict) -> None:
-        self.file.write(json.dumps(row, ensure_ascii=False) + "\n")
-        self.file.flush()
-        os.fsync(self.file.fileno())
-
-    def close(self) -> None:
-        self.file.close()
 
 
 def _row(system: System, item: Item, metric: str, values: dict | None = None, reason: str | None = None) -> dict:

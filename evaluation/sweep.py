@@ -13,7 +13,8 @@ from plotly.subplots import make_subplots
 
 from evaluation.metrics import METRICS
 from evaluation.report import aggregate
-from evaluation.runner import RunConfig, latest_rows, read_results
+from evaluation.results import latest_rows, read_results
+from evaluation.runner import RunConfig
 from evaluation.systems import System
 from models.files import write_text_atomic
 from models.pipelines import CFG_RANGE

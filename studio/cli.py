@@ -198,7 +198,8 @@ def _codec_reconstruct(args: argparse.Namespace) -> int:
 
 
 def _eval(args: argparse.Namespace) -> int:
-    from evaluation.runner import RTF, RunConfig, parse_shard, run_eval
+    from evaluation.results import RTF
+    from evaluation.runner import RunConfig, parse_shard, run_eval
     from evaluation.systems import parse_system
 
     specs = [spec for item in args.system for spec in item.split(",") if spec]

@@ -127,7 +127,8 @@ class RunFollower:
 
     @property
     def steps(self) -> Iterator[str]:
-        from evaluation.runner import latest_rows, read_results, run_eval
+        from evaluation.results import latest_rows, read_results
+        from evaluation.runner import run_eval
 
         outcome: dict = {}
 

@@ -8,7 +8,8 @@ import pytest
 from evaluation import report as report_module
 from evaluation.metrics import MetricError, MetricUnavailable
 from evaluation.metrics.base import METRICS, metric
-from evaluation.runner import RunConfig, latest_rows, parse_shard, read_results, run_eval
+from evaluation.results import latest_rows, read_results
+from evaluation.runner import RunConfig, parse_shard, run_eval
 from evaluation.systems import parse_system, read_items
 from models import audio
 from studio.cli import main

@@ -333,7 +333,8 @@ def test_cli_tts_end_to_end(sled_run, tmp_path, arctic_path, capsys):
 
 
 def test_a_tts_checkpoint_is_an_eval_system_with_options(sled_run, mini, tmp_path, monkeypatch):
-    from evaluation.runner import RunConfig, read_results, run_eval
+    from evaluation.results import read_results
+    from evaluation.runner import RunConfig, run_eval
     from evaluation.systems import parse_system, read_items
 
     system = parse_system(f"s={sled_run}:cfg=1.5:seed=3")

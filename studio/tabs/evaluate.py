@@ -16,7 +16,8 @@ import pandas as pd
 
 from evaluation.metrics import METRICS
 from evaluation.report import aggregate, figures
-from evaluation.runner import RTF, RunConfig, latest_rows, read_results
+from evaluation.results import RTF, latest_rows, read_results
+from evaluation.runner import RunConfig
 from evaluation.systems import AUDIO_FIELDS, MANIFEST_SYSTEMS, System, parse_system, read_items
 from studio.common import RunFollower, served_copy, user_errors
 from studio.config import StudioConfig

@@ -12,7 +12,8 @@ import gradio as gr
 import pandas as pd
 
 from evaluation.metrics.latent import latent_figures, latent_statistics, load_latents
-from evaluation.runner import RunConfig, latest_rows, read_results, select_items
+from evaluation.results import latest_rows, read_results
+from evaluation.runner import RunConfig, select_items
 from evaluation.systems import parse_system, read_items
 from models import pipelines
 from studio.common import RunFollower, served_copy, user_errors

@@ -127,6 +127,7 @@ def _bench(args: argparse.Namespace) -> int:
 
 
 def _train(args: argparse.Namespace) -> int:
+    from evaluation.scorers import training_scorers
     from models.training import Trainer, load_config
 
     config = load_config(args.config)
@@ -134,7 +135,7 @@ def _train(args: argparse.Namespace) -> int:
         config["train"]["steps"] = args.steps
     trainer = Trainer(args.model, config, data=args.data, out=args.out, resume=args.resume,
                       device=os.environ.get("STUDIO_DEVICE"), max_steps=args.stop_after,
-                      validate_only=args.validate_only)
+                      validate_only=args.validate_only, scorers=training_scorers())
     state = trainer.run()
     if args.validate_only:
         print(f"validated step {state['step']}: {args.out}/val.csv")

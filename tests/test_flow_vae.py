@@ -3,8 +3,9 @@ import pytest
 import torch
 
 from models import registry
-from models.flow_vae import AffineCoupling, Flow, FlowVAE, FlowVAEConfig, FlowVAETask, flow_kl, warp_frequencies
+from models.flow_vae import AffineCoupling, Flow, FlowVAE, FlowVAEConfig, flow_kl
 from models.modules import MultiDiscriminator, discriminator_loss, feature_matching_loss
+from models.training.flow_vae import FlowVAETask, warp_frequencies
 
 TINY = dict(latent_dim=8, channels=16, dilations=(1, 3), flow_layers=2, flow_hidden=16, flow_kernel=3)
 

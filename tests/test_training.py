@@ -7,6 +7,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from evaluation.scorers import training_scorers
 from models import registry
 from models.training import TrainConfig, Trainer, crop_batch, epoch_batches, get_task, latest_checkpoint, load_config
 from studio.cli import main
@@ -19,7 +20,7 @@ def train(corpus, out, steps=6, stop=None, resume=False, **train_overrides):
     config = load_config(TINY)
     config["train"].update({"steps": steps, **train_overrides})
     return Trainer("flow_vae", config, data=str(corpus), out=str(out), resume=resume, device="cpu",
-                   max_steps=stop, log=lambda _: None).run()
+                   max_steps=stop, log=lambda _: None, scorers=training_scorers()).run()
 
 
 def weights(run, step):

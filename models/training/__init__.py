@@ -13,7 +13,9 @@ Nothing is pickled: tensors go to safetensors, the rest to JSON. With `torchrun
 each rank takes every K-th batch and gradients are averaged.
 
 A task (see `Task`) knows its model: how to build it, its losses on a batch, and how to
-validate. `TASKS` maps names to tasks; model files register theirs with `@task(name)`.
+validate. `TASKS` maps names to tasks; each recipe (models/training/<model>.py) registers its own
+with `@task(name)`. Model files never import this package: loading a checkpoint for inference
+needs no training code.
 """
 
 from __future__ import annotations
@@ -93,8 +95,20 @@ def load_config(path: str | os.PathLike) -> dict:
 # ------------------------------------------------------------------------- tasks
 
 
+@dataclass
+class Scorers:
+    """Quality measures a recipe's validation may use, handed in by whoever runs the harness (the
+    CLI passes the evaluation bench's, `evaluation.scorers.training_scorers`), so that neither the
+    harness nor a recipe imports the bench. A scorer left None leaves its numbers out."""
+
+    # (reference, output, sample rate) -> {"pesq_wb": ..., "stoi": ...}; ValueError when it cannot score
+    signal: Callable[[np.ndarray, np.ndarray, int], dict[str, float]] | None = None
+    transcribe: Callable[[np.ndarray, int], str] | None = None  # (audio, sample rate) -> text
+    word_errors: Callable[[str, str], tuple[int, int]] | None = None  # (reference, hypothesis) -> (errors, words)
+
+
 class Task:
-    """What the harness needs from a model. Subclasses live next to their model."""
+    """What the harness needs from a model: a recipe, in models/training/<model>.py."""
 
     name: str
 
@@ -121,8 +135,8 @@ class Task:
     def discriminator_loss(self, discriminator: torch.nn.Module, cache: Any) -> tuple[torch.Tensor, dict]:
         raise NotImplementedError
 
-    def validate(self, model: torch.nn.Module, items: list[dict], out_dir: Path) -> dict:
-        """Decode a few validation utterances to `out_dir` and return metrics."""
+    def validate(self, model: torch.nn.Module, items: list[dict], out_dir: Path, scorers: Scorers) -> dict:
+        """Decode a few validation utterances to `out_dir` and return metrics (those `scorers` allow)."""
         return {}
 
 
@@ -143,7 +157,7 @@ def get_task(name: str, model_config: dict) -> Task:
         import importlib
 
         try:
-            importlib.import_module(f"models.{name}")  # model files register their tasks on import
+            importlib.import_module(f"models.training.{name}")  # a recipe registers its task on import
         except ModuleNotFoundError:
             pass
     if name not in TASKS:
@@ -289,6 +303,7 @@ class Trainer:
     max_steps: int | None = None  # stop this process early (the schedule still follows train.steps)
     validate_only: bool = False  # one validation of the loaded weights (init_from or --resume), no training
     log: Callable[[str], None] = print
+    scorers: Scorers = field(default_factory=Scorers)  # validation's quality measures (none: losses only)
     train: TrainConfig = field(init=False)
 
     def __post_init__(self):
@@ -474,7 +489,7 @@ class Trainer:
                     losses.setdefault(f"val_{key}", []).append(value)
             items = [valid_set.rows[i] | {"manifest": str(valid_set.manifest)}
                      for i in range(min(t.val_samples, len(valid_set)))]
-            metrics = self.task.validate(model, items, run / "samples" / f"step-{state['step']}")
+            metrics = self.task.validate(model, items, run / "samples" / f"step-{state['step']}", self.scorers)
         model.train()
         row = {"step": state["step"], **{k: float(np.mean(v)) for k, v in losses.items()}, **metrics}
         self._record(run / "val.csv", row)

@@ -1,0 +1,34 @@
+"""The evaluation bench's measures as the training harness takes them (models.training.Scorers):
+validation scores with the same PESQ, STOI, ASR and WER as `speech-studio eval`, while the
+harness and the recipes never import this package."""
+
+from __future__ import annotations
+
+import functools
+
+import numpy as np
+
+from evaluation.metrics import pesq_score, stoi_score
+from evaluation.metrics.asr import DEFAULT_ASR, load_asr, wer_counts
+from models import audio
+from models.training import Scorers
+
+
+def training_scorers(device: str = "cpu") -> Scorers:
+    """PESQ-wb and STOI against the input, the default ASR (loaded on first use) and its WER counts."""
+
+    def signal(reference: np.ndarray, output: np.ndarray, sr: int) -> dict[str, float]:
+        return {"pesq_wb": pesq_score(reference, output, sr, "wb"), "stoi": stoi_score(reference, output, sr)}
+
+    @functools.lru_cache(maxsize=1)
+    def asr():
+        return load_asr(DEFAULT_ASR, device)
+
+    def transcribe(wav: np.ndarray, sr: int) -> str:
+        return asr().transcribe(audio.resample(wav, sr, 16000))
+
+    def word_errors(reference: str, hypothesis: str) -> tuple[int, int]:
+        counts = wer_counts(reference, hypothesis)
+        return counts.errors, counts.reference_length
+
+    return Scorers(signal=signal, transcribe=transcribe, word_errors=word_errors)

@@ -1,0 +1,110 @@
+"""Training recipe of the Flow-VAE (models/flow_vae.py): mel L1 + KL on random crops, a training-time
+frequency warp, and with the waveform head LSGAN + feature matching; validation reconstructs
+utterances and scores them with the signal scorers the harness hands in."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from models import audio
+from models.data.manifest import resolve
+from models.flow_vae import FlowVAE, FlowVAEConfig
+from models.modules import (
+    MultiDiscriminator,
+    discriminator_loss,
+    feature_matching_loss,
+    generator_adversarial_loss,
+    sequence_mask,
+)
+from models.training import Scorers, Task, task
+
+
+def warp_frequencies(mel: torch.Tensor, factors: torch.Tensor) -> torch.Tensor:
+    """Stretch each (80, frames) log-mel of a batch along frequency: output bin f reads input bin f / factor.
+
+    A factor above 1 moves formants up (a shorter vocal tract); bins read past the top repeat the top bin.
+    """
+    bins = mel.shape[1]
+    source = (torch.arange(bins, device=mel.device, dtype=torch.float32)[None] / factors[:, None]).clamp(0, bins - 1)
+    low = source.floor().long()
+    high = (low + 1).clamp(max=bins - 1)
+    weight = (source - low).unsqueeze(-1).to(mel.dtype)
+    frames = mel.shape[-1]
+    below = mel.gather(1, low.unsqueeze(-1).expand(-1, -1, frames))
+    above = mel.gather(1, high.unsqueeze(-1).expand(-1, -1, frames))
+    return below * (1 - weight) + above * weight
+
+
+
+@task("flow_vae")
+class FlowVAETask(Task):
+    """Training recipe: mel L1 + KL on random crops; with the waveform head, also LSGAN + feature matching."""
+
+    def __init__(self, model_config: dict):
+        super().__init__(model_config)
+        self.config = FlowVAEConfig.from_dict(model_config)
+
+    def build(self) -> FlowVAE:
+        return FlowVAE(self.config)
+
+    def discriminator(self) -> MultiDiscriminator | None:
+        # Kept here too: the generator's adversarial and feature-matching losses run through it.
+        self._discriminator = MultiDiscriminator() if self.config.waveform_head else None
+        return self._discriminator
+
+    def losses(self, model: nn.Module, batch: dict, step: int) -> tuple[torch.Tensor, dict, tuple | None]:
+        c = self.config
+        features, lengths = batch["features"], batch["feature_lengths"]
+        wav = None
+        if features.shape[1] == 1:  # raw waveform batches (data.feature: wav) for the waveform head
+            wav = features[:, 0]
+            mel = audio.mel_spectrogram(wav, wav.device)
+            lengths = torch.div(lengths, audio.MelConfig().hop_length, rounding_mode="floor").clamp_min(1)
+        else:
+            mel = features
+        if c.warp and model.training:
+            factors = 1 + c.warp * (2 * torch.rand(mel.shape[0], device=mel.device) - 1)
+            mel = warp_frequencies(mel, factors)
+        out = model(mel, lengths)
+        mask = sequence_mask(lengths, mel.shape[-1]).unsqueeze(1).to(mel.dtype)
+        recon = ((out["mel_hat"] - mel).abs() * mask).sum() / (mask.sum() * mel.shape[1])
+        loss = c.lambda_recon * recon + c.lambda_kl * out["kl"]
+        sigma = (out["log_sigma"].exp() * out["mask"]).sum() / (out["mask"].sum() * out["mu"].shape[1])
+        logs = {"recon": recon.item(), "kl": out["kl"].item(), "sigma": sigma.item()}
+        if wav is None or "wav_hat" not in out:
+            return loss, logs, None
+        wav_hat = out["wav_hat"][:, : wav.shape[-1]]
+        wave_mel = (audio.mel_spectrogram(wav_hat, wav.device)[..., : mel.shape[-1]] - mel).abs().mean()
+        discriminator = self._discriminator
+        real, fake = discriminator(wav), discriminator(wav_hat)
+        adv, fm = generator_adversarial_loss(fake), feature_matching_loss(real, fake)
+        loss = loss + c.lambda_recon * wave_mel + c.lambda_adv * adv + c.lambda_fm * fm
+        logs.update({"wave_mel": wave_mel.item(), "adv": adv.item(), "fm": fm.item()})
+        return loss, logs, (wav, wav_hat.detach())
+
+    def discriminator_loss(self, discriminator: nn.Module, cache: tuple) -> tuple[torch.Tensor, dict]:
+        wav, wav_hat = cache
+        loss = discriminator_loss(discriminator(wav), discriminator(wav_hat))
+        return loss, {"disc": loss.item()}
+
+    def validate(self, model: nn.Module, items: list[dict], out_dir: Path, scorers: Scorers) -> dict:
+        """Reconstruct validation utterances through the mel head and the shared vocoder; with signal
+        scorers, their PESQ-wb and STOI against the input."""
+        scores: dict[str, list[float]] = {}
+        for item in items:
+            wav = audio.load_audio(resolve(item["manifest"], item["path"]), audio.SAMPLE_RATE, max_seconds=None)
+            mu, _ = model.encode_wav(wav)
+            out = model.decode_wav(mu)
+            audio.save_audio(out_dir / f"{item['id']}.wav", out)
+            if scorers.signal is None:
+                continue
+            try:
+                for name, value in scorers.signal(wav, out, audio.SAMPLE_RATE).items():
+                    scores.setdefault(name, []).append(value)
+            except ValueError:  # too short or silent to score
+                continue
+        return {k: float(np.mean(v)) for k, v in scores.items() if v}

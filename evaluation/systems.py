@@ -17,7 +17,7 @@ checkpoint such as `flow_vae`) reconstructs the reference; a TTS checkpoint (`sl
 speaks the item's text, continuing the enrollment clip (with its prompt_text) when the
 manifest gives one; a folder holds `<key>.wav` files made elsewhere. Generated systems
 take options after the source, `NAME=SOURCE:cfg=1.5:seed=3` (TTS: cfg, seed, stop).
-Other generated systems are registered with `@generator(name)`: a factory
+Other generated systems are entries of `GENERATORS`: name -> a factory
 `factory(device) -> fn(item) -> (wav, sr)`.
 """
 
@@ -31,7 +31,7 @@ from typing import Callable
 import numpy as np
 
 from models import audio
-from models.data.manifest import read_jsonl, read_seed_tts, resolve
+from models.data.manifest import read_jsonl, read_seed_tts, resolve_audio
 
 FIELDS = {
     "key": ("id", "utt"),
@@ -83,7 +83,7 @@ def read_items(manifest: str | os.PathLike, split: str | None = None) -> list[It
             raise ValueError(f"{manifest}: key {key!r} cannot name a file")
         seen.add(key)
         paths = {f: _first(row, FIELDS[f]) for f in AUDIO_FIELDS}
-        paths = {f: resolve(manifest, p) if p else None for f, p in paths.items()}
+        paths = {f: resolve_audio(manifest, p) if p else None for f, p in paths.items()}
         speaker = _first(row, FIELDS["speaker"])
         if speaker is None and (paths["reference"] or paths["enrollment"]):
             speaker = (paths["reference"] or paths["enrollment"]).parent.name
@@ -96,14 +96,6 @@ def read_items(manifest: str | os.PathLike, split: str | None = None) -> list[It
 
 Generate = Callable[[Item], tuple[np.ndarray, int]]
 GENERATORS: dict[str, Callable[[str], Generate]] = {}
-
-
-def generator(name: str) -> Callable:
-    def decorate(factory: Callable[[str], Generate]) -> Callable[[str], Generate]:
-        GENERATORS[name] = factory
-        return factory
-
-    return decorate
 
 
 def _reconstruct(codec: str, device: str) -> Generate:
@@ -226,7 +218,7 @@ def parse_system(spec: str) -> System:
     source, _, options = (source or name).partition(":")
     if not name or "/" in name or name.startswith("."):
         raise ValueError(f"bad system name in {spec!r}")
-    kind = _checkpoint_kind(source)
+    kind = _role(source)
     if options and kind != "tts":
         raise ValueError(f"system {spec!r}: only TTS models take options")
     if kind == "tts":
@@ -243,8 +235,8 @@ def parse_system(spec: str) -> System:
                      f"{', '.join(MANIFEST_SYSTEMS + ('vocoder',) + tuple(GENERATORS))}")
 
 
-def _checkpoint_kind(source: str) -> str | None:
-    """"codec" or "tts" when source names such a checkpoint, else None."""
+def _role(source: str) -> str | None:
+    """"codec" or "tts" when source names a checkpoint of that role, else None."""
     from models import pipelines
 
     model = pipelines.checkpoint_kind(source)

@@ -1,13 +1,14 @@
-"""Atomic file writes: a temp file in the target's folder, then a rename, so a crash never
-leaves a half-written file under the real name."""
+"""Atomic writes: a temp file (or folder) beside the target, then a rename, so a crash never
+leaves a half-written file or folder under the real name."""
 
 from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import tempfile
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 
 def _umask() -> int:
@@ -36,3 +37,26 @@ def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
     with atomic_path(path) as tmp:
         tmp.write_text(text)
     return Path(path)
+
+
+def replace_folder(out_dir: str | os.PathLike, fill: Callable[[Path], None]) -> Path:
+    """Fill a temp folder beside `out_dir`, then swap it in: readers never see half a folder."""
+    out_dir = Path(out_dir)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
+    try:
+        fill(tmp)
+        for path in tmp.iterdir():
+            path.chmod(0o644)
+        tmp.chmod(0o755)  # mkdtemp's 0700 would hide a published checkpoint from other users
+        if out_dir.exists():
+            old = out_dir.with_name(f".{out_dir.name}.old")
+            shutil.rmtree(old, ignore_errors=True)
+            out_dir.rename(old)
+            tmp.rename(out_dir)
+            shutil.rmtree(old)
+        else:
+            tmp.rename(out_dir)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return out_dir

@@ -41,9 +41,14 @@ def check_sampling(cfg: float, seed: int | None, stop_threshold: float) -> None:
 
 def available_codecs() -> list[str]:
     """The vocoder plus every local codec checkpoint (for menus)."""
+    return list(CODECS) + available_latent_codecs()
+
+
+def available_latent_codecs() -> list[str]:
+    """Every local latent codec checkpoint (for menus of what has latents to explore)."""
     from models import registry
 
-    return list(CODECS) + [name for kind in LATENT_CODECS for name in registry.list_checkpoints(kind)]
+    return [name for kind in LATENT_CODECS for name in registry.list_checkpoints(kind)]
 
 
 def available_tts_models() -> list[str]:

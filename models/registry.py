@@ -18,7 +18,6 @@ import importlib.util
 import json
 import os
 import shutil
-import tempfile
 import threading
 from pathlib import Path
 from typing import Any, Callable
@@ -27,6 +26,8 @@ import torch
 import yaml
 from safetensors.torch import load_model as load_safetensors_into
 from safetensors.torch import save_model as save_safetensors
+
+from models.files import replace_folder
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 ASSETS = REPO_ROOT / "assets"
@@ -130,28 +131,6 @@ def wheel_file(requirement: str, relative: str, module: str | None = None) -> Pa
     return path
 
 
-def _replace_folder(out_dir: Path, fill: Callable[[Path], None]) -> Path:
-    """Fill a temp folder beside `out_dir`, then swap it in: readers never see half a checkpoint."""
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
-    try:
-        fill(tmp)
-        for path in tmp.iterdir():
-            path.chmod(0o644)
-        tmp.chmod(0o755)  # mkdtemp's 0700 would hide a published checkpoint from other users
-        if out_dir.exists():
-            old = out_dir.with_name(f".{out_dir.name}.old")
-            shutil.rmtree(old, ignore_errors=True)
-            out_dir.rename(old)
-            tmp.rename(out_dir)
-            shutil.rmtree(old)
-        else:
-            tmp.rename(out_dir)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return out_dir
-
-
 def save_checkpoint(model: torch.nn.Module, config: dict, card: dict, out_dir: str | os.PathLike) -> Path:
     """Write weights, config and card into `out_dir` atomically."""
     if "model" not in config:
@@ -162,7 +141,7 @@ def save_checkpoint(model: torch.nn.Module, config: dict, card: dict, out_dir: s
         (tmp / CONFIG).write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
         (tmp / CARD).write_text(render_card({"model": config["model"], **card}))
 
-    return _replace_folder(Path(out_dir), fill)
+    return replace_folder(Path(out_dir), fill)
 
 
 def publish(source: str | os.PathLike, name: str, card_updates: dict | None = None) -> Path:
@@ -179,7 +158,7 @@ def publish(source: str | os.PathLike, name: str, card_updates: dict | None = No
         shutil.copyfile(source / CONFIG, tmp / CONFIG)
         (tmp / CARD).write_text(render_card(card))
 
-    return _replace_folder(CHECKPOINT_DIR / name, fill)
+    return replace_folder(CHECKPOINT_DIR / name, fill)
 
 
 def render_card(card: dict) -> str:

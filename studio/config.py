@@ -21,7 +21,7 @@ def default_systems() -> list[str]:
     """Ground truth, the vocoder ceiling, and every local codec and TTS checkpoint."""
     from models import pipelines
 
-    return ["gt", "vocoder"] + [f"{name}={name}" for name in pipelines.available_codecs()[1:]
+    return ["gt", "vocoder"] + [f"{name}={name}" for name in pipelines.available_latent_codecs()
                                 + pipelines.available_tts_models()]
 
 

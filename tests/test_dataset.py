@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import torch
 
-from models.data.dataset import MEL, BucketBatchSampler, SpeechDataset, loader
+from models.data.dataset import MEL, SpeechDataset, collate
 
 
 def test_dataset_items_and_cache(mini, tmp_path):
@@ -30,31 +30,12 @@ def test_held_out_split_selects_unseen_speakers(mini):
         SpeechDataset(manifest, splits=("nonexistent",))
 
 
-def test_loader_pads_and_reports_lengths(mini):
+def test_collate_pads_and_reports_lengths(mini):
     dataset = SpeechDataset(mini[0] / "manifest.jsonl", splits=("train", "valid"))
-    batches = list(loader(dataset, max_frames=3000, seed=0))
-    assert sum(len(b["ids"]) for b in batches) == len(dataset)
-    batch = batches[0]
+    batch = collate([dataset[i] for i in range(min(8, len(dataset)))])
     assert batch["features"].shape[0] == len(batch["ids"]) == batch["text"].shape[0]
     assert batch["features"].shape[2] == batch["feature_lengths"].max()
     assert batch["text"].shape[1] == batch["text_lengths"].max()
-
-
-def test_bucket_sampler_budget_determinism_and_sharding():
-    lengths = list(np.random.default_rng(0).integers(50, 500, size=300))
-    sampler = BucketBatchSampler(lengths, max_frames=2000, seed=1, bucket_size=64)
-    batches = list(sampler)
-    assert sorted(i for b in batches for i in b) == list(range(300))
-    assert all(max(lengths[i] for i in b) * len(b) <= 2000 for b in batches)
-    assert batches == list(BucketBatchSampler(lengths, max_frames=2000, seed=1, bucket_size=64))
-    sampler.set_epoch(1)
-    assert list(sampler) != batches
-    ranks = [list(BucketBatchSampler(lengths, 2000, seed=1, bucket_size=64, num_replicas=2, rank=r,
-                                     drop_last=True)) for r in (0, 1)]
-    assert len(ranks[0]) == len(ranks[1])
-    assert not {i for b in ranks[0] for i in b} & {i for b in ranks[1] for i in b}
-    with pytest.raises(ValueError, match="below the longest"):
-        BucketBatchSampler([10, 5000], max_frames=1000)
 
 
 def test_mel_feature_rate():

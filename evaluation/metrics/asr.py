@@ -14,6 +14,7 @@ import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
 
+import jiwer
 import numpy as np
 
 from evaluation.metrics.base import METRIC_RATE, MetricError, MetricUnavailable, Sample, metric, package_version
@@ -53,28 +54,11 @@ class EditCounts:
 
 
 def edit_counts(reference: list[str], hypothesis: list[str]) -> EditCounts:
-    """Levenshtein alignment; among minimal alignments, prefer substitutions (as jiwer/sclite do)."""
-    n, m = len(reference), len(hypothesis)
-    # cost[i][j] = (errors, substitutions, deletions, insertions) for ref[:i] vs hyp[:j]
-    prev = [(j, 0, 0, j) for j in range(m + 1)]
-    for i in range(1, n + 1):
-        row = [(i, 0, i, 0)]
-        for j in range(1, m + 1):
-            if reference[i - 1] == hypothesis[j - 1]:
-                best = prev[j - 1]
-            else:
-                e, s, d, ins = prev[j - 1]
-                best = (e + 1, s + 1, d, ins)
-            e, s, d, ins = prev[j]
-            if e + 1 < best[0]:
-                best = (e + 1, s, d + 1, ins)
-            e, s, d, ins = row[j - 1]
-            if e + 1 < best[0]:
-                best = (e + 1, s, d, ins + 1)
-            row.append(best)
-        prev = row
-    _, s, d, ins = prev[m]
-    return EditCounts(s, d, ins, n)
+    """Minimal word alignment of two token lists by jiwer (substitutions preferred, as sclite does)."""
+    if not reference:
+        return EditCounts(0, 0, len(hypothesis), 0)
+    out = jiwer.process_words(" ".join(reference), " ".join(hypothesis))
+    return EditCounts(out.substitutions, out.deletions, out.insertions, len(reference))
 
 
 def wer_counts(reference: str, hypothesis: str) -> EditCounts:
@@ -82,7 +66,12 @@ def wer_counts(reference: str, hypothesis: str) -> EditCounts:
 
 
 def cer_counts(reference: str, hypothesis: str) -> EditCounts:
-    return edit_counts(list(normalize_for_wer(reference)), list(normalize_for_wer(hypothesis)))
+    """Character edits (spaces count) between the normalized texts, aligned by jiwer."""
+    reference, hypothesis = normalize_for_wer(reference), normalize_for_wer(hypothesis)
+    if not reference:
+        return EditCounts(0, 0, len(hypothesis), 0)
+    out = jiwer.process_characters(reference, hypothesis)
+    return EditCounts(out.substitutions, out.deletions, out.insertions, len(reference))
 
 
 class FasterWhisper:

@@ -26,11 +26,15 @@ from models.files import atomic_path
 DISTANCE_FRAMES = 2000  # frames sampled per system for the energy distance (O(n^2) memory)
 
 
+def codec_folder(codec: str) -> str:
+    """The folder of a codec's latents in a run: a checkpoint path becomes one name."""
+    return codec.strip("/").replace("/", "_")
+
+
 class LatentScorer:
     def __init__(self, codec: str, device: str, out_dir: Path):
-        # one folder per codec: a checkpoint path becomes one name (the report reads <codec>/<system>/)
         self.codec, self.device = codec, device
-        self.out_dir = Path(out_dir) / codec.strip("/").replace("/", "_")
+        self.out_dir = Path(out_dir) / codec_folder(codec)  # the report reads <codec>/<system>/
         self.info = {"latent_codec": codec}
 
     def __call__(self, sample: Sample) -> dict[str, float]:
@@ -62,8 +66,9 @@ def _latent(device: str, options: dict) -> LatentScorer:
 
 
 def load_latents(run_latents: str | os.PathLike, codec: str) -> dict[str, dict[str, dict]]:
-    """{system: {utt: {"mean": (T, D), "std": (T, D) | None}}} from a run's latent folder."""
-    root = Path(run_latents) / codec
+    """{system: {utt: {"mean": (T, D), "std": (T, D) | None}}} of one codec (a name, path or its
+    folder's name) from a run's latent folder."""
+    root = Path(run_latents) / codec_folder(codec)
     systems: dict[str, dict[str, dict]] = {}
     for folder in sorted(p for p in root.glob("*") if p.is_dir()):
         for path in sorted(folder.glob("*.npz")):
@@ -74,7 +79,7 @@ def load_latents(run_latents: str | os.PathLike, codec: str) -> dict[str, dict[s
     return systems
 
 
-def energy_distance(x: np.ndarray, y: np.ndarray) -> float:
+def sample_energy_distance(x: np.ndarray, y: np.ndarray) -> float:
     """2 E|X-Y| - E|X-X'| - E|Y-Y'| (Szekely & Rizzo): 0 iff the distributions are equal."""
     x, y = torch.as_tensor(x, dtype=torch.float64), torch.as_tensor(y, dtype=torch.float64)
     return float(2 * torch.cdist(x, y).mean() - torch.cdist(x, x).mean() - torch.cdist(y, y).mean())
@@ -120,7 +125,7 @@ def latent_statistics(systems: dict[str, dict[str, dict]], reference: str | None
         if all(u["std"] is not None for u in utterances.values()):
             entry["posterior_var"] = (_frames(utterances, "std") ** 2).mean(0).tolist()
         if name != reference:
-            entry["energy_distance"] = energy_distance(subsample(frames), real_sample)
+            entry["energy_distance"] = sample_energy_distance(subsample(frames), real_sample)
             entry["frechet_distance"] = frechet_distance(frames, real)
         result["systems"][name] = entry
     return result

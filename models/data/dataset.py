@@ -8,10 +8,9 @@ The split is the manifest's own `split` field, fixed when the corpus was built.
 
 from __future__ import annotations
 
-import random
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable
 
 import numpy as np
 import torch
@@ -77,7 +76,7 @@ class SpeechDataset(torch.utils.data.Dataset):
         if feature.source is not None:
             value = feature.compute(self.features(row, feature.source)).float().cpu()
         else:
-            wav = audio.load_audio(mf.resolve(self.manifest, row["path"]), audio.SAMPLE_RATE, max_seconds=None)
+            wav = audio.load_audio(mf.resolve_audio(self.manifest, row["path"]), audio.SAMPLE_RATE, max_seconds=None)
             value = feature.compute(wav).float().cpu()
         if cached is not None:
             stored = value.numpy().astype(np.float16)
@@ -99,58 +98,3 @@ def collate(items: list[dict]) -> dict:
     return {"ids": [i["id"] for i in items], "speaker": torch.tensor([i["speaker"] for i in items]),
             "text": texts, "text_lengths": torch.tensor([len(i["text"]) for i in items]),
             "features": feats, "feature_lengths": torch.tensor([i["features"].shape[-1] for i in items])}
-
-
-class BucketBatchSampler(torch.utils.data.Sampler):
-    """Batches of similar length under a frame budget, reshuffled per epoch from a seed.
-
-    Utterances are sorted by length within shuffled windows of `bucket_size`, cut into
-    batches of at most `max_frames` padded frames, and the batches shuffled. With
-    `num_replicas` > 1 (DDP), each rank takes every num_replicas-th batch of the same order.
-    """
-
-    def __init__(self, lengths: list[int], max_frames: int, seed: int = 0, bucket_size: int = 512,
-                 num_replicas: int = 1, rank: int = 0, drop_last: bool = False):
-        if max_frames < max(lengths):
-            raise ValueError(f"max_frames {max_frames} is below the longest item ({max(lengths)} frames)")
-        self.lengths, self.max_frames, self.seed = lengths, max_frames, seed
-        self.bucket_size, self.num_replicas, self.rank, self.drop_last = bucket_size, num_replicas, rank, drop_last
-        self.epoch = 0
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def _batches(self) -> list[list[int]]:
-        rng = random.Random(self.seed * 100_003 + self.epoch)
-        order = list(range(len(self.lengths)))
-        rng.shuffle(order)
-        batches = []
-        for start in range(0, len(order), self.bucket_size):
-            bucket = sorted(order[start : start + self.bucket_size], key=self.lengths.__getitem__)
-            batch, longest = [], 0
-            for index in bucket:
-                length = self.lengths[index]
-                if batch and max(longest, length) * (len(batch) + 1) > self.max_frames:
-                    batches.append(batch)
-                    batch, longest = [], 0
-                batch.append(index)
-                longest = max(longest, length)
-            if batch:
-                batches.append(batch)
-        rng.shuffle(batches)
-        usable = len(batches) // self.num_replicas * self.num_replicas if self.drop_last else len(batches)
-        return batches[self.rank : usable : self.num_replicas]
-
-    def __iter__(self) -> Iterator[list[int]]:
-        return iter(self._batches())
-
-    def __len__(self) -> int:
-        return len(self._batches())
-
-
-def loader(dataset: SpeechDataset, max_frames: int, seed: int = 0, workers: int = 0, **sampler_kwargs):
-    """A DataLoader with bucketed batches; call `.batch_sampler.set_epoch(e)` each epoch."""
-    lengths = [dataset.frames(i) for i in range(len(dataset))]
-    sampler = BucketBatchSampler(lengths, max_frames, seed=seed, **sampler_kwargs)
-    return torch.utils.data.DataLoader(dataset, batch_sampler=sampler, collate_fn=collate, num_workers=workers,
-                                       persistent_workers=workers > 0)

@@ -43,7 +43,7 @@ def read_jsonl(path: str | os.PathLike) -> list[dict]:
     return rows
 
 
-def resolve(manifest: str | os.PathLike, relative: str) -> Path:
+def resolve_audio(manifest: str | os.PathLike, relative: str) -> Path:
     """An audio path from a manifest, resolved against the manifest's folder."""
     return (Path(manifest).resolve().parent / relative).resolve()
 

@@ -148,7 +148,7 @@ def build_tasks(corpus_dir: str | Path, out_dir: str | Path, seed: int = 0, size
         raise FileNotFoundError(f"no corpus manifest at {corpus_manifest} (run: speech-studio corpus build)")
     rows = mf.read_jsonl(corpus_manifest)
     for row in rows:
-        row["abs_path"] = str(mf.resolve(corpus_manifest, row["path"]))
+        row["abs_path"] = str(mf.resolve_audio(corpus_manifest, row["path"]))
     out = Path(out_dir)
     counts = {}
     for split, sources in SPLIT_SOURCES.items():

@@ -39,7 +39,7 @@ from tqdm import tqdm
 
 from models import audio, registry
 from models.data.dataset import MEL, Feature, SpeechDataset, collate
-from models.files import atomic_path, write_text_atomic
+from models.files import atomic_path, replace_folder, write_text_atomic
 
 # Raw audio (1, samples), for models trained against the waveform (GAN heads); not cached.
 WAVEFORM = Feature("wav", lambda wav: torch.from_numpy(wav)[None], audio.SAMPLE_RATE)
@@ -66,7 +66,6 @@ class TrainConfig:
     val_every: int = 1000
     val_batches: int = 8
     val_samples: int = 6  # utterances decoded to audio and scored at each validation
-    workers: int = 0
     init_from: str | None = None  # start from this checkpoint's weights (a registry name or folder): fine-tuning
     freeze: tuple[str, ...] = ()  # parameter-name prefixes left untouched, e.g. [encoder, flow]
 
@@ -226,26 +225,24 @@ def _unflatten_optimizer(tensors: dict[str, torch.Tensor], meta: dict) -> dict:
 
 def save_training_state(folder: Path, modules: dict[str, torch.nn.Module], optimizers: dict, schedulers: dict,
                         state: dict) -> Path:
-    """One resumable checkpoint folder, written to a temp folder and renamed into place."""
-    tmp = folder.with_name(f".{folder.name}.tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
+    """One resumable checkpoint folder, written to a temp folder and swapped into place."""
     meta = {**state, "optimizers": {}, "schedulers": {k: s.state_dict() for k, s in schedulers.items()},
             "python_rng": _json_rng(random.getstate()), "numpy_rng": _json_numpy_rng()}
-    for name, module in modules.items():
-        save_file({k: v.contiguous() for k, v in module.state_dict().items()}, str(tmp / f"{name}.safetensors"))
-    rng = {"torch": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        rng["cuda"] = torch.cuda.get_rng_state()
-    save_file(rng, str(tmp / "rng.safetensors"))
-    for name, optimizer in optimizers.items():
-        tensors, opt_meta = _flatten_optimizer(optimizer.state_dict())
-        save_file(tensors, str(tmp / f"optimizer_{name}.safetensors"))
-        meta["optimizers"][name] = opt_meta
-    (tmp / "state.json").write_text(json.dumps(meta, indent=1))
-    shutil.rmtree(folder, ignore_errors=True)
-    tmp.rename(folder)
-    return folder
+
+    def fill(tmp: Path) -> None:
+        for name, module in modules.items():
+            save_file({k: v.contiguous() for k, v in module.state_dict().items()}, str(tmp / f"{name}.safetensors"))
+        rng = {"torch": torch.get_rng_state()}
+        if torch.cuda.is_available():
+            rng["cuda"] = torch.cuda.get_rng_state()
+        save_file(rng, str(tmp / "rng.safetensors"))
+        for name, optimizer in optimizers.items():
+            tensors, opt_meta = _flatten_optimizer(optimizer.state_dict())
+            save_file(tensors, str(tmp / f"optimizer_{name}.safetensors"))
+            meta["optimizers"][name] = opt_meta
+        (tmp / "state.json").write_text(json.dumps(meta, indent=1))
+
+    return replace_folder(folder, fill)
 
 
 def load_training_state(folder: Path, modules: dict, optimizers: dict, schedulers: dict, device: str) -> dict:

@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from models import audio
-from models.data.manifest import resolve
+from models.data.manifest import resolve_audio
 from models.flow_vae import FlowVAE, FlowVAEConfig
 from models.modules import (
     MultiDiscriminator,
@@ -96,7 +96,7 @@ class FlowVAETask(Task):
         scorers, their PESQ-wb and STOI against the input."""
         scores: dict[str, list[float]] = {}
         for item in items:
-            wav = audio.load_audio(resolve(item["manifest"], item["path"]), audio.SAMPLE_RATE, max_seconds=None)
+            wav = audio.load_audio(resolve_audio(item["manifest"], item["path"]), audio.SAMPLE_RATE, max_seconds=None)
             mu, _ = model.encode_wav(wav)
             out = model.decode_wav(mu)
             audio.save_audio(out_dir / f"{item['id']}.wav", out)

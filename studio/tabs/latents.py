@@ -21,16 +21,12 @@ from studio.config import StudioConfig
 from studio.tabs.evaluate import applicable_systems, new_run_name, run_folder
 
 
-def codec_folder(codec: str) -> str:
-    return codec.strip("/").replace("/", "_")  # as the latent metric names it
-
-
 def run_latents(run: dict) -> dict[str, dict[str, dict]]:
     """The latents of the systems and items this request asked for: a resumed run folder may
     also hold other systems and items from earlier requests, which are left out."""
     names = {spec.partition("=")[0] for spec in run["systems"]}
     keys = set(run["keys"])
-    latents = load_latents(Path(run["out"]) / "latents", codec_folder(run["codec"]))
+    latents = load_latents(Path(run["out"]) / "latents", run["codec"])
     return {system: {key: value for key, value in utterances.items() if key in keys}
             for system, utterances in latents.items() if system in names}
 
@@ -105,7 +101,7 @@ def utterance_audio(run: dict | None, choice: str | None) -> str | None:
 
 def build(config: StudioConfig) -> None:
     testsets = list(config.testsets)
-    codecs = pipelines.available_codecs()[1:]
+    codecs = pipelines.available_latent_codecs()
     with gr.Tab("Latent explorer"):
         gr.Markdown("The distribution of a codec's latents: per-dimension posterior means and variances, distances "
                     "of each system's frames to real speech (`gt`), and a 2-D projection of utterance means "

@@ -27,6 +27,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from models import audio, registry
+from models.config import parse_config
 from models.modules import (
     Snake,
     residual_stack,
@@ -70,9 +71,8 @@ class FlowVAEConfig:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, data: dict) -> "FlowVAEConfig":
-        data = {k: tuple(v) if isinstance(v, list) else v for k, v in data.items() if k != "model"}
-        return cls(**data)
+    def from_dict(cls, data: dict, source: str = "Flow-VAE config") -> "FlowVAEConfig":
+        return parse_config(cls, data, source)
 
 
 class Encoder(nn.Module):
@@ -336,6 +336,6 @@ class ChunkedDecoder:
         return out
 
 
-@registry.register("flow_vae")
+@registry.register("flow_vae", config=FlowVAEConfig)
 def build(config: dict) -> FlowVAE:
     return FlowVAE(FlowVAEConfig.from_dict(config))

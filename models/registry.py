@@ -37,6 +37,7 @@ CARD_FIELDS = ("model", "data", "steps", "wall_time_s", "device", "metrics")
 
 Builder = Callable[[dict], torch.nn.Module]
 _BUILDERS: dict[str, Builder] = {}
+_CONFIGS: dict[str, type | None] = {}
 _RESIDENT: dict[Any, Any] = {}
 _LOCK = threading.RLock()
 
@@ -83,14 +84,25 @@ def release(prefix: Any = None) -> None:
 # ----------------------------------------------------------------- builders
 
 
-def register(name: str) -> Callable[[Builder], Builder]:
-    """Decorator: `@register("flow_vae") def build(config) -> nn.Module`."""
+def register(name: str, config: type | None = None) -> Callable[[Builder], Builder]:
+    """Decorator: `@register("flow_vae", config=FlowVAEConfig) def build(config) -> nn.Module`. The
+    config class is what load_config checks a YAML's model section against."""
 
     def decorate(builder: Builder) -> Builder:
         _BUILDERS[name] = builder
+        _CONFIGS[name] = config
         return builder
 
     return decorate
+
+
+def config_class(name: str) -> type | None:
+    """The config dataclass a builder registered (None if it registered none)."""
+    try:
+        builder(name)  # imports the model file, which registers both
+    except KeyError as error:
+        raise ValueError(error.args[0]) from None
+    return _CONFIGS.get(name)
 
 
 def builder(name: str) -> Builder:
@@ -99,8 +111,9 @@ def builder(name: str) -> Builder:
 
         try:
             importlib.import_module(f"models.{name}")  # a model file registers its builder on import
-        except ModuleNotFoundError:
-            pass
+        except ModuleNotFoundError as error:
+            if error.name != f"models.{name}":  # the model file exists but needs something missing: say what
+                raise
     if name not in _BUILDERS:
         known = ", ".join(sorted(_BUILDERS)) or "none"
         raise KeyError(f"No model builder named '{name}' (registered: {known})")
@@ -207,7 +220,10 @@ def load_checkpoint(name: str | os.PathLike, device: str | None = None) -> tuple
     folder = resolve(name)
     config = json.loads((folder / CONFIG).read_text())
     card = read_card(folder / CARD) if (folder / CARD).is_file() else {}
-    model = builder(config["model"])(config)
+    try:
+        model = builder(config["model"])(config)
+    except ValueError as error:  # a setting the model does not know: name the file
+        raise ValueError(f"{folder / CONFIG}: {error}") from None
     load_safetensors_into(model, str(folder / WEIGHTS), strict=True)
     return model.to(pick_device(device)).eval(), config, card
 

@@ -23,7 +23,7 @@ concatenates two utterances of one speaker (`prompt_pairs`) so continuation is i
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from typing import Iterator
 
 import torch
@@ -31,6 +31,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from models import registry
+from models.config import parse_config
 from models.modules import CausalTransformer
 from models.text import TextFrontend
 
@@ -80,15 +81,8 @@ class SLEDConfig:
     model: str = field(default="sled", init=False)
 
     @classmethod
-    def from_dict(cls, data: dict) -> "SLEDConfig":
-        known = {f.name for f in fields(cls) if f.init}
-        unknown = set(data) - known - {"model"}
-        if unknown:
-            raise ValueError(f"unknown SLED settings: {', '.join(sorted(unknown))}")
-        values = {k: v for k, v in data.items() if k in known}
-        if values.get("interleave") is not None:
-            values["interleave"] = tuple(values["interleave"])
-        config = cls(**values)
+    def from_dict(cls, data: dict, source: str = "SLED config") -> "SLEDConfig":
+        config = parse_config(cls, data, source)
         if config.head not in ("energy", "l2"):
             raise ValueError(f"head must be energy or l2, not {config.head!r}")
         return config
@@ -363,6 +357,6 @@ def diagonal_alignment(saliency: torch.Tensor, tolerance: float = 0.1) -> float:
     return float(((saliency.argmax(1) - expected).abs() <= max(2.0, tolerance * tokens)).float().mean())
 
 
-@registry.register("sled")
+@registry.register("sled", config=SLEDConfig)
 def build(config: dict) -> SLED:
     return SLED(SLEDConfig.from_dict(config))

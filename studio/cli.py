@@ -131,6 +131,8 @@ def _train(args: argparse.Namespace) -> int:
     from models.training import Trainer, load_config
 
     config = load_config(args.config)
+    if config["model"]["model"] != args.model:
+        raise ValueError(f"{args.config} is a config for {config['model']['model']}, not {args.model}")
     if args.steps is not None:
         config["train"]["steps"] = args.steps
     trainer = Trainer(args.model, config, data=args.data, out=args.out, resume=args.resume,

@@ -1,5 +1,6 @@
 import csv
 import os
+import re
 import subprocess
 import sys
 
@@ -30,7 +31,7 @@ def weights(run, step):
 def test_configs_are_data_and_refuse_unknown_settings(tmp_path):
     config = load_config(REPO / "models" / "configs" / "flow_vae.yaml")
     assert config["model"]["latent_dim"] == 64 and TrainConfig.from_dict(config["train"]).steps > 1000
-    with pytest.raises(ValueError, match="unknown train settings: stpes"):
+    with pytest.raises(ValueError, match="train settings: unknown setting 'stpes'"):
         TrainConfig.from_dict({"stpes": 3})
     bad = tmp_path / "bad.yaml"
     bad.write_text("train: {steps: 3}\n")
@@ -156,3 +157,19 @@ def test_cli_train_export_and_reconstruct(mini, tmp_path, arctic_path, capsys):
     assert main(["codec", "reconstruct", str(arctic_path), str(tmp_path / "other.wav"), "--codec", "nope"]) == 2
     assert "unknown codec 'nope'" in capsys.readouterr().err
     assert main(["train", "flow_vae", "--config", str(TINY), "--data", str(tmp_path), "--out", str(run)]) == 2
+
+
+def test_configs_refuse_an_unknown_key_naming_it_and_the_file(tmp_path):
+    """Every YAML names its model and parses through one checker: model, train and section names."""
+    for path in sorted((REPO / "models" / "configs").glob("*.yaml")):
+        assert load_config(path)["model"]["model"] in ("sled", "flow_vae"), path
+    base = (REPO / "models" / "configs" / "flow_vae_tiny.yaml").read_text()
+    for broken, fragment in ((base.replace("  latent_dim:", "  latent_dimm:"), "model: unknown setting 'latent_dimm'"),
+                             (base.replace("  steps:", "  stepz:"), "train: unknown setting 'stepz'"),
+                             (base + "extra:\n  x: 1\n", "unknown section 'extra'"),
+                             (base.replace("  model: flow_vae\n", ""), "must name its model")):
+        path = tmp_path / "broken.yaml"
+        path.write_text(broken)
+        with pytest.raises(ValueError, match=re.escape(fragment)) as error:
+            load_config(path)
+        assert str(path) in str(error.value) and len(str(error.value).splitlines()) == 1

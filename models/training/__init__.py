@@ -27,7 +27,7 @@ import os
 import random
 import shutil
 import time
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
@@ -38,6 +38,7 @@ from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 
 from models import audio, registry
+from models.config import parse_config
 from models.data.dataset import MEL, Feature, SpeechDataset, collate
 from models.files import atomic_path, replace_folder, write_text_atomic
 
@@ -70,24 +71,32 @@ class TrainConfig:
     freeze: tuple[str, ...] = ()  # parameter-name prefixes left untouched, e.g. [encoder, flow]
 
     @classmethod
-    def from_dict(cls, data: dict) -> "TrainConfig":
-        known = {f.name for f in fields(cls)}
-        unknown = set(data) - known
-        if unknown:
-            raise ValueError(f"unknown train settings: {', '.join(sorted(unknown))}")
-        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in data.items()})
+    def from_dict(cls, data: dict, source: str = "train settings") -> "TrainConfig":
+        return parse_config(cls, data, source)
 
 
 def load_config(path: str | os.PathLike) -> dict:
-    """A YAML file with `model:` and `train:` sections (and optional `data:`)."""
+    """A YAML file with `model:` (naming its model, `model: <name>`, like a checkpoint's config.json)
+    and `train:` sections (and optional `data:`), every section checked through the one config
+    parser: an unknown key is one line naming it and the file."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"config not found: {path}")
     config = yaml.safe_load(path.read_text()) or {}
-    if not isinstance(config, dict) or "model" not in config:
+    if not isinstance(config, dict) or not isinstance(config.get("model"), dict):
         raise ValueError(f"{path}: a training config needs a `model:` section")
+    unknown = sorted(set(config) - {"model", "train", "data"})
+    if unknown:
+        raise ValueError(f"{path}: unknown section {unknown[0]!r} (known: data, model, train)")
+    name = config["model"].get("model")
+    if not name:
+        raise ValueError(f"{path}: the model section must name its model (`model: sled`, `model: flow_vae`, ...)")
+    config_class = registry.config_class(name)
+    if config_class is not None:
+        parse_config(config_class, config["model"], f"{path}: model")
     config.setdefault("train", {})
     config.setdefault("data", {})
+    TrainConfig.from_dict(config["train"], f"{path}: train")
     return config
 
 
@@ -157,8 +166,9 @@ def get_task(name: str, model_config: dict) -> Task:
 
         try:
             importlib.import_module(f"models.training.{name}")  # a recipe registers its task on import
-        except ModuleNotFoundError:
-            pass
+        except ModuleNotFoundError as error:
+            if error.name != f"models.training.{name}":  # the recipe exists but needs something missing
+                raise
     if name not in TASKS:
         raise ValueError(f"unknown model to train {name!r} (available: {', '.join(sorted(TASKS)) or 'none'})")
     return TASKS[name](model_config)

@@ -28,7 +28,7 @@ def _request(model: str | None, text: str, reference: str | None, reference_text
     """The pipelines.tts keyword arguments of one UI request (reference loaded, seed decided)."""
     if not model:
         raise ValueError("No TTS model: publish a trained checkpoint to assets/checkpoints, or type a checkpoint "
-                         "folder (see the README, SLED)")
+                         "folder (see docs/sled.md)")
     kind = pipelines.tts_kind(model)
     declared = pipelines.sampling_controls()[kind]
     request = {"text": text, "model": model, "seed": None if randomize or seed in (None, "") else int(seed),

@@ -110,14 +110,15 @@ def _reconstruct(codec: str, device: str) -> Generate:
     return generate
 
 
-TTS_OPTIONS = {"cfg": float, "seed": int, "stop": float}
+TTS_OPTIONS = {"cfg": float, "seed": int}  # plus the model's own controls (a float each)
+OPTION_ALIASES = {"stop": "stop_threshold"}  # short names kept from earlier command lines
 
 
-def _speak(model: str, device: str, cfg: float = 2.0, seed: int = 0, stop: float = 0.5) -> Generate:
+def _speak(model: str, device: str, cfg: float = 2.0, seed: int = 0, **controls: float) -> Generate:
     """TTS of item.text; with an enrollment clip, its voice continued from prompt_text.
 
     Each item's seed is `seed` + a hash of its key, so audio does not depend on the order,
-    the shard or a resumed run.
+    the shard or a resumed run. `controls` are the model's own sampling settings.
     """
     import zlib
 
@@ -132,8 +133,7 @@ def _speak(model: str, device: str, cfg: float = 2.0, seed: int = 0, stop: float
                 raise ValueError("the enrollment clip has no prompt_text")
             ref = audio.load_audio(item.enrollment, audio.SAMPLE_RATE, max_seconds=pipelines.MAX_REFERENCE_SECONDS)
         wav, _ = pipelines.tts(item.text, model, ref, audio.SAMPLE_RATE, item.prompt_text, cfg=cfg,
-                               seed=seed + zlib.crc32(item.key.encode()) % 100_000, device=device,
-                               stop_threshold=stop)
+                               seed=seed + zlib.crc32(item.key.encode()) % 100_000, device=device, **controls)
         return wav, audio.SAMPLE_RATE
 
     return generate
@@ -198,17 +198,22 @@ def builtin_testsets(root: Path | None = None) -> dict[str, Path]:
     return found
 
 
-def _options(spec: str, text: str) -> tuple[tuple[str, float], ...]:
-    """`cfg=1.5:seed=3` -> (("cfg", 1.5), ("seed", 3)), checked against TTS_OPTIONS."""
+def _options(spec: str, text: str, model: str) -> tuple[tuple[str, float], ...]:
+    """`cfg=1.5:seed=3:stop_threshold=0.4` -> (("cfg", 1.5), ...), checked against cfg, seed and the
+    controls the model declares."""
+    from models import pipelines
+
+    types = {**TTS_OPTIONS, **{name: float for name in pipelines.tts_controls(model)}}
     options = []
     for part in text.split(":") if text else []:
         key, sep, value = part.partition("=")
-        if not sep or key not in TTS_OPTIONS:
-            raise ValueError(f"system {spec!r}: options are {', '.join(k + '=' for k in TTS_OPTIONS)}, not {part!r}")
+        key = OPTION_ALIASES.get(key, key)
+        if not sep or key not in types:
+            raise ValueError(f"system {spec!r}: options are {', '.join(k + '=' for k in types)}, not {part!r}")
         try:
-            options.append((key, TTS_OPTIONS[key](value)))
+            options.append((key, types[key](value)))
         except ValueError:
-            raise ValueError(f"system {spec!r}: {key} must be a {TTS_OPTIONS[key].__name__}, not {value!r}") from None
+            raise ValueError(f"system {spec!r}: {key} must be a {types[key].__name__}, not {value!r}") from None
     return tuple(options)
 
 
@@ -222,7 +227,7 @@ def parse_system(spec: str) -> System:
     if options and kind != "tts":
         raise ValueError(f"system {spec!r}: only TTS models take options")
     if kind == "tts":
-        return System(name, "tts", source, _options(spec, options))
+        return System(name, "tts", source, _options(spec, options, source))
     if source in MANIFEST_SYSTEMS:
         return System(name, "manifest", source)
     if source in GENERATORS:
@@ -237,7 +242,7 @@ def parse_system(spec: str) -> System:
 
 def _role(source: str) -> str | None:
     """"codec" or "tts" when source names a checkpoint of that role, else None."""
-    from models import pipelines
+    from models import registry
+    from models.roles import LATENT_CODEC, TTS
 
-    model = pipelines.checkpoint_kind(source)
-    return "codec" if model in pipelines.LATENT_CODECS else "tts" if model in pipelines.TTS_MODELS else None
+    return {LATENT_CODEC: "codec", TTS: "tts"}.get(registry.checkpoint_role(source))

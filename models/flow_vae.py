@@ -33,6 +33,7 @@ from models.modules import (
     residual_stack,
     sequence_mask,
 )
+from models.roles import LATENT_CODEC
 
 SILENCE = math.log(audio.MelConfig().clamp)  # log-mel of digital silence: pads inputs to whole latent frames
 
@@ -194,10 +195,14 @@ def flow_kl(mu: torch.Tensor, log_sigma: torch.Tensor, eps: torch.Tensor, flow: 
     return (((log_q - log_p) * mask).sum() - logdet.sum()) / elements
 
 
+@registry.register("flow_vae", role=LATENT_CODEC, config=FlowVAEConfig)
 class FlowVAE(nn.Module):
+    sample_rate = audio.SAMPLE_RATE  # models.roles.LatentCodec
+
     def __init__(self, config: FlowVAEConfig = FlowVAEConfig()):
         super().__init__()
         self.config = config
+        self.frame_rate, self.latent_dim = config.frame_rate, config.latent_dim
         self.encoder = Encoder(config)
         self.flow = Flow(config)
         self.decoder = Decoder(config)
@@ -253,6 +258,9 @@ class FlowVAE(nn.Module):
         z = torch.as_tensor(np.asarray(z), dtype=torch.float32, device=device).T.unsqueeze(0)
         return self.decode(z)[0]
 
+    def streaming_decoder(self, precision: str = "fp32") -> "ChunkedDecoder":
+        return ChunkedDecoder(self, precision=precision)
+
     @torch.no_grad()
     def decode_wav(self, z: np.ndarray | torch.Tensor, head: str = "mel", precision: str = "fp32") -> np.ndarray:
         """Latents -> waveform at 22.05 kHz, through the shared vocoder ("mel", at `precision`) or the waveform head."""
@@ -268,7 +276,7 @@ class FlowVAE(nn.Module):
         return get_vocoder(str(mel.device), precision).synthesize(mel).cpu().numpy()
 
 
-class ChunkedDecoder:
+class ChunkedDecoder:  # models.roles.StreamingDecoder
     """Latent frames in, waveform chunks out: the decoder side of streaming generation.
 
     Two stages, each decoding a window of new input plus `*_context` frames of input already
@@ -335,7 +343,3 @@ class ChunkedDecoder:
         self.emitted = end
         return out
 
-
-@registry.register("flow_vae", config=FlowVAEConfig)
-def build(config: dict) -> FlowVAE:
-    return FlowVAE(FlowVAEConfig.from_dict(config))

@@ -13,30 +13,29 @@ from typing import Callable, Iterator
 import numpy as np
 import torch
 
-from models import audio
+from models import audio, registry
+from models.roles import LATENT_CODEC, SPEECH_TO_SPEECH, TOKEN_CODEC, TTS, Control, TTSRequest
 from models.text import check_text, split_sentences
 from models.vocoder import get_vocoder
 
-CODECS = ("vocoder",)  # plus trained latent codecs: a checkpoint name or folder (e.g. flow_vae)
-LATENT_CODECS = ("flow_vae",)  # registry models with encode_wav / decode_wav
-TTS_MODELS = ("sled",)  # registry models with generate(text ids, prompt latents, cfg, seed)
+CODECS = ("vocoder",)  # built in; trained codecs are checkpoints of the latent-codec role
 MAX_TTS_CHARS = 2000
 MAX_REFERENCE_SECONDS = 20.0
 PAUSE_SECONDS = 0.2  # silence between sentences
 TTS_VOCODER_PRECISION = "bf16"  # 2x faster synthesis, same PESQ (see models.vocoder.PRECISIONS)
 CFG_RANGE = (1.0, 10.0)  # 1 = no guidance; the papers' best scales are 2-3
 MAX_SEED = 2**32 - 1
+ROLE_NAMES = {LATENT_CODEC: "codec", TOKEN_CODEC: "token codec", TTS: "TTS model",
+              SPEECH_TO_SPEECH: "speech-to-speech model"}
 
 
-def check_sampling(cfg: float, seed: int | None, stop_threshold: float) -> None:
-    """One clear line for a guidance scale, seed or stop threshold out of range (NaN included)."""
+def check_sampling(cfg: float, seed: int | None) -> None:
+    """One clear line for a guidance scale or seed out of range (NaN included)."""
     low, high = CFG_RANGE
     if not (isinstance(cfg, (int, float)) and low <= cfg <= high):  # NaN fails every comparison
         raise ValueError(f"the guidance scale (cfg) must be between {low:g} and {high:g}, not {cfg}")
     if seed is not None and not (isinstance(seed, int) and 0 <= seed <= MAX_SEED):
         raise ValueError(f"the seed must be a whole number from 0 to {MAX_SEED}, not {seed}")
-    if not (isinstance(stop_threshold, (int, float)) and 0.0 < stop_threshold < 1.0):
-        raise ValueError(f"the stop threshold must be between 0 and 1, not {stop_threshold}")
 
 
 def available_codecs() -> list[str]:
@@ -46,68 +45,52 @@ def available_codecs() -> list[str]:
 
 def available_latent_codecs() -> list[str]:
     """Every local latent codec checkpoint (for menus of what has latents to explore)."""
-    from models import registry
-
-    return [name for kind in LATENT_CODECS for name in registry.list_checkpoints(kind)]
+    return registry.checkpoints_with_role(LATENT_CODEC)
 
 
 def available_tts_models() -> list[str]:
     """Local TTS checkpoints under assets/checkpoints (for menus)."""
-    from models import registry
-
-    return [name for kind in TTS_MODELS for name in registry.list_checkpoints(kind)]
+    return registry.checkpoints_with_role(TTS)
 
 
-def sampling_controls() -> dict[str, dict[str, tuple]]:
-    """Per TTS model kind, the extra sampling settings it declares (models/<kind>.py SAMPLING):
-    tts keyword -> (label, minimum, maximum, default, step)."""
-    import importlib
-
-    return {kind: dict(getattr(importlib.import_module(f"models.{kind}"), "SAMPLING", {})) for kind in TTS_MODELS}
+def tts_controls(model: str) -> dict[str, Control]:
+    """The sampling controls a TTS checkpoint's model declares (its class's CONTROLS)."""
+    return dict(getattr(registry.model_class(tts_kind(model)), "CONTROLS", {}))
 
 
-def checkpoint_kind(name: str) -> str | None:
-    """The model kind (flow_vae, sled, ...) of a checkpoint name or folder, without loading it;
-    None when there is no such checkpoint."""
-    import json
-
-    from models import registry
-
-    try:
-        folder = registry.resolve(name)
-    except registry.CheckpointNotFound:
-        return None
-    return json.loads((folder / registry.CONFIG).read_text()).get("model")
+def all_tts_controls() -> dict[str, Control]:
+    """Every control any local TTS checkpoint declares, by name (one slider each in a menu)."""
+    controls: dict[str, Control] = {}
+    for name in available_tts_models():
+        controls.update(tts_controls(name))
+    return controls
 
 
 def tts_kind(model: str) -> str:
     """The model kind (e.g. sled) of a TTS checkpoint name or folder; a clear error otherwise."""
-    kind = checkpoint_kind(model)
+    _require_role(model, TTS)
+    return registry.checkpoint_kind(model)
+
+
+def _require_role(name: str, role: str, builtins: tuple[str, ...] = ()) -> None:
+    kind = registry.checkpoint_kind(name)
     if kind is None:
-        raise ValueError(f"unknown TTS model {model!r}: no checkpoint by that name or folder")
-    if kind not in TTS_MODELS:
-        raise ValueError(f"checkpoint {model!r} is a {kind} model, not a TTS model")
-    return kind
-
-
-def _checkpoint_model(name: str, kinds: tuple[str, ...], role: str, device: str | None,
-                      builtins: tuple[str, ...] = ()):
-    """The resident (model, config) behind a checkpoint name or folder whose kind is one of
-    `kinds`; a clear error naming the `role` for anything else."""
-    from models import registry
-
-    try:
-        model, config, _ = registry.load_model(name, device)
-    except registry.CheckpointNotFound as error:
         also = f"not one of {', '.join(builtins)}, and " if builtins else ""
-        raise ValueError(f"unknown {role} {name!r}: {also}{error}") from None
-    if config.get("model") not in kinds:
-        raise ValueError(f"checkpoint {name!r} is a {config.get('model')} model, not a {role}")
+        raise ValueError(f"unknown {ROLE_NAMES[role]} {name!r}: {also}no checkpoint by that name or folder")
+    if registry.checkpoint_role(name) != role:
+        raise ValueError(f"checkpoint {name!r} is a {kind} model, not a {ROLE_NAMES[role]}")
+
+
+def _checkpoint_model(name: str, role: str, device: str | None, builtins: tuple[str, ...] = ()):
+    """The resident (model, config) behind a checkpoint name or folder of `role`; one clear line
+    naming the role for anything else."""
+    _require_role(name, role, builtins)
+    model, config, _ = registry.load_model(name, device)
     return model, config
 
 
 def _codec_model(codec: str, device: str | None):
-    return _checkpoint_model(codec, LATENT_CODECS, "codec", device, CODECS)[0]
+    return _checkpoint_model(codec, LATENT_CODEC, device, CODECS)[0]
 
 
 def reconstruct(
@@ -156,27 +139,33 @@ def encode_latents(
 def tts(
     text: str, model: str = "sled", ref_wav: np.ndarray | None = None, ref_sr: int | None = None,
     ref_text: str | None = None, cfg: float = 2.0, seed: int | None = None, stream: bool = False,
-    device: str | None = None, max_chars: int = MAX_TTS_CHARS, stop_threshold: float = 0.5,
+    device: str | None = None, max_chars: int = MAX_TTS_CHARS,
     transcribe: Callable[[np.ndarray], str] | None = None, chunk_frames: tuple[int, int] = (20, 20),
+    **controls: float,
 ) -> tuple[np.ndarray, dict] | tuple[Iterator[np.ndarray], dict]:
-    """Text to speech at 22.05 kHz; returns (audio, info), or with stream=True (chunk iterator, info).
+    """Text to speech at 22.05 kHz with any checkpoint of the TTS role; returns (audio, info), or
+    with stream=True (chunk iterator, info).
 
     Text is split into sentences, each generated with seed + its index and joined with a short
     pause. A reference clip (ref_wav at ref_sr) and its transcript prefix every sentence, so the
     voice continues; without ref_text, `transcribe(wav at 22.05 kHz)` supplies it. cfg is the
     guidance scale (1.0 = none, which runs the conditional model alone: the same output at half
-    the cost). Streaming yields audio as frames are generated: the first chunk after
-    chunk_frames[0] frames, then every chunk_frames[1]; `info` gains timings as it runs.
+    the cost); `controls` are the model's own sampling settings (its CONTROLS, e.g. SLED's
+    stop_threshold), each checked against its range. Streaming yields audio as frames are
+    generated: the first chunk after chunk_frames[0] frames, then every chunk_frames[1]; `info`
+    gains timings as it runs.
     """
-    from models.flow_vae import ChunkedDecoder
-
-    check_sampling(cfg, seed, stop_threshold)
+    check_sampling(cfg, seed)
     sentences = split_sentences(check_text(text, max_chars))
-    generator, config = _checkpoint_model(model, TTS_MODELS, "TTS model", device)
-    codec = _codec_model(config["codec"], device)
+    generator, config = _checkpoint_model(model, TTS, device)
+    declared = getattr(generator, "CONTROLS", {})
+    unknown = sorted(set(controls) - set(declared))
+    if unknown:
+        raise ValueError(f"{model} has no setting {unknown[0]!r} (its settings: {', '.join(declared) or 'none'})")
+    settings = {name: control.check(name, controls.get(name, control.default)) for name, control in declared.items()}
+    codec = _codec_model(generator.codec, device)
     seed = random.randrange(2**31) if seed is None else seed
-    symbols = generator.frontend.symbols
-    prompt_ids, prompt = [], None
+    prompt, prompt_text = None, None
     if ref_wav is not None:
         if ref_sr is None:
             raise ValueError("ref_sr: the reference audio's sample rate is required")
@@ -185,16 +174,15 @@ def tts(
             if transcribe is None:
                 raise ValueError("the reference clip needs its transcript (ref_text)")
             ref_text = transcribe(ref)
-        prompt_ids = generator.frontend.encode([check_text(ref_text)])[0] + symbols.encode(" ")
+        prompt_text = check_text(ref_text)
         prompt = torch.from_numpy(codec.encode_wav(ref)[0])
-    info = {"model": model, "codec": config["codec"], "cfg": cfg, "seed": seed, "sentences": len(sentences),
-            "reference": ref_wav is not None, "ref_text": ref_text, "stop_threshold": stop_threshold,
+    info = {"model": model, "codec": generator.codec, "cfg": cfg, "seed": seed, "sentences": len(sentences),
+            "reference": ref_wav is not None, "ref_text": ref_text, **settings,
             "vocoder_precision": TTS_VOCODER_PRECISION, "device": str(next(generator.parameters()).device)}
 
     def frames(index: int, sentence: str):
-        ids = prompt_ids + generator.frontend.encode([sentence])[0]
-        return generator.generate(ids, prompt, None if cfg == 1.0 else cfg, seed + index, stop_threshold,
-                                  prompt_symbols=len(prompt_ids))
+        return generator.frames(TTSRequest(sentence, prompt, prompt_text, None if cfg == 1.0 else cfg, seed + index,
+                                           settings))
 
     pause = np.zeros(int(PAUSE_SECONDS * audio.SAMPLE_RATE), np.float32)
     start = time.perf_counter()
@@ -206,8 +194,7 @@ def tts(
             if z:
                 pieces += [codec.decode_wav(torch.stack(z), precision=TTS_VOCODER_PRECISION), pause]
         if not pieces:
-            raise ValueError(f"{model} stopped before its first frame: no audio was generated "
-                             "(try another seed, or a higher stop threshold)")
+            raise ValueError(f"{model} stopped before its first frame: no audio was generated (try another seed)")
         wav = np.concatenate(pieces[:-1])
         seconds = time.perf_counter() - start
         info.update(frames=n_frames, seconds=round(len(wav) / audio.SAMPLE_RATE, 3),
@@ -217,7 +204,7 @@ def tts(
     def chunks() -> Iterator[np.ndarray]:
         total, n_frames = 0, 0
         for index, sentence in enumerate(sentences):
-            decoder, waiting, target = ChunkedDecoder(codec, precision=TTS_VOCODER_PRECISION), [], chunk_frames[0]
+            decoder, waiting, target = codec.streaming_decoder(TTS_VOCODER_PRECISION), [], chunk_frames[0]
             if index:
                 yield pause
                 total += len(pause)
@@ -239,3 +226,52 @@ def tts(
                     rtf=round(seconds / max(total, 1) * audio.SAMPLE_RATE, 4))
 
     return chunks(), info
+
+
+# --------------------------------------------------------------- speech to speech
+
+
+TASK_NAMES = {"convert": "voice-conversion", "enhance": "speech-enhancement", "extract": "target-speaker-extraction"}
+
+
+def _speech_to_speech(task: str, model: str | None, device: str | None):
+    """The resident model for a speech-to-speech task: the named checkpoint, or the first local one
+    that does the task; one clear line when none does."""
+    def does(name: str) -> bool:
+        return task in getattr(registry.model_class(registry.checkpoint_kind(name)), "TASKS", ())
+
+    names = [model] if model else [name for name in registry.checkpoints_with_role(SPEECH_TO_SPEECH) if does(name)]
+    if not names:
+        raise ValueError(f"no {TASK_NAMES[task]} backend is installed (train and publish one, e.g. Metis)")
+    backend, _ = _checkpoint_model(names[0], SPEECH_TO_SPEECH, device)
+    if task not in backend.TASKS:
+        raise ValueError(f"{names[0]} does not do {TASK_NAMES[task]} (it does: {', '.join(backend.TASKS)})")
+    return backend, names[0]
+
+
+def _speech_input(wav: np.ndarray, sr: int, name: str) -> np.ndarray:
+    return audio.prepare_audio(wav, sr, max_seconds=audio.MAX_SECONDS, name=name)
+
+
+def convert(source: np.ndarray, source_sr: int, reference: np.ndarray, reference_sr: int, model: str | None = None,
+            device: str | None = None) -> tuple[np.ndarray, dict]:
+    """Voice conversion: what `source` says, in the voice of `reference`."""
+    backend, name = _speech_to_speech("convert", model, device)
+    out = backend.convert(_speech_input(source, source_sr, "source audio"),
+                          _speech_input(reference, reference_sr, "reference audio"))
+    return out, {"model": name, "task": "convert"}
+
+
+def enhance(noisy: np.ndarray, sr: int, model: str | None = None, device: str | None = None) -> tuple[np.ndarray, dict]:
+    """Speech enhancement: the clean speech in a noisy recording."""
+    backend, name = _speech_to_speech("enhance", model, device)
+    return backend.enhance(_speech_input(noisy, sr, "noisy audio")), {"model": name, "task": "enhance"}
+
+
+def extract(mixture: np.ndarray, mixture_sr: int, enrollment: np.ndarray, enrollment_sr: int,
+            model: str | None = None, device: str | None = None) -> tuple[np.ndarray, dict]:
+    """Target speaker extraction: the voice of `enrollment` out of `mixture`."""
+    backend, name = _speech_to_speech("extract", model, device)
+    out = backend.extract(_speech_input(mixture, mixture_sr, "mixture audio"),
+                          _speech_input(enrollment, enrollment_sr, "enrollment audio"))
+    return out, {"model": name, "task": "extract"}

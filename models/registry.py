@@ -38,6 +38,8 @@ CARD_FIELDS = ("model", "data", "steps", "wall_time_s", "device", "metrics")
 Builder = Callable[[dict], torch.nn.Module]
 _BUILDERS: dict[str, Builder] = {}
 _CONFIGS: dict[str, type | None] = {}
+_ROLES: dict[str, str] = {}
+_CLASSES: dict[str, type] = {}
 _RESIDENT: dict[Any, Any] = {}
 _LOCK = threading.RLock()
 
@@ -84,16 +86,64 @@ def release(prefix: Any = None) -> None:
 # ----------------------------------------------------------------- builders
 
 
-def register(name: str, config: type | None = None) -> Callable[[Builder], Builder]:
-    """Decorator: `@register("flow_vae", config=FlowVAEConfig) def build(config) -> nn.Module`. The
-    config class is what load_config checks a YAML's model section against."""
+def register(name: str, role: str, config: type | None = None) -> Callable:
+    """Decorator on a model class (`@register("flow_vae", role=LATENT_CODEC, config=FlowVAEConfig)
+    class FlowVAE`, built as `FlowVAE(FlowVAEConfig.from_dict(data))`) or on a builder function
+    `build(data) -> nn.Module`. The role (models.roles) puts the model's checkpoints in every menu
+    and list of that role; the config class is what load_config checks a YAML against."""
+    from models.roles import ROLES
 
-    def decorate(builder: Builder) -> Builder:
-        _BUILDERS[name] = builder
+    if role not in ROLES:
+        raise ValueError(f"{name}: role must be one of {', '.join(ROLES)}, not {role!r}")
+
+    def decorate(target):
+        if isinstance(target, type):  # a model class built from its parsed config: the class is known
+            _CLASSES[name] = target
+            parse = getattr(config, "from_dict", None)
+            _BUILDERS[name] = lambda data: target(parse(data)) if parse else target(data)
+        else:
+            _BUILDERS[name] = target
         _CONFIGS[name] = config
-        return builder
+        _ROLES[name] = role
+        return target
 
     return decorate
+
+
+def model_class(name: str) -> type | None:
+    """The class a model kind registered (None when it registered a builder function)."""
+    builder(name)
+    return _CLASSES.get(name)
+
+
+def role_of(name: str) -> str:
+    """The role a model kind registered (importing its file)."""
+    builder(name)
+    return _ROLES[name]
+
+
+def checkpoint_kind(name: str | os.PathLike) -> str | None:
+    """The model kind (flow_vae, sled, ...) of a checkpoint name or folder, without loading it;
+    None when there is no such checkpoint."""
+    try:
+        folder = resolve(name)
+    except CheckpointNotFound:
+        return None
+    return json.loads((folder / CONFIG).read_text()).get("model")
+
+
+def checkpoint_role(name: str | os.PathLike) -> str | None:
+    """The role of a checkpoint name or folder (None: no checkpoint, or a kind nothing registers)."""
+    kind = checkpoint_kind(name)
+    try:
+        return role_of(kind) if kind else None
+    except KeyError:
+        return None
+
+
+def checkpoints_with_role(role: str) -> list[str]:
+    """Local checkpoint names (assets/checkpoints) whose model plays `role`, for menus."""
+    return [name for name in list_checkpoints() if checkpoint_role(name) == role]
 
 
 def config_class(name: str) -> type | None:

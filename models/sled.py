@@ -33,12 +33,10 @@ from torch.nn import functional as F
 from models import registry
 from models.config import parse_config
 from models.modules import CausalTransformer
+from models.roles import TTS, Control, TTSRequest
 from models.text import TextFrontend
 
 TEXT, EOT, LATENT = 0, 1, 2  # what each sequence position holds
-# Sampling settings beyond cfg and seed that a UI offers for this model:
-# pipelines.tts keyword -> (label, minimum, maximum, default, step)
-SAMPLING = {"stop_threshold": ("Stop threshold (stop-head probability that ends the utterance)", 0.05, 0.95, 0.5, 0.05)}
 
 
 @dataclass
@@ -178,10 +176,16 @@ class GenerativeHead(nn.Module):
         return self.output(self.norm(x) * (1 + scale) + shift)
 
 
+@registry.register("sled", role=TTS, config=SLEDConfig)
 class SLED(nn.Module):
+    # Sampling settings beyond guidance and seed (models.roles.TTSGenerator)
+    CONTROLS = {"stop_threshold": Control("Stop threshold (stop-head probability that ends the utterance)",
+                                          0.05, 0.95, 0.5, 0.05)}
+
     def __init__(self, config: SLEDConfig):
         super().__init__()
         self.config = c = config
+        self.codec = c.codec
         self.frontend = TextFrontend.from_dict(c.frontend) if c.frontend else TextFrontend.default()
         self.eot_id = self.frontend.symbols.eos_id
         self.null_id = len(self.frontend.symbols)  # the "no text" token of classifier-free guidance
@@ -291,6 +295,15 @@ class SLED(nn.Module):
             eps = torch.randn(1, self.config.noise_dim, generator=generator)
         return self.head(h, eps.to(h.device))
 
+    def frames(self, request: TTSRequest) -> Iterator[torch.Tensor]:
+        """The TTS role: the prompt's transcript and the sentence as phonemes, then `generate`."""
+        prompt_ids = []
+        if request.prompt is not None:
+            prompt_ids = self.frontend.encode([request.prompt_text or ""])[0] + self.frontend.symbols.encode(" ")
+        ids = prompt_ids + self.frontend.encode([request.text])[0]
+        stop = request.controls.get("stop_threshold", self.CONTROLS["stop_threshold"].default)
+        return self.generate(ids, request.prompt, request.cfg, request.seed, stop, prompt_symbols=len(prompt_ids))
+
     @torch.no_grad()
     def generate(self, text: list[int], prompt: torch.Tensor | None = None, cfg: float | None = 2.0,
                  seed: int | None = 0, stop_threshold: float = 0.5, max_frames: int | None = None,
@@ -355,8 +368,3 @@ def diagonal_alignment(saliency: torch.Tensor, tolerance: float = 0.1) -> float:
     frames, tokens = saliency.shape
     expected = (torch.arange(frames) + 0.5) * tokens / frames
     return float(((saliency.argmax(1) - expected).abs() <= max(2.0, tolerance * tokens)).float().mean())
-
-
-@registry.register("sled", config=SLEDConfig)
-def build(config: dict) -> SLED:
-    return SLED(SLEDConfig.from_dict(config))

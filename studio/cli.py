@@ -171,7 +171,7 @@ def _tts(args: argparse.Namespace) -> int:
     from models import audio, pipelines, registry
 
     _output(args.out, args.overwrite, args.ref)
-    pipelines.check_sampling(args.cfg, args.seed, 0.5)
+    pipelines.check_sampling(args.cfg, args.seed)
     ref, transcribe = None, None
     if args.ref:
         ref = audio.load_audio(args.ref, audio.SAMPLE_RATE, max_seconds=pipelines.MAX_REFERENCE_SECONDS)

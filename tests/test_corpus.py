@@ -18,7 +18,7 @@ def test_mini_build_end_to_end(mini):
     rows = mf.read_jsonl(out / "manifest.jsonl")
     assert len(rows) == report["finished"] == report["planned"] - len(report["failed"])
     for row in rows:
-        info = sf.info(mf.resolve(out / "manifest.jsonl", row["path"]))
+        info = sf.info(mf.resolve_audio(out / "manifest.jsonl", row["path"]))
         assert info.samplerate == 22050 and info.channels == 1
         assert abs(info.duration - row["duration"]) < 0.01 and row["duration"] > 0.5
         assert row["normalized_text"] and row["split"] in {"train", "valid", "test", "heldout"}
@@ -57,7 +57,7 @@ def test_eval_lists_resolve(mini):
         for entry in entries:
             assert entry["prompt_wav"] != entry["gt_wav"]
             for key in ("prompt_wav", "gt_wav"):
-                assert mf.resolve(out / "eval" / name, entry[key]).is_file()
+                assert mf.resolve_audio(out / "eval" / name, entry[key]).is_file()
 
 
 def test_resume_produces_the_same_manifest(tmp_path):

@@ -9,7 +9,8 @@ from tests.conftest import REPO
 
 PACKAGES = ("studio", "evaluation", "models")
 LAYERS = ["studio", "evaluation", "training harness and recipes", "pipelines", "backends", "shared blocks"]
-SHARED = {"audio", "text", "vocoder", "registry", "modules", "files", "data"}  # models.<these> are shared blocks
+# models.<these> are the shared blocks
+SHARED = {"audio", "text", "vocoder", "registry", "roles", "config", "modules", "files", "data"}
 
 
 def layer(module: str) -> int:

@@ -6,7 +6,7 @@ import torch
 from models import registry
 
 
-@registry.register("tiny_test_model")
+@registry.register("tiny_test_model", role="latent_codec")
 def build_tiny(config: dict) -> torch.nn.Module:
     return torch.nn.Sequential(torch.nn.Linear(config["dim"], config["dim"]), torch.nn.Tanh())
 

@@ -303,8 +303,10 @@ def test_pipeline_refuses_bad_input(sled_run, arctic_wav):
     with pytest.raises(ValueError, match="not a TTS model"):
         pipelines.tts("hi", model=str(sled_run.parents[1] / "vae" / "export"))
     for bad, match in (({"cfg": float("nan")}, "guidance"), ({"cfg": 0.0}, "guidance"), ({"cfg": 1e6}, "guidance"),
-                       ({"seed": 2**70}, "seed"), ({"seed": -1}, "seed"), ({"stop_threshold": 0.0}, "stop threshold"),
-                       ({"stop_threshold": 1.0}, "stop threshold")):
+                       ({"seed": 2**70}, "seed"), ({"seed": -1}, "seed"),
+                       ({"stop_threshold": 0.0}, "stop_threshold must be between"),
+                       ({"stop_threshold": 1.0}, "stop_threshold must be between"),
+                       ({"temperature": 1.0}, "has no setting 'temperature'")):
         with pytest.raises(ValueError, match=match):
             pipelines.tts("hi", model=str(sled_run), **bad)
     wav, info = pipelines.tts("hi", model=str(sled_run), ref_wav=arctic_wav, ref_sr=22050,

@@ -16,7 +16,7 @@ def task_dir(mini, tmp_path_factory):
 
 
 def _load(manifest, row, key):
-    return load_audio(mf.resolve(manifest, row[key]), max_seconds=None)
+    return load_audio(mf.resolve_audio(manifest, row[key]), max_seconds=None)
 
 
 def _ratio_of_parts(manifest, row, part, mixture):
@@ -45,7 +45,7 @@ def test_extraction_mixtures_hit_the_requested_sir(task_dir):
     for row in rows:
         assert row["target_speaker"] != row["interferer_speaker"]
         assert abs(_ratio_of_parts(manifest, row, "target", "mixture") - row["sir_db"]) < 0.5
-        assert mf.resolve(manifest, row["enrollment"]).is_file()
+        assert mf.resolve_audio(manifest, row["enrollment"]).is_file()
         assert row["enrollment"].rsplit("/", 1)[1] != row["target_id"].rsplit("_", 1)[1] + ".wav"
 
 
@@ -56,10 +56,10 @@ def test_conversion_triples(task_dir):
     for row in rows:
         assert row["source_speaker"] != row["target_speaker"]
         for key in ("source", "reference"):
-            assert mf.resolve(manifest, row[key]).is_file()
+            assert mf.resolve_audio(manifest, row[key]).is_file()
         # Test sentences are read by every voice, so the ground truth always exists there.
-        truth = mf.resolve(manifest, row["ground_truth"])
-        assert truth.is_file() and truth.name == mf.resolve(manifest, row["source"]).name
+        truth = mf.resolve_audio(manifest, row["ground_truth"])
+        assert truth.is_file() and truth.name == mf.resolve_audio(manifest, row["source"]).name
 
 
 def test_rerun_resumes_without_rewriting(task_dir, mini):

@@ -15,7 +15,8 @@ from evaluation.metrics.latent import latent_figures, latent_statistics, load_la
 from evaluation.results import latest_rows, read_results
 from evaluation.runner import RunConfig, select_items
 from evaluation.systems import parse_system, read_items
-from models import pipelines
+from models import pipelines, registry
+from models.roles import LATENT_CODEC
 from studio.common import RunFollower, served_copy, user_errors
 from studio.config import StudioConfig
 from studio.tabs.evaluate import applicable_systems, new_run_name, run_folder
@@ -61,7 +62,7 @@ def explore(config: StudioConfig, testset: str | None, systems: list[str], limit
         raise ValueError("Choose a test set")
     if not systems:
         raise ValueError("Choose at least one system")
-    if pipelines.checkpoint_kind(codec or "") not in pipelines.LATENT_CODECS:
+    if registry.checkpoint_role(codec or "") != LATENT_CODEC:
         raise ValueError(f"{codec!r} is not a latent codec checkpoint (train or publish a Flow-VAE)")
     if not 1 <= int(limit) <= config.eval_max_items:
         raise ValueError(f"items: 1 to {config.eval_max_items}")

@@ -29,8 +29,7 @@ def _request(model: str | None, text: str, reference: str | None, reference_text
     if not model:
         raise ValueError("No TTS model: publish a trained checkpoint to assets/checkpoints, or type a checkpoint "
                          "folder (see docs/sled.md)")
-    kind = pipelines.tts_kind(model)
-    declared = pipelines.sampling_controls()[kind]
+    declared = pipelines.tts_controls(model)
     request = {"text": text, "model": model, "seed": None if randomize or seed in (None, "") else int(seed),
                **{name: value for name, value in sampling.items() if name in declared}}
     if reference:
@@ -79,14 +78,14 @@ def synthesize_stream(model: str | None, text: str, reference: str | None = None
 
 
 def sampling_names() -> list[str]:
-    """Every sampling setting any TTS kind declares, in a fixed order (one slider each)."""
-    return sorted({name for controls in pipelines.sampling_controls().values() for name in controls})
+    """Every sampling setting a local TTS checkpoint declares, in a fixed order (one slider each)."""
+    return sorted(pipelines.all_tts_controls())
 
 
 def declared_controls(model: str | None) -> set[str]:
     """The sampling settings the selected model declares (none for an unknown model)."""
     try:
-        return set(pipelines.sampling_controls()[pipelines.tts_kind(model)]) if model else set()
+        return set(pipelines.tts_controls(model)) if model else set()
     except ValueError:
         return set()
 
@@ -99,7 +98,7 @@ def visible_controls(model: str | None):
 
 
 def build(config: StudioConfig) -> None:
-    specs = {name: spec for controls in pipelines.sampling_controls().values() for name, spec in controls.items()}
+    specs = pipelines.all_tts_controls()
     with gr.Tab("Synthesize"):
         gr.Markdown("Text to speech with a trained TTS checkpoint. A reference clip makes the output continue "
                     "its voice (its transcript is produced by the ASR when left blank). The seed shown "
@@ -117,8 +116,9 @@ def build(config: StudioConfig) -> None:
                     seed = gr.Number(value=0, precision=0, label="Seed")
                     randomize = gr.Checkbox(value=False, label="Randomize seed")
                 declared = declared_controls(model.value)
-                sliders = [gr.Slider(specs[name][1], specs[name][2], value=specs[name][3], step=specs[name][4],
-                                     label=specs[name][0], visible=name in declared) for name in sampling_names()]
+                sliders = [gr.Slider(specs[name].minimum, specs[name].maximum, value=specs[name].default,
+                                     step=specs[name].step, label=specs[name].label, visible=name in declared)
+                           for name in sampling_names()]
                 with gr.Row():
                     run = gr.Button("Synthesize", variant="primary")
                     stream = gr.Button("Stream")

@@ -16,7 +16,8 @@ HiFi-GAN's analysis-resynthesis and the ceiling of every mel-based model, or a c
 checkpoint such as `flow_vae`) reconstructs the reference; a TTS checkpoint (`sled`)
 speaks the item's text, continuing the enrollment clip (with its prompt_text) when the
 manifest gives one; a folder holds `<key>.wav` files made elsewhere. Generated systems
-take options after the source, `NAME=SOURCE:cfg=1.5:seed=3` (TTS: cfg, seed, stop).
+take options after the source, `NAME=SOURCE:cfg=1.5:seed=3` (TTS: cfg, seed and the controls the
+model declares, e.g. SLED's stop_threshold, alias stop).
 Other generated systems are entries of `GENERATORS`: name -> a factory
 `factory(device) -> fn(item) -> (wav, sr)`.
 """

@@ -75,3 +75,13 @@ def studio_data(tmp_path_factory):
         os.environ.pop("STUDIO_DATA", None)
     else:
         os.environ["STUDIO_DATA"] = previous
+
+
+VOICE_FIXTURES = {"mini", "sled_run", "studio_url", "page"}  # built from the apt-installed corpus voices
+
+
+def pytest_collection_modifyitems(items):
+    """Tests that need the corpus voices (flite, festival, espeak-ng, Piper) are marked `voices`."""
+    for item in items:
+        if VOICE_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.voices)

@@ -382,6 +382,7 @@ def test_bench_tts_reports_speed_and_first_chunk(sled_run):
     assert result["hardware"]["cpu_threads"] >= 1
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("model, seeds", [("sled", range(4)), ("sled_stream", range(1))])
 def test_the_shipped_models_speak_after_the_shipped_reference(model, seeds, arctic_wav):
     """The studio's example: the CMU ARCTIC clip as the voice. Its stop head used to fire at once

@@ -6,6 +6,8 @@ from models.data import corpus
 from models.data import manifest as mf
 from models.data.voices import ENGINES, VOICES, CommandEngine, Job, Voice, select_voices
 
+pytestmark = pytest.mark.voices  # every test here synthesizes with the installed engines
+
 # CI installs these (Makefile: APT_TEST and the `corpus` extra); the mini build must use them.
 REQUIRED_ENGINES = {"flite", "espeak", "piper"}
 TEST_SENTENCES = {f"harvard-{i:03d}" for i in range(601, 721)}

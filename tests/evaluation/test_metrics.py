@@ -119,6 +119,7 @@ def test_similarity_of_silence_is_nan_with_reason(tmp_path, arctic_path):
         scorer(Sample("x", arctic_path))
 
 
+@pytest.mark.slow
 def test_dnsmos_scores_clean_above_noisy(tmp_path, arctic_path, arctic_wav):
     scorer = get_metric("dnsmos").factory("cpu", {})
     clean = scorer(Sample("clean", arctic_path))

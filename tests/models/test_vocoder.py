@@ -31,6 +31,7 @@ def test_resynthesis_quality_of_a_real_recording(vocoder, arctic_wav):
     assert stoi_score(arctic_wav, out, 22050) >= 0.88
 
 
+@pytest.mark.slow
 def test_chunked_and_batched_equal_one_pass(vocoder, arctic_wav):
     mel = vocoder.analyze(arctic_wav[: 22050 * 2])
     whole = vocoder.synthesize(mel)
@@ -45,6 +46,7 @@ def test_chunked_and_batched_equal_one_pass(vocoder, arctic_wav):
     assert torch.allclose(batch[1], whole, atol=1e-4)
 
 
+@pytest.mark.slow
 def test_synthesis_runs_at_a_few_lengths(vocoder, monkeypatch):
     """New input lengths cost the CPU backend a kernel build each, so the generator only sees the buckets."""
     seen = []

@@ -11,6 +11,7 @@ from studio import cli
 from tests.conftest import REPO
 
 
+@pytest.mark.slow
 def test_cli_vocode_end_to_end(tmp_path, arctic_path):
     out = tmp_path / "out.wav"
     result = subprocess.run([sys.executable, "-m", "studio", "vocode", str(arctic_path), str(out)],

@@ -28,6 +28,7 @@ from safetensors.torch import load_model as load_safetensors_into
 from safetensors.torch import save_model as save_safetensors
 
 from models.files import replace_folder
+from models.roles import ROLES
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 ASSETS = REPO_ROOT / "assets"
@@ -91,8 +92,6 @@ def register(name: str, role: str, config: type | None = None) -> Callable:
     class FlowVAE`, built as `FlowVAE(FlowVAEConfig.from_dict(data))`) or on a builder function
     `build(data) -> nn.Module`. The role (models.roles) puts the model's checkpoints in every menu
     and list of that role; the config class is what load_config checks a YAML against."""
-    from models.roles import ROLES
-
     if role not in ROLES:
         raise ValueError(f"{name}: role must be one of {', '.join(ROLES)}, not {role!r}")
 

@@ -1,13 +1,22 @@
 """One way to read a configuration section (a YAML section, a checkpoint's config.json) into a
 config dataclass: known keys only, an unknown key refused with one line naming it and where it came
-from; YAML lists become tuples where the field is a tuple."""
+from; YAML lists become tuples where the field is a tuple; a field whose type is itself a config
+dataclass (for instance a model's `fitted` statistics) is read from its sub-mapping the same way.
+
+Hyperparameters are what a person chooses in a YAML. Statistics a training recipe measures on the
+data (latent mean and std, text rate, ...) live apart, under the model config's `fitted` field, so a
+YAML never sets them (`refuse_fitted`) and a checkpoint's config.json shows which is which.
+"""
 
 from __future__ import annotations
 
+import dataclasses
+import typing
 from dataclasses import fields
 from typing import TypeVar
 
 T = TypeVar("T")
+FITTED = "fitted"
 
 
 def parse_config(cls: type[T], data: dict, source: str = "config") -> T:
@@ -18,9 +27,35 @@ def parse_config(cls: type[T], data: dict, source: str = "config") -> T:
     unknown = sorted(set(data) - set(known) - {"model"})
     if unknown:
         raise ValueError(f"{source}: unknown setting {unknown[0]!r} (known: {', '.join(sorted(known))})")
-    values = {k: tuple(v) if isinstance(v, list) and known[k].startswith("tuple") else v
-              for k, v in data.items() if k in known}
+    hints = typing.get_type_hints(cls)
+    values = {}
+    for key, value in data.items():
+        if key not in known:
+            continue
+        if dataclasses.is_dataclass(hints.get(key)) and isinstance(value, dict):
+            value = parse_config(hints[key], value, f"{source}: {key}")
+        elif isinstance(value, list) and known[key].startswith("tuple"):
+            value = tuple(value)
+        values[key] = value
     try:
         return cls(**values)
     except TypeError as error:  # e.g. a required setting missing
         raise ValueError(f"{source}: {error}") from None
+
+
+def refuse_fitted(data: dict, source: str) -> None:
+    """A YAML model section names hyperparameters only; fitted statistics are measured in training."""
+    if FITTED in data:
+        raise ValueError(f"{source}: '{FITTED}' holds statistics the training recipe measures on the data; "
+                         "a config does not set them")
+
+
+def move_to_fitted(data: dict, names: tuple[str, ...]) -> dict:
+    """A copy of a config mapping with top-level `names` moved under `fitted`: how checkpoints written
+    before statistics had their own section (the shipped v1 checkpoints) load unchanged."""
+    legacy = {name: data[name] for name in names if name in data}
+    if not legacy:
+        return data
+    data = {k: v for k, v in data.items() if k not in legacy}
+    data[FITTED] = {**legacy, **(data.get(FITTED) or {})}
+    return data

@@ -23,7 +23,7 @@ concatenates two utterances of one speaker (`prompt_pairs`) so continuation is i
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from typing import Iterator
 
 import torch
@@ -31,7 +31,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from models import registry
-from models.config import parse_config
+from models.config import move_to_fitted, parse_config
 from models.modules import CausalTransformer
 from models.roles import TTS, Control, TTSRequest
 from models.text import TextFrontend
@@ -40,11 +40,18 @@ TEXT, EOT, LATENT = 0, 1, 2  # what each sequence position holds
 
 
 @dataclass
+class SLEDStatistics:
+    """Measured on the training data by the recipe (models/training/sled.py), never chosen."""
+
+    latent_mean: list[float] | None = None  # per dimension, of the training latents: the normalization
+    latent_std: list[float] | None = None
+    text_rate: float | None = None  # latent frames per text symbol, for aligned positions
+
+
+@dataclass
 class SLEDConfig:
     codec: str = "flow_vae"  # the Flow-VAE checkpoint whose latents are modelled
     latent_dim: int = 64
-    latent_mean: list[float] | None = None  # per-dimension statistics of the training latents
-    latent_std: list[float] | None = None
     frontend: dict | None = None  # TextFrontend.to_dict(); None = the default frontend
     dim: int = 256
     layers: int = 6
@@ -59,11 +66,10 @@ class SLEDConfig:
     text_dropout: float = 0.1  # classifier-free guidance
     prompt_pairs: float = 0.5  # fraction of training sequences that are two utterances of one voice
     interleave: tuple[int, int] | None = None  # (n text, m latents) for the streaming variant
-    # Aligned positions: text token i sits at RoPE position i x text_rate (latent frames per text
-    # token in the training data) and latent frame k at k, so the text a frame speaks is near
-    # relative offset 0 whatever the text's length. prepare() measures the rate.
+    # Aligned positions: text token i sits at RoPE position i x fitted.text_rate (latent frames per
+    # text token in the training data) and latent frame k at k, so the text a frame speaks is near
+    # relative offset 0 whatever the text's length.
     aligned_positions: bool = False
-    text_rate: float | None = None
     # Std of Gaussian noise added to the (normalized) latents fed back as history, in training only.
     # The Flow-VAE encoder is non-causal, so clean past latents already carry much of the next
     # frame's content: without noise our small model learned to continue the history and to lean
@@ -76,11 +82,12 @@ class SLEDConfig:
     # out-of-domain prompt could make the head fire at once (no audio at all); 0.5 is under half the
     # corpus median rate, so it only holds back a stop that comes far too early.
     min_frames_per_phoneme: float = 0.5
+    fitted: SLEDStatistics = field(default_factory=SLEDStatistics)
     model: str = field(default="sled", init=False)
 
     @classmethod
     def from_dict(cls, data: dict, source: str = "SLED config") -> "SLEDConfig":
-        config = parse_config(cls, data, source)
+        config = parse_config(cls, move_to_fitted(data, tuple(f.name for f in fields(SLEDStatistics))), source)
         if config.head not in ("energy", "l2"):
             raise ValueError(f"head must be energy or l2, not {config.head!r}")
         return config
@@ -194,8 +201,9 @@ class SLED(nn.Module):
         self.transformer = CausalTransformer(c.dim, c.layers, c.heads, c.ff_mult, c.dropout)
         self.head = GenerativeHead(c.dim, c.latent_dim, c.noise_dim, c.head_blocks, c.head_mult)
         self.stop_head = nn.Linear(c.dim, 1)
-        mean = torch.tensor(c.latent_mean) if c.latent_mean else torch.zeros(c.latent_dim)
-        std = torch.tensor(c.latent_std) if c.latent_std else torch.ones(c.latent_dim)
+        self.text_rate = c.fitted.text_rate  # None: plain sequence positions
+        mean = torch.tensor(c.fitted.latent_mean) if c.fitted.latent_mean else torch.zeros(c.latent_dim)
+        std = torch.tensor(c.fitted.latent_std) if c.fitted.latent_std else torch.ones(c.latent_dim)
         self.register_buffer("latent_mean", mean.float(), persistent=False)
         self.register_buffer("latent_std", std.float(), persistent=False)
 
@@ -219,7 +227,7 @@ class SLED(nn.Module):
         rope = torch.zeros(len(texts), length, device=device)
         frame_positions = []
         for i, (kind, text, z) in enumerate(zip(kinds, texts, latents)):
-            rope[i, : len(kind)] = torch.tensor(positions(kind, self.config.text_rate), device=device)
+            rope[i, : len(kind)] = torch.tensor(positions(kind, self.text_rate), device=device)
             kind = torch.tensor(kind + [-1] * (length - len(kind)), device=device)  # -1: padding after the end
             x[i, kind == TEXT] = self.text_embedding(text.to(device))
             x[i, kind == EOT] = self.text_embedding.weight[self.eot_id]
@@ -263,13 +271,15 @@ class SLED(nn.Module):
 
         The Frobenius norm of d(state)/d(token embedding), estimated with random probes
         (E|v.J|^2 = |J|^2 for v ~ N(0, I)); the final layer norm makes the state's own norm useless.
-        A model that reads its text shows a diagonal; one that ignores it, noise.
+        With at least as many probes as the state has dimensions, the basis vectors give the exact
+        norm in fewer passes. A model that reads its text shows a diagonal; one that ignores it, noise.
         """
         seq = self.embed([text], [self.normalize(latents)])
         x, where = seq["x"].detach(), seq["positions"]
         kinds = torch.tensor(layout(len(text), len(latents), self.config.interleave), device=x.device)
         text_at = (kinds == TEXT).nonzero()[:, 0]
         before = seq["frame_positions"][0] - 1
+        exact = probes >= self.config.dim
         generator = torch.Generator().manual_seed(0)
         rows = []
         with torch.enable_grad():
@@ -278,11 +288,15 @@ class SLED(nn.Module):
                 xb = x.expand(len(frames), -1, -1).clone().requires_grad_(True)
                 h = self.transformer(xb, where.expand(len(frames), -1))[torch.arange(len(frames)), frames]
                 total = torch.zeros(len(frames), len(text_at))
-                for _ in range(probes):
-                    v = torch.randn(h.shape, generator=generator).to(h.device)
+                for k in range(self.config.dim if exact else probes):
+                    if exact:
+                        v = torch.zeros_like(h)
+                        v[:, k] = 1.0
+                    else:
+                        v = torch.randn(h.shape, generator=generator).to(h.device)
                     grad, = torch.autograd.grad((h * v).sum(), xb, retain_graph=True)
                     total += grad[:, text_at].float().pow(2).sum(-1).cpu()
-                rows.append((total / probes).sqrt())
+                rows.append((total if exact else total / probes).sqrt())
         return torch.cat(rows)
 
     # ------------------------------------------------------------------ generation
@@ -336,7 +350,7 @@ class SLED(nn.Module):
         t = forced = generated = 0
         eot_fed = False
         kinds = layout(len(text), len(prompt) + limit, self.config.interleave)
-        for kind, position in zip(kinds, positions(kinds, self.config.text_rate)):
+        for kind, position in zip(kinds, positions(kinds, self.text_rate)):
             pending_positions.append(position)
             if kind == TEXT:
                 pending.append(torch.stack([s[t] for s in streams]))

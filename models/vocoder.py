@@ -9,6 +9,7 @@ what weight-norm removal does at inference anyway.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -195,7 +196,9 @@ def get_vocoder(device: str | None = None, precision: str = "fp32") -> Vocoder:
     device = registry.pick_device(device)
     def load() -> Vocoder:
         vocoder = Vocoder.universal(device, precision=precision)
-        if precision == "bf16" and vocoder.device.type == "cpu":  # where kernel builds cost most (~14 s here)
+        # bf16 on a CPU is where kernel builds cost most (~20 s for all buckets here). STUDIO_VOCODER_WARM_UP=0
+        # skips them (each length then builds on first use): for tests and one-off commands.
+        if precision == "bf16" and vocoder.device.type == "cpu" and os.environ.get("STUDIO_VOCODER_WARM_UP") != "0":
             vocoder.warm_up()
         return vocoder
 

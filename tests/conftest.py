@@ -1,3 +1,4 @@
+import os
 from pathlib import Path
 
 import numpy as np
@@ -5,6 +6,8 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 ARCTIC = REPO / "assets" / "audio" / "arctic_a0007.wav"
+# Building every bf16 kernel length at load costs ~20 s on a CPU; tests build the lengths they use.
+os.environ.setdefault("STUDIO_VOCODER_WARM_UP", "0")
 
 
 @pytest.fixture(scope="session")

@@ -38,7 +38,7 @@ from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 
 from models import audio, registry
-from models.config import parse_config
+from models.config import parse_config, refuse_fitted
 from models.data.dataset import MEL, Feature, SpeechDataset, collate
 from models.files import atomic_path, replace_folder, write_text_atomic
 
@@ -93,6 +93,7 @@ def load_config(path: str | os.PathLike) -> dict:
         raise ValueError(f"{path}: the model section must name its model (`model: sled`, `model: flow_vae`, ...)")
     config_class = registry.config_class(name)
     if config_class is not None:
+        refuse_fitted(config["model"], f"{path}: model")
         parse_config(config_class, config["model"], f"{path}: model")
     config.setdefault("train", {})
     config.setdefault("data", {})

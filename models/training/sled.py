@@ -55,10 +55,10 @@ class SLEDTask(Task):
         rng = np.random.default_rng(0)
         picks = [train_set[int(i)] for i in rng.choice(len(train_set), min(400, len(train_set)), replace=False)]
         frames = torch.cat([item["features"][: self.config.latent_dim].T for item in picks])
-        if self.config.aligned_positions and self.model_config.get("text_rate") is None:
-            self.model_config["text_rate"] = round(len(frames) / sum(len(item["text"]) for item in picks), 4)
-        self.model_config["latent_mean"] = [round(float(v), 5) for v in frames.mean(0)]
-        self.model_config["latent_std"] = [round(float(v), 5) for v in frames.std(0).clamp_min(1e-3)]
+        text_rate = round(len(frames) / sum(len(item["text"]) for item in picks), 4)
+        self.model_config["fitted"] = {"latent_mean": [round(float(v), 5) for v in frames.mean(0)],
+                                       "latent_std": [round(float(v), 5) for v in frames.std(0).clamp_min(1e-3)],
+                                       "text_rate": text_rate if self.config.aligned_positions else None}
         self.model_config.setdefault("frontend", train_set.frontend.to_dict())
         self.config = SLEDConfig.from_dict(self.model_config)
 

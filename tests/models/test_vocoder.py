@@ -72,6 +72,20 @@ def test_bf16_synthesis_keeps_the_quality(vocoder, arctic_wav):
         vocoder_module.Vocoder(HiFiGANGenerator(), precision="fp16")
 
 
+def test_a_bf16_cpu_vocoder_builds_every_bucket_at_load_unless_told_not_to(monkeypatch):
+    sizes = []
+    monkeypatch.setattr(vocoder_module.registry, "_RESIDENT", {})  # the session's vocoders stay as they are
+    monkeypatch.setattr(vocoder_module.Vocoder, "universal",
+                        classmethod(lambda cls, device, **kw: cls(HiFiGANGenerator(), device, **kw)))
+    monkeypatch.setattr(vocoder_module.HiFiGANGenerator, "forward", lambda self, mel: sizes.append(mel.shape[-1]))
+    for setting, expected in (("1", list(vocoder_module.Vocoder.buckets)), ("0", [])):
+        monkeypatch.setenv("STUDIO_VOCODER_WARM_UP", setting)
+        sizes.clear()
+        vocoder_module.registry._RESIDENT.clear()
+        vocoder_module.get_vocoder("cpu", "bf16")
+        assert sizes == expected
+
+
 def test_missing_wheel_names_the_package(monkeypatch):
     def not_found(name):
         raise importlib.metadata.PackageNotFoundError(name)

@@ -34,6 +34,7 @@ from models.modules import (
     sequence_mask,
 )
 from models.roles import LATENT_CODEC
+from models.vocoder import ChunkedDecoder, get_vocoder
 
 SILENCE = math.log(audio.MelConfig().clamp)  # log-mel of digital silence: pads inputs to whole latent frames
 
@@ -258,8 +259,10 @@ class FlowVAE(nn.Module):
         z = torch.as_tensor(np.asarray(z), dtype=torch.float32, device=device).T.unsqueeze(0)
         return self.decode(z)[0]
 
-    def streaming_decoder(self, precision: str = "fp32") -> "ChunkedDecoder":
-        return ChunkedDecoder(self, precision=precision)
+    def streaming_decoder(self, precision: str = "fp32") -> ChunkedDecoder:
+        # the default decoder's receptive field spans ~27 latent frames each side, little of it past ~16
+        return ChunkedDecoder(self.decode_mel, self.config.downsample, frame_context=24, frame_lookahead=16,
+                              precision=precision)
 
     @torch.no_grad()
     def decode_wav(self, z: np.ndarray | torch.Tensor, head: str = "mel", precision: str = "fp32") -> np.ndarray:
@@ -270,76 +273,5 @@ class FlowVAE(nn.Module):
             device = next(self.parameters()).device
             z = torch.as_tensor(np.asarray(z), dtype=torch.float32, device=device).T.unsqueeze(0)
             return self.waveform_head(self.decoder(z)[1])[0].cpu().numpy()
-        from models.vocoder import get_vocoder
-
         mel = self.decode_mel(z)
         return get_vocoder(str(mel.device), precision).synthesize(mel).cpu().numpy()
-
-
-class ChunkedDecoder:  # models.roles.StreamingDecoder
-    """Latent frames in, waveform chunks out: the decoder side of streaming generation.
-
-    Two stages, each decoding a window of new input plus `*_context` frames of input already
-    used (the convolutions' left receptive field) and holding back `*_lookahead` frames whose
-    output still depends on input not yet generated: latents -> mel (the default Flow-VAE
-    decoder's receptive field spans ~27 latent frames each side, though little of it matters
-    past ~16), then mel -> waveform (the vocoder). The margins make each chunk match a one-shot
-    decoding closely -- the vocoder turns small mel differences into large phase differences,
-    so a 12-frame lookahead leaves 7 % RMS error where 20 frames leave 1.3 % (arctic_a0007,
-    default checkpoint). Consecutive chunks also overlap by `fade` samples,
-    cross-faded, so the joins do not click. `flush()` emits the rest.
-    """
-
-    def __init__(self, codec: "FlowVAE", latent_context: int = 24, latent_lookahead: int = 16,
-                 mel_context: int = 16, mel_lookahead: int = 8, fade: int = 256, precision: str = "fp32"):
-        self.codec, self.fade, self.precision = codec, fade, precision
-        self.latent_context, self.latent_lookahead = latent_context, latent_lookahead
-        self.mel_context, self.mel_lookahead = mel_context, mel_lookahead
-        self.hop = audio.MelConfig().hop_length
-        if mel_lookahead * self.hop < fade:
-            raise ValueError("the mel lookahead must cover the cross-fade")
-        self.latents: list[torch.Tensor] = []
-        self.mel: torch.Tensor | None = None  # final mel frames so far (80, frames)
-        self.emitted = 0  # samples
-        self.tail: np.ndarray | None = None
-
-    @property
-    def lag(self) -> int:
-        """Latent frames generated before the first sample can be emitted."""
-        return self.latent_lookahead + -(-self.mel_lookahead // self.codec.config.downsample) + 1
-
-    def push(self, frames: list[torch.Tensor]) -> np.ndarray:
-        self.latents.extend(frames)
-        return self._emit(final=False)
-
-    def flush(self) -> np.ndarray:
-        return self._emit(final=True)
-
-    def _emit(self, final: bool) -> np.ndarray:
-        from models.vocoder import get_vocoder
-
-        r, n = self.codec.config.downsample, len(self.latents)
-        done = 0 if self.mel is None else self.mel.shape[1]
-        z_end = n if final else n - self.latent_lookahead
-        if z_end * r > done:
-            first = max(0, done // r - self.latent_context)
-            mel = self.codec.decode_mel(torch.stack(self.latents[first:]))[:, done - first * r: (z_end - first) * r]
-            self.mel = mel if self.mel is None else torch.cat([self.mel, mel], dim=1)
-        if self.mel is None:
-            return np.zeros(0, np.float32)
-        mel_end = self.mel.shape[1] if final else self.mel.shape[1] - self.mel_lookahead
-        end = mel_end * self.hop
-        if end <= self.emitted:
-            return np.zeros(0, np.float32)
-        first = max(0, self.emitted // self.hop - self.mel_context)
-        wav = get_vocoder(str(self.mel.device), self.precision).synthesize(self.mel[:, first:]).cpu().numpy()
-        offset = first * self.hop
-        out = wav[self.emitted - offset: end - offset].copy()
-        if self.tail is not None:
-            k = min(len(self.tail), len(out))
-            ramp = (np.arange(k, dtype=np.float32) + 0.5) / k
-            out[:k] = self.tail[:k] * (1 - ramp) + out[:k] * ramp
-        self.tail = None if final else wav[end - offset: end - offset + self.fade].copy()
-        self.emitted = end
-        return out
-

@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
@@ -19,7 +20,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from models import registry
-from models.audio import SAMPLE_RATE, MelSpectrogram
+from models.audio import SAMPLE_RATE, MelConfig, MelSpectrogram
 
 LRELU_SLOPE = 0.1
 # bf16 halves synthesis time on CPUs with bf16 matrix units (and on GPUs) and leaves
@@ -203,3 +204,72 @@ def get_vocoder(device: str | None = None, precision: str = "fp32") -> Vocoder:
         return vocoder
 
     return registry.resident(("vocoder", device, precision), load)
+
+
+class ChunkedDecoder:  # models.roles.StreamingDecoder
+    """Codec frames in, waveform chunks out: the decoder side of streaming generation, for any codec
+    that decodes its frames (continuous latents or token columns) to the vocoder's mel.
+
+    Two stages, each decoding a window of new input plus `*_context` frames of input already
+    used (the convolutions' left receptive field) and holding back `*_lookahead` frames whose
+    output still depends on input not yet generated: frames -> mel (`decode_mel`, giving
+    `mel_per_frame` mel frames per codec frame; the codec sets the margins from its decoder's
+    receptive field), then mel -> waveform (the vocoder). The margins make each chunk match a
+    one-shot decoding closely -- the vocoder turns small mel differences into large phase
+    differences, so a 12-frame lookahead leaves 7 % RMS error where 20 frames leave 1.3 %
+    (arctic_a0007, default Flow-VAE). Consecutive chunks also overlap by `fade` samples,
+    cross-faded, so the joins do not click. `flush()` emits the rest.
+    """
+
+    def __init__(self, decode_mel: Callable[[torch.Tensor], torch.Tensor], mel_per_frame: int,
+                 frame_context: int = 24, frame_lookahead: int = 16, mel_context: int = 16, mel_lookahead: int = 8,
+                 fade: int = 256, precision: str = "fp32"):
+        self.decode_mel = decode_mel  # (frames, dim) -> log-mel (80, frames x mel_per_frame)
+        self.mel_per_frame, self.fade, self.precision = mel_per_frame, fade, precision
+        self.frame_context, self.frame_lookahead = frame_context, frame_lookahead
+        self.mel_context, self.mel_lookahead = mel_context, mel_lookahead
+        self.hop = MelConfig().hop_length
+        if mel_lookahead * self.hop < fade:
+            raise ValueError("the mel lookahead must cover the cross-fade")
+        self.frames: list[torch.Tensor] = []
+        self.mel: torch.Tensor | None = None  # final mel frames so far (80, frames)
+        self.emitted = 0  # samples
+        self.tail: np.ndarray | None = None
+
+    @property
+    def lag(self) -> int:
+        """Codec frames generated before the first sample can be emitted."""
+        return self.frame_lookahead + -(-self.mel_lookahead // self.mel_per_frame) + 1
+
+    def push(self, frames: list[torch.Tensor]) -> np.ndarray:
+        self.frames.extend(frames)
+        return self._emit(final=False)
+
+    def flush(self) -> np.ndarray:
+        return self._emit(final=True)
+
+    def _emit(self, final: bool) -> np.ndarray:
+        r, n = self.mel_per_frame, len(self.frames)
+        done = 0 if self.mel is None else self.mel.shape[1]
+        z_end = n if final else n - self.frame_lookahead
+        if z_end * r > done:
+            first = max(0, done // r - self.frame_context)
+            mel = self.decode_mel(torch.stack(self.frames[first:]))[:, done - first * r: (z_end - first) * r]
+            self.mel = mel if self.mel is None else torch.cat([self.mel, mel], dim=1)
+        if self.mel is None:
+            return np.zeros(0, np.float32)
+        mel_end = self.mel.shape[1] if final else self.mel.shape[1] - self.mel_lookahead
+        end = mel_end * self.hop
+        if end <= self.emitted:
+            return np.zeros(0, np.float32)
+        first = max(0, self.emitted // self.hop - self.mel_context)
+        wav = get_vocoder(str(self.mel.device), self.precision).synthesize(self.mel[:, first:]).cpu().numpy()
+        offset = first * self.hop
+        out = wav[self.emitted - offset: end - offset].copy()
+        if self.tail is not None:
+            k = min(len(self.tail), len(out))
+            ramp = (np.arange(k, dtype=np.float32) + 0.5) / k
+            out[:k] = self.tail[:k] * (1 - ramp) + out[:k] * ramp
+        self.tail = None if final else wav[end - offset: end - offset + self.fade].copy()
+        self.emitted = end
+        return out

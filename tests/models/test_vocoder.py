@@ -62,6 +62,7 @@ def test_vocoder_is_resident(vocoder):
     assert vocoder_module.get_vocoder("cpu", "bf16") is not vocoder
 
 
+@pytest.mark.slow
 def test_bf16_synthesis_keeps_the_quality(vocoder, arctic_wav):
     fast = vocoder_module.get_vocoder("cpu", "bf16")
     mel = vocoder.analyze(arctic_wav)

@@ -68,26 +68,14 @@ def test_bad_input_becomes_a_gradio_error(tmp_path):
         handler(str(garbage))
 
 
-def test_served_app_answers_the_api(arctic_path):
+def test_served_app_answers_the_api(arctic_path, served_studio):
     """The studio served on loopback: the documented API call returns audio and scores."""
-    import socket
-
     from gradio_client import Client, handle_file
 
-    from studio.app import build_app
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    demo = build_app()
-    demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
-    try:
-        client = Client(f"http://127.0.0.1:{port}/", verbose=False)
-        audio_file, _, scores = client.predict(handle_file(str(arctic_path)), "vocoder", api_name="/resynthesize")
-        assert sf.info(audio_file).duration > 3.5
-        assert scores["pesq_wb"] >= 2.5
-    finally:
-        demo.close()
+    client = Client(served_studio[0], verbose=False)
+    audio_file, _, scores = client.predict(handle_file(str(arctic_path)), "vocoder", api_name="/resynthesize")
+    assert sf.info(audio_file).duration > 3.5
+    assert scores["pesq_wb"] >= 2.5
 
 
 def test_synthesize_handler_reproduces_its_seed_and_streams(sled_run, arctic_path):

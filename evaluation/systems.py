@@ -195,6 +195,7 @@ def builtin_testsets(root: Path | None = None) -> dict[str, Path]:
     data = (root or REPO_ROOT) / "data"
     found = {path.stem: path for path in sorted((ASSETS / "testsets").glob("*.jsonl"))}
     found.update({path.stem: path for path in sorted((data / "corpus" / "eval").glob("*.lst"))})
+    found.update({path.stem: path for path in sorted((data / "corpus" / "eval").glob("*.jsonl"))})
     found.update({f"{path.parent.name}_test": path for path in sorted((data / "tasks").glob("*/test.jsonl"))})
     return found
 

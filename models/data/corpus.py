@@ -26,6 +26,7 @@ import soundfile as sf
 
 from models import audio
 from models.data import manifest as mf
+from models.data import speakers
 from models.data.voices import ENGINES, INSTALL, VOICES, Job, Voice, select_voices
 from models.registry import ASSETS
 from models.text import TextFrontend, normalize_text
@@ -45,10 +46,21 @@ class Profile:
     train_sentences: int
     valid_sentences: int
     test_sentences: int
+    all_voices: bool = True  # False: the core voices only (voices.Voice.core)
+    pseudo_per_voice: int = 2  # pseudo-speakers made from each voice
+    pseudo_sources: int | None = None  # made from the first N voices only (None: all)
+    # Voices beyond the core ones read fewer validation and test sentences: many voices, short lists.
+    extra_valid_sentences: int = 5
+    extra_test_sentences: int = 20
+
+    def voices(self) -> list[Voice]:
+        base = [v for v in VOICES if self.all_voices or v.core]
+        return base + speakers.pseudo_voices(base, self.pseudo_per_voice, self.pseudo_sources)
 
 
 PROFILES = {
-    "mini": Profile("mini", None, train_sentences=3, valid_sentences=1, test_sentences=2),
+    "mini": Profile("mini", None, train_sentences=3, valid_sentences=1, test_sentences=2, all_voices=False,
+                    pseudo_per_voice=1, pseudo_sources=3, extra_valid_sentences=1, extra_test_sentences=2),
     "default": Profile("default", 20.0, train_sentences=0, valid_sentences=40, test_sentences=120),
 }
 
@@ -81,11 +93,13 @@ def plan(profile: Profile, voices: list[Voice], seed: int = 0, train_hours: floa
     rows = []
     for voice in voices:
         rng = _rng(seed, voice.name)
+        n_test = profile.test_sentences if voice.core else profile.extra_test_sentences
+        n_valid = profile.valid_sentences if voice.core else profile.extra_valid_sentences
         if voice.held_out:
-            chosen = [("heldout", t) for t in pools["test"][: profile.test_sentences]]
+            chosen = [("heldout", t) for t in pools["test"][:n_test]]
         else:
-            chosen = [("test", t) for t in pools["test"][: profile.test_sentences]]
-            valid = rng.sample(pools["valid"], k=min(profile.valid_sentences, len(pools["valid"])))
+            chosen = [("test", t) for t in pools["test"][:n_test]]
+            valid = rng.sample(pools["valid"], k=min(n_valid, len(pools["valid"])))
             chosen += [("valid", t) for t in sorted(valid)]
             order = rng.sample(pools["train"], k=len(pools["train"]))
             if hours is None:
@@ -106,6 +120,7 @@ def plan(profile: Profile, voices: list[Voice], seed: int = 0, train_hours: floa
                 "path": f"wavs/{voice.name}/{text_id}.wav", "split": split,
                 "rate": round(rng.uniform(*RATE_RANGE), 3),
                 "pitch": round(rng.uniform(*PITCH_RANGE), 2) if ENGINES[voice.engine].pitch else 0.0,
+                **speakers.describe(voice),
             })
     return rows
 
@@ -113,18 +128,21 @@ def plan(profile: Profile, voices: list[Voice], seed: int = 0, train_hours: floa
 # -------------------------------------------------------------- synthesis
 
 
-def _finish(raw: Path, final: Path) -> None:
-    """Engine output -> trimmed, 22.05 kHz, loudness-levelled 16-bit wav at its final path."""
+def _finish(raw: Path, final: Path, voice: Voice) -> None:
+    """Engine output -> (a pseudo-speaker's transform) -> trimmed, 22.05 kHz, loudness-levelled 16-bit
+    wav at its final path."""
     wav = audio.load_audio(raw, audio.SAMPLE_RATE, max_seconds=None)
+    if voice.transform is not None:
+        wav = speakers.apply_transform(wav, audio.SAMPLE_RATE, voice.transform, zlib.crc32(final.name.encode()))
     wav = audio.trim_silence(wav, audio.SAMPLE_RATE, top_db=40.0, pad_seconds=0.1)
     audio.save_audio(final, audio.normalize_loudness(wav, audio.SAMPLE_RATE, TARGET_LUFS), audio.SAMPLE_RATE)
 
 
-def _synthesize_batch(task: tuple[list[dict], str]) -> list[tuple[str, str | None]]:
+def _synthesize_batch(task: tuple[list[dict], str, Voice]) -> list[tuple[str, str | None]]:
     """Worker: one voice's batch -> [(id, error or None)]."""
-    rows, out_dir = task
-    voice = next(v for v in VOICES if v.engine == rows[0]["engine"] and v.voice == rows[0]["voice"])
-    jobs = [Job(r["id"], voice, r["normalized_text"], r["rate"], r["pitch"]) for r in rows]
+    rows, out_dir, voice = task
+    jobs = [Job(r["id"], voice, r["normalized_text"], *speakers.engine_request(voice, r["rate"], r["pitch"]))
+            for r in rows]
     work = Path(tempfile.mkdtemp(prefix="batch-", dir=Path(out_dir) / ".tmp"))
     try:
         raw = ENGINES[voice.engine].synthesize(jobs, work)
@@ -133,7 +151,7 @@ def _synthesize_batch(task: tuple[list[dict], str]) -> list[tuple[str, str | Non
             outcome = raw.get(row["id"], "engine returned nothing")
             if isinstance(outcome, Path):
                 try:
-                    _finish(outcome, Path(out_dir) / row["path"])
+                    _finish(outcome, Path(out_dir) / row["path"], voice)
                     outcome = None
                 except ValueError as error:  # silent or unreadable engine output
                     outcome = str(error)
@@ -160,7 +178,7 @@ def build(
     if out.exists() and not out.is_dir():
         raise ValueError(f"output {out} exists and is not a folder")
     (out / ".tmp").mkdir(parents=True, exist_ok=True)
-    wanted = select_voices(voices)
+    wanted = select_voices(voices, tuple(PROFILES[profile].voices()))
     missing = sorted({v.engine for v in wanted if not ENGINES[v.engine].available()})
     for engine in missing:
         log(f"engine {engine} is not installed; skipping its voices. Install: {INSTALL[engine]}")
@@ -171,9 +189,12 @@ def build(
     rows = plan(PROFILES[profile], usable, seed, train_hours)
     todo = [r for r in rows if not (out / r["path"]).is_file()]
     log(f"{len(rows)} utterances planned from {len(usable)} voices; {len(rows) - len(todo)} already done")
-    batches = []
-    for voice_rows in _group(todo, key=lambda r: (r["engine"], r["voice"])).values():
-        batches += [(voice_rows[i : i + BATCH], str(out)) for i in range(0, len(voice_rows), BATCH)]
+    batches, by_speaker = [], {v.speaker: v for v in usable if v.transform}
+    for voice_rows in _group(todo, key=lambda r: (r["engine"], r["voice"], r["speaker"])).values():
+        first = voice_rows[0]
+        voice = by_speaker.get(first["speaker"]) or next(
+            v for v in usable if v.engine == first["engine"] and v.voice == first["voice"] and not v.transform)
+        batches += [(voice_rows[i : i + BATCH], str(out), voice) for i in range(0, len(voice_rows), BATCH)]
     random.Random(seed).shuffle(batches)  # mix slow and fast engines across workers
 
     failures, start = {}, time.perf_counter()
@@ -217,6 +238,7 @@ def _write_outputs(out, rows, todo, failures, wall, profile, seed, voices, missi
     done.sort(key=lambda r: r["id"])
     mf.write_jsonl(out / "manifest.jsonl", done)
     _write_eval_lists(out, done)
+    real = _write_real_speech(out)
 
     todo_ids = {t["id"] for t in todo}
     new_seconds = sum(r["duration"] for r in done if r["id"] in todo_ids)
@@ -232,7 +254,7 @@ def _write_outputs(out, rows, todo, failures, wall, profile, seed, voices, missi
                             "wall_minutes": round(wall / 60, 2),
                             "audio_hours_per_wall_minute": round(new_seconds / 3600 / max(wall / 60, 1e-9), 3)},
         "voices": [asdict(v) | {"name": v.name} for v in voices], "missing_engines": missing,
-        "text_mode": frontend.mode,
+        "text_mode": frontend.mode, "real_speech_clips": real,
         "stats": {k: {"utterances": v["utterances"], "hours": round(v["hours"], 3)} for k, v in sorted(stats.items())},
     }
     mf.write_text_atomic(out / "build.json", json.dumps(report, indent=2) + "\n")
@@ -255,6 +277,30 @@ def _write_eval_lists(out: Path, rows: list[dict]) -> None:
                                 "prompt_wav": f"../{prompt['path']}", "target_text": row["normalized_text"],
                                 "gt_wav": f"../{row['path']}"})
         mf.write_seed_tts(out / "eval" / name, entries)
+
+
+ALSA_SOUNDS = Path("/usr/share/sounds/alsa")  # Debian alsa-utils: one person naming the speaker channels
+ALSA_WORDS = ("Front_Center", "Front_Left", "Front_Right", "Rear_Center", "Rear_Left", "Rear_Right",
+              "Side_Left", "Side_Right")
+
+
+def _write_real_speech(out: Path) -> int:
+    """eval/real_speech.jsonl: the recordings of people in assets/testsets/real_speech.jsonl (provenance
+    in assets/audio/real/README.md), and alsa-utils' spoken channel names when installed, copied at
+    22.05 kHz under real/. Never in a training split: they are not in manifest.jsonl."""
+    source = ASSETS / "testsets" / "real_speech.jsonl"
+    clips = [(row["id"], mf.resolve_audio(source, row["gt_wav"]), row["text"], row["speaker"])
+             for row in mf.read_jsonl(source)]
+    clips += [(f"alsa_{word.lower()}", ALSA_SOUNDS / f"{word}.wav", word.replace("_", " ").lower(), "alsa_speaker")
+              for word in ALSA_WORDS if (ALSA_SOUNDS / f"{word}.wav").is_file()]
+    rows = []
+    for key, path, text, speaker in clips:
+        target = out / "real" / f"{key}.wav"
+        if not target.is_file():
+            audio.save_audio(target, audio.load_audio(path, audio.SAMPLE_RATE, max_seconds=None), audio.SAMPLE_RATE)
+        rows.append({"id": key, "text": text, "gt_wav": f"../real/{key}.wav", "speaker": speaker})
+    mf.write_jsonl(out / "eval" / "real_speech.jsonl", rows)
+    return len(rows)
 
 
 def summary_table(report: dict) -> str:

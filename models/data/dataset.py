@@ -33,6 +33,7 @@ class Feature:
     compute: Callable[[np.ndarray], torch.Tensor] | Callable[[torch.Tensor], torch.Tensor]
     frames_per_second: float
     source: "Feature | None" = None
+    cached: bool = True  # False: a random transform, computed afresh at every read
 
 
 MEL = Feature("mel", lambda wav: audio.mel_spectrogram(wav),
@@ -70,7 +71,7 @@ class SpeechDataset(torch.utils.data.Dataset):
 
     def features(self, row: dict, feature: Feature | None = None) -> torch.Tensor:
         feature = feature or self.feature
-        cached = self.cache / feature.name / f"{row['id']}.npy" if self.cache else None
+        cached = self.cache / feature.name / f"{row['id']}.npy" if self.cache and feature.cached else None
         if cached is not None and cached.is_file():
             return torch.from_numpy(np.load(cached, allow_pickle=False).astype(np.float32))
         if feature.source is not None:

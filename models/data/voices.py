@@ -15,6 +15,27 @@ import subprocess
 import wave
 from dataclasses import dataclass
 from pathlib import Path
+from xml.sax.saxutils import escape
+
+
+@dataclass(frozen=True)
+class SpeakerTransform:
+    """What makes a pseudo-speaker out of a voice, applied alike to all its utterances.
+
+    `formant` scales the vocal tract (resampling the engine's output: > 1 is a shorter tract,
+    higher formants); the engine is asked beforehand for the F0 and duration that the resampling
+    will then move to `pitch` (semitones from the voice's own) and `rate` (duration factor), where
+    it can shift pitch; otherwise F0 moves with the formants. `pitch_range` scales F0 excursions
+    (espeak-ng's SSML prosody range; 1 elsewhere). `tilt` is a spectral tilt in dB at 4 kHz
+    relative to below 1 kHz, `breath` an aspiration-noise level relative to the voice.
+    """
+
+    formant: float = 1.0
+    pitch: float = 0.0
+    pitch_range: float = 1.0
+    tilt: float = 0.0
+    breath: float = 0.0
+    rate: float = 1.0
 
 
 @dataclass(frozen=True)
@@ -24,10 +45,13 @@ class Voice:
     speaker: str  # the person: shared by the same voice through different engines
     gender: str
     held_out: bool = False  # never in a training split: zero-shot test speakers
+    core: bool = True  # in the mini profile (the 19 voices of the first corpus)
+    transform: SpeakerTransform | None = None  # a pseudo-speaker of `source`
+    source: str | None = None  # the name of the voice a pseudo-speaker is made from
 
     @property
     def name(self) -> str:
-        return f"{self.engine}-{self.voice}".replace("+", "-")
+        return self.speaker if self.transform else f"{self.engine}-{self.voice}".replace("+", "-")
 
 
 VOICES: tuple[Voice, ...] = (
@@ -51,6 +75,29 @@ VOICES: tuple[Voice, ...] = (
     Voice("pico", "en-US", "pico-us", "f"),
     Voice("pico", "en-GB", "pico-gb", "f"),
 )
+
+# espeak-ng: every English accent, each with voice variants (formant sets) of its own; the
+# klatt family is a different synthesizer. Left out: the effect variants (robots, whisper, croak).
+ESPEAK_ACCENTS = ("en-gb", "en-gb-scotland", "en-gb-x-rp", "en-gb-x-gbclan", "en-gb-x-gbcwmd", "en-029",
+                  "en-us-nyc", "en-us")
+ESPEAK_VARIANTS = (
+    ("m2", "m"), ("m4", "m"), ("m5", "m"), ("m6", "m"), ("m7", "m"), ("m8", "m"), ("f1", "f"), ("f5", "f"),
+    ("klatt", "m"), ("klatt2", "m"), ("klatt3", "m"), ("klatt4", "f"), ("klatt5", "f"), ("klatt6", "m"),
+    ("adam", "m"), ("Alex", "m"), ("Andy", "m"), ("Annie", "f"), ("aunty", "f"), ("belinda", "f"),
+    ("benjamin", "m"), ("boris", "m"), ("caleb", "m"), ("david", "m"), ("ed", "m"), ("edward", "m"),
+    ("grandma", "f"), ("grandpa", "m"), ("iven", "m"), ("john", "m"), ("linda", "f"), ("max", "m"),
+    ("Michael", "m"), ("norbert", "m"), ("paul", "m"), ("quincy", "m"), ("rob", "m"), ("robert", "m"),
+    ("steph", "f"), ("travis", "m"), ("victor", "m"), ("zac", "m"), ("Alicia", "f"), ("Andrea", "f"),
+    ("anika", "f"), ("shelby", "f"), ("Mike", "m"), ("Lee", "m"),
+)
+# Held out (zero-shot test speakers, with their pseudo-speakers): one variant in eight.
+ESPEAK_HELD_OUT = {"klatt5", "grandpa", "linda", "quincy", "Andrea", "Lee"}
+ESPEAK_VOICES = tuple(
+    Voice("espeak", f"{ESPEAK_ACCENTS[i % len(ESPEAK_ACCENTS)]}+{variant}", f"espeak-{variant.lower()}", gender,
+          held_out=variant in ESPEAK_HELD_OUT, core=False)
+    for i, (variant, gender) in enumerate(ESPEAK_VARIANTS)
+)
+VOICES = VOICES + ESPEAK_VOICES
 
 NONFREE_APT = (
     "D=/tmp/apt-nonfree; mkdir -p $D/parts $D/lists/partial; sed 's/^Components: main$/Components: main "
@@ -144,8 +191,13 @@ class Espeak(CommandEngine):
 
     def command(self, job, out):
         pitch = min(99, max(0, round(50 + 6 * job.pitch)))  # -p is 0..99, 50 by default
-        return ["espeak-ng", "--stdin", "-v", job.voice.voice, "-s", str(round(175 / job.rate)),
-                "-p", str(pitch), "-w", str(out)], job.text
+        argv = ["espeak-ng", "--stdin", "-v", job.voice.voice, "-s", str(round(175 / job.rate)),
+                "-p", str(pitch), "-w", str(out)]
+        spread = job.voice.transform.pitch_range if job.voice.transform else 1.0
+        if spread == 1.0:
+            return argv, job.text
+        text = escape(job.text)
+        return argv + ["-m"], f'<speak><prosody range="{round(100 * spread)}%">{text}</prosody></speak>'
 
 
 class RHVoice(CommandEngine):
@@ -231,13 +283,13 @@ class Piper(Engine):
 ENGINES: dict[str, Engine] = {e.name: e for e in (Flite(), Festival(), Piper(), Espeak(), RHVoice(), Pico())}
 
 
-def select_voices(names: list[str] | None = None) -> list[Voice]:
+def select_voices(names: list[str] | None = None, voices: tuple[Voice, ...] = VOICES) -> list[Voice]:
     """Voices by name (`flite-slt`), engine (`espeak`) or speaker (`slt`); all when None."""
     if not names:
-        return list(VOICES)
-    chosen = [v for v in VOICES if {v.name, v.engine, v.speaker} & set(names)]
-    unknown = set(names) - {key for v in VOICES for key in (v.name, v.engine, v.speaker)}
+        return list(voices)
+    chosen = [v for v in voices if {v.name, v.engine, v.speaker} & set(names)]
+    unknown = set(names) - {key for v in voices for key in (v.name, v.engine, v.speaker)}
     if unknown:
         raise ValueError(f"unknown voices: {', '.join(sorted(unknown))} "
-                         f"(known: {', '.join(v.name for v in VOICES)})")
+                         f"(known: {', '.join(v.name for v in voices)})")
     return chosen

@@ -39,12 +39,13 @@ from tqdm import tqdm
 
 from models import audio, registry
 from models.config import parse_config, refuse_fitted
+from models.data.augment import MEL_CONDITIONS
 from models.data.dataset import MEL, Feature, SpeechDataset, collate
 from models.files import atomic_path, replace_folder, write_text_atomic
 
 # Raw audio (1, samples), for models trained against the waveform (GAN heads); not cached.
-WAVEFORM = Feature("wav", lambda wav: torch.from_numpy(wav)[None], audio.SAMPLE_RATE)
-FEATURES = {"mel": MEL, "wav": WAVEFORM}
+WAVEFORM = Feature("wav", lambda wav: torch.from_numpy(wav)[None], audio.SAMPLE_RATE, cached=False)
+FEATURES = {"mel": MEL, "wav": WAVEFORM, "mel_conditions": MEL_CONDITIONS}
 
 
 @dataclass
@@ -352,7 +353,7 @@ class Trainer:
         torch.manual_seed(t.seed + rank)
         data = self.config.get("data", {})
         feature = self.task.feature() or FEATURES[data.get("feature", "mel")]
-        cache = None if feature is WAVEFORM else (data.get("cache") or str(manifest.parent / "cache"))
+        cache = data.get("cache") or str(manifest.parent / "cache")
         train_set = SpeechDataset(manifest, ("train",), feature=feature, cache_dir=cache, max_seconds=t.max_seconds)
         valid_set = SpeechDataset(manifest, ("valid",), feature=feature, cache_dir=cache, max_seconds=t.max_seconds)
         self.task.prepare(train_set)

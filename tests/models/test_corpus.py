@@ -60,6 +60,10 @@ def test_eval_lists_resolve(mini):
             assert entry["prompt_wav"] != entry["gt_wav"]
             for key in ("prompt_wav", "gt_wav"):
                 assert mf.resolve_audio(out / "eval" / name, entry[key]).is_file()
+    real = mf.read_jsonl(out / "eval" / "real_speech.jsonl")  # recordings of people, never in the manifest
+    assert len(real) >= 10 and all(mf.resolve_audio(out / "eval" / "real_speech.jsonl", r["gt_wav"]).is_file()
+                                   for r in real)
+    assert not {r["id"] for r in real} & {r["id"] for r in mf.read_jsonl(out / "manifest.jsonl")}
 
 
 def test_resume_produces_the_same_manifest(tmp_path):

@@ -249,6 +249,18 @@ def _corpus_tasks(args: argparse.Namespace) -> int:
     return 0
 
 
+def _corpus_speakers(args: argparse.Namespace) -> int:
+    from evaluation.speakers import distinct_speakers
+
+    out = args.out or str(Path(args.corpus) / "speakers.json")
+    report = distinct_speakers(args.corpus, per_speaker=args.per_speaker, out=out)
+    print(f"{report['speakers']} speakers, {report['distinct']} told apart by {report['speaker_model']} "
+          f"({report['distinct_seen']} seen, {report['distinct_heldout']} held out; utterance EER "
+          f"{report['utterance_eer']:.3f} at cosine {report['threshold']:.3f}). Merged: {report['merged']}")
+    print(f"wrote {out}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     from models.pipelines import CFG_RANGE, MAX_SEED
 
@@ -300,6 +312,11 @@ def build_parser() -> argparse.ArgumentParser:
         task_sets.add_argument(f"--{split}", type=_number(int, 0), default=default,
                                help=f"items per task in {split}")
     task_sets.set_defaults(run=_corpus_tasks)
+    count = corpus_commands.add_parser("speakers", help="how many speakers a speaker model tells apart (JSON)")
+    count.add_argument("--corpus", required=True, help="folder with the corpus manifest.jsonl")
+    count.add_argument("--per-speaker", type=_number(int, 2, 1000), default=8, help="test utterances per speaker")
+    count.add_argument("--out", help="JSON report (default: CORPUS/speakers.json)")
+    count.set_defaults(run=_corpus_speakers)
 
     train = commands.add_parser("train", help="train a model (resumable; DDP under torchrun)")
     train.add_argument("model", help="what to train, e.g. flow_vae")

@@ -238,6 +238,7 @@ def _write_outputs(out, rows, todo, failures, wall, profile, seed, voices, missi
     done.sort(key=lambda r: r["id"])
     mf.write_jsonl(out / "manifest.jsonl", done)
     _write_eval_lists(out, done)
+    _write_speaker_lists(out, done)
     real = _write_real_speech(out)
 
     todo_ids = {t["id"] for t in todo}
@@ -259,6 +260,44 @@ def _write_outputs(out, rows, todo, failures, wall, profile, seed, voices, missi
     }
     mf.write_text_atomic(out / "build.json", json.dumps(report, indent=2) + "\n")
     return report
+
+
+PAIR_LISTS = {  # name -> (whose utterance is scored, whose other sentence is the enrollment)
+    "pseudo_source": ("pseudo", "source"),  # how far a pseudo-speaker moved from its voice
+    "pseudo_sibling": ("pseudo", "sibling"),  # how far two pseudo-speakers of one voice are apart
+    "pseudo_self": ("pseudo", "pseudo"),  # the same-speaker baseline of both
+    "source_self": ("source", "source"),  # the source voices on the same sentences: SIM and WER baseline
+}
+
+
+def _write_speaker_lists(out: Path, rows: list[dict]) -> None:
+    """eval/<PAIR_LISTS>.jsonl over the test sentences every voice reads: each scored utterance
+    (gt_wav) with an enrollment (prompt_wav) reading the next sentence, so SIM never rewards shared
+    words. Evaluated with `--system gt --metrics sim,wer` (docs/corpus.md)."""
+    scored = [r for r in rows if r["split"] in ("test", "heldout")]
+    voices = _group(scored, key=lambda r: r["id"].rsplit("_", 1)[0])
+    sentences = {name: {r["id"].rsplit("_", 1)[1]: r for r in voice_rows} for name, voice_rows in voices.items()}
+    pseudo = sorted(name for name, voice_rows in voices.items() if "source_voice" in voice_rows[0])
+    siblings = _group(pseudo, key=lambda name: voices[name][0]["source_voice"])
+    for list_name, (who, enrolled) in PAIR_LISTS.items():
+        entries = []
+        for name in pseudo:
+            source = voices[name][0]["source_voice"]
+            sibling = next((s for s in siblings[source] if s != name), None)
+            scored_voice = name if who == "pseudo" else source
+            enrolled_voice = {"source": source, "sibling": sibling, "pseudo": name}[enrolled]
+            if who == "source" and name != siblings[source][0]:
+                continue  # a source is scored once, however many pseudo-speakers it has
+            if enrolled_voice is None or scored_voice not in sentences or enrolled_voice not in sentences:
+                continue
+            shared = sorted(set(sentences[name]) & set(sentences[scored_voice]) & set(sentences[enrolled_voice]))
+            for i, text_id in enumerate(shared):
+                row, prompt = sentences[scored_voice][text_id], sentences[enrolled_voice][shared[(i + 1) % len(shared)]]
+                if len(shared) > 1:
+                    entries.append({"id": row["id"], "text": row["normalized_text"], "gt_wav": f"../{row['path']}",
+                                    "prompt_wav": f"../{prompt['path']}", "prompt_text": prompt["normalized_text"],
+                                    "speaker": scored_voice, "source_voice": source})
+        mf.write_jsonl(out / "eval" / f"{list_name}.jsonl", entries)
 
 
 def _write_eval_lists(out: Path, rows: list[dict]) -> None:

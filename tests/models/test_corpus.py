@@ -64,6 +64,12 @@ def test_eval_lists_resolve(mini):
     assert len(real) >= 10 and all(mf.resolve_audio(out / "eval" / "real_speech.jsonl", r["gt_wav"]).is_file()
                                    for r in real)
     assert not {r["id"] for r in real} & {r["id"] for r in mf.read_jsonl(out / "manifest.jsonl")}
+    for name in corpus.PAIR_LISTS:  # pseudo-speakers against their source voice, their sibling, themselves
+        pairs = mf.read_jsonl(out / "eval" / f"{name}.jsonl")
+        assert all(p["gt_wav"] != p["prompt_wav"] and p["text"] != p["prompt_text"] for p in pairs)
+        assert all(mf.resolve_audio(out / "eval" / f"{name}.jsonl", p[k]).is_file() for p in pairs
+                   for k in ("gt_wav", "prompt_wav"))
+    assert mf.read_jsonl(out / "eval" / "pseudo_source.jsonl")
 
 
 def test_resume_produces_the_same_manifest(tmp_path):

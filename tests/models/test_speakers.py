@@ -109,3 +109,22 @@ def test_the_real_speech_set_parses_and_every_clip_resolves():
     rows = mf.read_jsonl(manifest)
     assert all(row["source"] for row in rows)  # each clip says which package shipped it
     assert (REPO / "assets" / "audio" / "real" / "README.md").is_file()
+
+
+def test_conditioned_mels_are_drawn_afresh_and_never_cached(tmp_path):
+    import torch
+
+    from models.data.augment import MEL_CONDITIONS
+    from models.data.dataset import MEL, SpeechDataset
+
+    audio.save_audio(tmp_path / "a.wav", tone(1.0) + 0.2 * tone(1.0, freq=1500.0, amp=0.3), SR)
+    mf.write_jsonl(tmp_path / "manifest.jsonl", [{"id": "a", "speaker": "s", "path": "a.wav", "split": "train",
+                                                   "duration": 1.0, "text": "a", "normalized_text": "a"}])
+    data = SpeechDataset(tmp_path / "manifest.jsonl", feature=MEL_CONDITIONS, cache_dir=tmp_path / "cache")
+    torch.manual_seed(0)
+    draws = [data[0]["features"] for _ in range(6)]
+    assert all(d.shape == draws[0].shape for d in draws) and all(torch.isfinite(d).all() for d in draws)
+    assert len({tuple(d.flatten()[:50].tolist()) for d in draws}) > 1  # a new condition per read
+    assert not (tmp_path / "cache").exists()
+    clean = SpeechDataset(tmp_path / "manifest.jsonl", feature=MEL, cache_dir=tmp_path / "cache")[0]["features"]
+    assert clean.shape == draws[0].shape and (tmp_path / "cache" / "mel" / "a.npy").is_file()

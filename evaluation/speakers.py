@@ -23,15 +23,13 @@ from models.files import write_text_atomic
 
 
 def equal_error_threshold(same: np.ndarray, different: np.ndarray) -> tuple[float, float]:
-    """(threshold, equal error rate) for scores where same-speaker pairs should score higher."""
+    """(threshold, equal error rate) for scores where same-speaker pairs should score higher: the
+    threshold among the observed scores where misses and false accepts are closest."""
     candidates = np.unique(np.concatenate([same, different]))
-    best = (float("inf"), 0.0, 0.0)
-    for t in candidates:
-        miss, false_accept = float(np.mean(same < t)), float(np.mean(different >= t))
-        gap = abs(miss - false_accept)
-        if gap < best[0]:
-            best = (gap, float(t), (miss + false_accept) / 2)
-    return best[1], best[2]
+    miss = np.searchsorted(np.sort(same), candidates, side="left") / len(same)  # same < t
+    false_accept = 1 - np.searchsorted(np.sort(different), candidates, side="left") / len(different)  # diff >= t
+    best = int(np.argmin(np.abs(miss - false_accept)))
+    return float(candidates[best]), float((miss[best] + false_accept[best]) / 2)
 
 
 def components(names: list[str], linked: np.ndarray) -> list[list[str]]:

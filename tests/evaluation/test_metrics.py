@@ -156,3 +156,17 @@ def test_latent_statistics_and_figures():
     titles = [f.layout.title.text for f in latent_figures(systems, stats, speakers)]
     assert any("posterior variance" in t for t in titles)
     assert any("PCA" in t and "speaker" in t for t in titles)
+
+
+def test_distinct_speakers_threshold_and_groups():
+    from evaluation.speakers import components, equal_error_threshold
+
+    rng = np.random.default_rng(0)
+    same, different = rng.normal(0.8, 0.05, 2000), rng.normal(0.5, 0.1, 8000)
+    threshold, eer = equal_error_threshold(same, different)
+    assert 0.65 < threshold < 0.75 and eer < 0.05
+    assert abs(np.mean(same < threshold) - np.mean(different >= threshold)) < 0.01  # the equal-error point
+    assert equal_error_threshold(np.array([0.9, 0.95]), np.array([0.1, 0.2]))[1] == 0.0  # separable: no error
+    linked = np.eye(5, dtype=bool)
+    linked[0, 1] = linked[1, 0] = linked[1, 2] = linked[2, 1] = True  # a chain a-b-c
+    assert components(list("abcde"), linked) == [["a", "b", "c"], ["d"], ["e"]]

@@ -70,10 +70,18 @@ def _python_rng(rng: np.random.Generator):
     return random.Random(int(rng.integers(2**63)))
 
 
+WINDOW_SECONDS = 2.0  # conditioned per read: a random window, more than codec training's 1.5 s crops
+
+
 def conditioned_mel(wav: np.ndarray) -> torch.Tensor:
-    """The shared mel of the waveform under a random recording condition. The generator is seeded
-    from torch's, which the data loader seeds per worker and the trainer per run."""
+    """The shared mel of a random WINDOW_SECONDS of the waveform under a random recording condition
+    (conditioning whole utterances cost 3x a training step). The generator is seeded from torch's,
+    which the data loader seeds per worker and the trainer per run."""
     rng = np.random.default_rng(int(torch.randint(2**62, (1,))))
+    window = int(WINDOW_SECONDS * audio.SAMPLE_RATE)
+    if len(wav) > window:
+        start = int(rng.integers(len(wav) - window + 1))
+        wav = wav[start:start + window]
     return audio.mel_spectrogram(apply_conditions(wav, audio.SAMPLE_RATE, rng))
 
 

@@ -186,6 +186,8 @@ def build(
     if not any(not v.held_out for v in usable):
         raise ValueError("no voice for training is available: install at least one engine (see above)")
 
+    for voice in usable:
+        _forget_stale_pseudo_speaker(out, voice, log)
     rows = plan(PROFILES[profile], usable, seed, train_hours)
     todo = [r for r in rows if not (out / r["path"]).is_file()]
     log(f"{len(rows)} utterances planned from {len(usable)} voices; {len(rows) - len(todo)} already done")
@@ -215,6 +217,22 @@ def build(
         log(f"failed {utt_id}: {error}")
     log(summary_table(report))
     return report
+
+
+def _forget_stale_pseudo_speaker(out: Path, voice: Voice, log) -> None:
+    """A resumed build keeps finished files; a pseudo-speaker whose transform has changed since
+    (wavs/<name>/transform.json) has its files made again, so no voice mixes two transforms."""
+    if voice.transform is None:
+        return
+    folder = out / "wavs" / voice.name
+    record = json.dumps(asdict(voice.transform), sort_keys=True)
+    stored = folder / "transform.json"
+    if stored.is_file() and stored.read_text() != record:
+        stale = sorted(folder.glob("*.wav"))
+        log(f"{voice.name}: its transform changed; remaking its {len(stale)} files")
+        for path in stale:
+            path.unlink()
+    mf.write_text_atomic(stored, record)
 
 
 def _group(rows, key) -> dict:

@@ -128,3 +128,20 @@ def test_conditioned_mels_are_drawn_afresh_and_never_cached(tmp_path):
     assert not (tmp_path / "cache").exists()
     clean = SpeechDataset(tmp_path / "manifest.jsonl", feature=MEL, cache_dir=tmp_path / "cache")[0]["features"]
     assert clean.shape == draws[0].shape and (tmp_path / "cache" / "mel" / "a.npy").is_file()
+
+
+def test_a_resumed_build_remakes_a_pseudo_speaker_whose_transform_changed(tmp_path):
+    from dataclasses import replace
+
+    voice = speakers.pseudo_voices([VOICES[0]], 1)[0]
+    folder = tmp_path / "wavs" / voice.name
+    folder.mkdir(parents=True)
+    (folder / "a.wav").write_bytes(b"x")
+    corpus._forget_stale_pseudo_speaker(tmp_path, voice, log=lambda _: None)  # first sight: recorded, kept
+    assert (folder / "a.wav").is_file() and (folder / "transform.json").is_file()
+    corpus._forget_stale_pseudo_speaker(tmp_path, voice, log=lambda _: None)  # unchanged: kept
+    assert (folder / "a.wav").is_file()
+    changed = replace(voice, transform=replace(voice.transform, breath=voice.transform.breath + 0.01))
+    said = []
+    corpus._forget_stale_pseudo_speaker(tmp_path, changed, log=said.append)
+    assert not (folder / "a.wav").exists() and "transform changed" in said[0]

@@ -26,8 +26,8 @@ class SpeakerTransform:
     higher formants); the engine is asked beforehand for the F0 and duration that the resampling
     will then move to `pitch` (semitones from the voice's own) and `rate` (duration factor), where
     it can shift pitch; otherwise F0 moves with the formants. `pitch_range` scales F0 excursions
-    (espeak-ng's SSML prosody range; 1 elsewhere). `tilt` is a spectral tilt in dB at 4 kHz
-    relative to below 1 kHz, `breath` an aspiration-noise level relative to the voice.
+    (espeak-ng's SSML prosody range; 1 elsewhere). `tilt` is a high-shelf gain in dB above 2 kHz,
+    `breath` an aspiration-noise level relative to the voice.
     """
 
     formant: float = 1.0

@@ -1,10 +1,11 @@
 """How many distinct people a corpus holds, as a speaker model hears it.
 
-Each speaker's identity is the mean GE2E embedding (the bench's SIM model) of up to N of its
-test utterances. The threshold is the speaker-verification operating point of the corpus
-itself: the equal-error-rate threshold over utterance pairs (same speaker against different
-speakers). Two speakers are told apart when the cosine of their mean embeddings falls below
-it; speakers that cannot be told apart, directly or through a chain, count once.
+Each speaker is N test utterances embedded by the bench's SIM model (GE2E). Speakers A and B
+are told apart when a nearest-centroid test separates them: each utterance of either is closer
+to its own speaker's centroid (left out of it) than to the other's, for at least `separation`
+of their utterances. The count of distinct voices is the size of a set of speakers every two of
+which are told apart (greedy, fewest confusions first: a lower bound on the largest such set).
+The utterance-level equal error rate and its threshold are reported beside it.
 """
 
 from __future__ import annotations
@@ -32,26 +33,33 @@ def equal_error_threshold(same: np.ndarray, different: np.ndarray) -> tuple[floa
     return float(candidates[best]), float((miss[best] + false_accept[best]) / 2)
 
 
-def components(names: list[str], linked: np.ndarray) -> list[list[str]]:
-    """Groups of names joined by `linked` (a symmetric boolean matrix), directly or through a chain."""
-    group = list(range(len(names)))
-
-    def root(i: int) -> int:
-        while group[i] != i:
-            group[i] = group[group[i]]
-            i = group[i]
-        return i
-
-    for i, j in zip(*np.nonzero(np.triu(linked, 1))):
-        group[root(int(i))] = root(int(j))
-    found = defaultdict(list)
-    for i, name in enumerate(names):
-        found[root(i)].append(name)
-    return sorted(found.values(), key=lambda g: (-len(g), g))
+def told_apart(embeddings: np.ndarray, separation: float = 0.9) -> np.ndarray:
+    """(speakers, speakers) booleans from unit embeddings (speakers, n, dim), n >= 2 each."""
+    sums = embeddings.sum(1)
+    left_out = sums[:, None] - embeddings
+    left_out /= np.linalg.norm(left_out, axis=-1, keepdims=True)
+    own = (embeddings * left_out).sum(-1)  # (S, n): each utterance against its own speaker
+    centroids = sums / np.linalg.norm(sums, axis=-1, keepdims=True)
+    other = np.einsum("snd,td->snt", embeddings, centroids)  # (S, n, S): against every speaker
+    correct = (own[:, :, None] > other).mean(1)  # (S, S): share of i's utterances nearer to i than to j
+    accuracy = (correct + correct.T) / 2  # both directions, n utterances each
+    apart = accuracy >= separation
+    np.fill_diagonal(apart, True)
+    return apart
 
 
-def distinct_speakers(corpus: str | Path, per_speaker: int = 8, device: str = "cpu", out: str | Path | None = None,
-                      log=print) -> dict:
+def distinct_set(names: list[str], apart: np.ndarray) -> list[str]:
+    """A set of names every two of which are told apart: greedy, fewest confusions first."""
+    confusions = (~apart).sum(1)
+    chosen: list[int] = []
+    for i in sorted(range(len(names)), key=lambda i: (confusions[i], names[i])):
+        if all(apart[i, j] for j in chosen):
+            chosen.append(i)
+    return sorted(names[i] for i in chosen)
+
+
+def distinct_speakers(corpus: str | Path, per_speaker: int = 8, separation: float = 0.9, device: str = "cpu",
+                      out: str | Path | None = None, log=print) -> dict:
     corpus = Path(corpus)
     manifest = corpus / "manifest.jsonl"
     rows = [r for r in mf.read_jsonl(manifest) if r["split"] in ("test", "heldout")]
@@ -73,19 +81,19 @@ def distinct_speakers(corpus: str | Path, per_speaker: int = 8, device: str = "c
     upper = np.triu(np.ones_like(scores, dtype=bool), 1)
     same, different = scores[upper & (owner[:, None] == owner[None])], scores[upper & (owner[:, None] != owner[None])]
     threshold, eer = equal_error_threshold(same, different)
-    centroids = np.stack([embeddings[n].mean(0) / np.linalg.norm(embeddings[n].mean(0)) for n in names])
-    similarity = centroids @ centroids.T
-    groups = components(names, similarity >= threshold)
+    apart = told_apart(np.stack([embeddings[n] for n in names]), separation)
+    distinct = distinct_set(names, apart)
     speaker_split = {r["speaker"]: r["split"] for r in rows}
+    confused = [[names[i], names[j]] for i, j in zip(*np.nonzero(np.triu(~apart, 1)))]
     report = {
         "corpus": str(corpus), "speaker_model": "Resemblyzer GE2E", "utterances_per_speaker": per_speaker,
-        "speakers": len(names), "distinct": len(groups),
-        "distinct_heldout": sum(all(speaker_split[n] == "heldout" for n in g) for g in groups),
-        "distinct_seen": sum(all(speaker_split[n] == "test" for n in g) for g in groups),
-        "threshold": round(threshold, 4), "utterance_eer": round(eer, 4),
+        "separation": separation, "speakers": len(names), "distinct": len(distinct),
+        "distinct_seen": sum(speaker_split[n] == "test" for n in distinct),
+        "distinct_heldout": sum(speaker_split[n] == "heldout" for n in distinct),
+        "utterance_eer": round(eer, 4), "eer_threshold": round(threshold, 4),
         "same_speaker_sim_mean": round(float(same.mean()), 4),
         "different_speaker_sim_mean": round(float(different.mean()), 4),
-        "merged": [g for g in groups if len(g) > 1],
+        "pairs_not_told_apart": confused,
     }
     if out:
         write_text_atomic(out, json.dumps(report, indent=2) + "\n")

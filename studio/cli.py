@@ -254,9 +254,9 @@ def _corpus_speakers(args: argparse.Namespace) -> int:
 
     out = args.out or str(Path(args.corpus) / "speakers.json")
     report = distinct_speakers(args.corpus, per_speaker=args.per_speaker, out=out)
-    print(f"{report['speakers']} speakers, {report['distinct']} told apart by {report['speaker_model']} "
-          f"({report['distinct_seen']} seen, {report['distinct_heldout']} held out; utterance EER "
-          f"{report['utterance_eer']:.3f} at cosine {report['threshold']:.3f}). Merged: {report['merged']}")
+    print(f"{report['speakers']} speakers; {report['distinct']} that {report['speaker_model']} tells apart pairwise "
+          f"({report['distinct_seen']} seen, {report['distinct_heldout']} held out); utterance EER "
+          f"{report['utterance_eer']:.3f}; {len(report['pairs_not_told_apart'])} pairs not told apart")
     print(f"wrote {out}")
     return 0
 

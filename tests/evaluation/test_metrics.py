@@ -159,7 +159,7 @@ def test_latent_statistics_and_figures():
 
 
 def test_distinct_speakers_threshold_and_groups():
-    from evaluation.speakers import components, equal_error_threshold
+    from evaluation.speakers import distinct_set, equal_error_threshold, told_apart
 
     rng = np.random.default_rng(0)
     same, different = rng.normal(0.8, 0.05, 2000), rng.normal(0.5, 0.1, 8000)
@@ -167,6 +167,14 @@ def test_distinct_speakers_threshold_and_groups():
     assert 0.65 < threshold < 0.75 and eer < 0.05
     assert abs(np.mean(same < threshold) - np.mean(different >= threshold)) < 0.01  # the equal-error point
     assert equal_error_threshold(np.array([0.9, 0.95]), np.array([0.1, 0.2]))[1] == 0.0  # separable: no error
-    linked = np.eye(5, dtype=bool)
-    linked[0, 1] = linked[1, 0] = linked[1, 2] = linked[2, 1] = True  # a chain a-b-c
-    assert components(list("abcde"), linked) == [["a", "b", "c"], ["d"], ["e"]]
+
+    def speaker(direction, spread=0.05):
+        e = np.asarray(direction, float)[None] + spread * rng.standard_normal((8, 3))
+        return e / np.linalg.norm(e, axis=1, keepdims=True)
+
+    # a and b: one voice twice; c apart from both; d between a and c but nearer to neither
+    embeddings = np.stack([speaker([1, 0, 0]), speaker([1, 0, 0]), speaker([0, 1, 0]), speaker([0, 0, 1])])
+    apart = told_apart(embeddings)
+    assert not apart[0, 1] and not apart[1, 0] and apart[0, 2] and apart[2, 3] and apart.diagonal().all()
+    chosen = distinct_set(list("abcd"), apart)
+    assert len(chosen) == 3 and {"c", "d"} <= set(chosen) and len({"a", "b"} & set(chosen)) == 1

@@ -145,3 +145,23 @@ def test_a_resumed_build_remakes_a_pseudo_speaker_whose_transform_changed(tmp_pa
     said = []
     corpus._forget_stale_pseudo_speaker(tmp_path, changed, log=said.append)
     assert not (folder / "a.wav").exists() and "transform changed" in said[0]
+
+
+def test_pair_lists_enroll_another_sentence_of_the_right_voice(tmp_path):
+    rows = []
+    for voice, source in (("v", None), ("v-p1", "v"), ("v-p2", "v")):
+        for k in (601, 602, 603):
+            row = {"id": f"{voice}_harvard-{k}", "speaker": voice, "split": "test", "path": f"wavs/{voice}/{k}.wav",
+                   "normalized_text": f"sentence {k}"}
+            rows.append({**row, "source_voice": source, "transform": {}} if source else row)
+    corpus._write_speaker_lists(tmp_path, rows)
+    lists = {name: mf.read_jsonl(tmp_path / "eval" / f"{name}.jsonl") for name in corpus.PAIR_LISTS}
+    assert len(lists["pseudo_source"]) == len(lists["pseudo_sibling"]) == len(lists["pseudo_self"]) == 6
+    assert len(lists["source_self"]) == 3  # the source voice once, not once per pseudo-speaker
+    for entry in lists["pseudo_source"]:
+        assert entry["gt_wav"].startswith("../wavs/v-p") and entry["prompt_wav"].startswith("../wavs/v/")
+    for entry in lists["pseudo_sibling"]:
+        scored, enrolled = entry["gt_wav"].split("/")[2], entry["prompt_wav"].split("/")[2]
+        assert {scored, enrolled} == {"v-p1", "v-p2"}
+    for entries in lists.values():
+        assert all(e["text"] != e["prompt_text"] for e in entries)  # never the same words

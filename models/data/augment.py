@@ -9,6 +9,7 @@ per utterance so that a codec trained on synthetic voices sees the conditions of
 from __future__ import annotations
 
 import math
+import random
 from dataclasses import dataclass
 
 import numpy as np
@@ -64,9 +65,7 @@ def apply_conditions(wav: np.ndarray, sr: int, rng: np.random.Generator, c: Cond
     return np.clip(np.nan_to_num(wav), -1.0, 1.0).astype(np.float32)
 
 
-def _python_rng(rng: np.random.Generator):
-    import random
-
+def _python_rng(rng: np.random.Generator) -> random.Random:
     return random.Random(int(rng.integers(2**63)))
 
 

@@ -58,8 +58,34 @@ def distinct_set(names: list[str], apart: np.ndarray) -> list[str]:
     return sorted(names[i] for i in chosen)
 
 
+def _embedder(encoder: str | None, device: str):
+    """(name, rate, embed(wav) -> unit vector): the bench's GE2E, or a speaker-encoder checkpoint."""
+    if encoder is None:
+        model = load_ge2e(device)
+        return "Resemblyzer GE2E", METRIC_RATE, model.embed
+    from models import registry
+    from models.roles import SPEAKER_ENCODER
+
+    if registry.checkpoint_role(encoder) != SPEAKER_ENCODER:
+        raise ValueError(f"{encoder} is not a speaker-encoder checkpoint")
+    model, _, _ = registry.load_model(encoder, device)
+    return f"speaker encoder {encoder}", model.sample_rate, model.embed_wav
+
+
+def utterance_eer(embeddings: dict[str, np.ndarray], names: list[str]) -> tuple[float, float, np.ndarray, np.ndarray]:
+    """(threshold, EER, same-speaker scores, different-speaker scores) over every pair of the named
+    speakers' utterances (cosine of unit embeddings)."""
+    utterances = np.concatenate([embeddings[n] for n in names])
+    owner = np.concatenate([[i] * len(embeddings[n]) for i, n in enumerate(names)])
+    scores = utterances @ utterances.T
+    upper = np.triu(np.ones_like(scores, dtype=bool), 1)
+    same, different = scores[upper & (owner[:, None] == owner[None])], scores[upper & (owner[:, None] != owner[None])]
+    threshold, eer = equal_error_threshold(same, different)
+    return threshold, eer, same, different
+
+
 def distinct_speakers(corpus: str | Path, per_speaker: int = 8, separation: float = 0.9, device: str = "cpu",
-                      out: str | Path | None = None, log=print) -> dict:
+                      out: str | Path | None = None, log=print, encoder: str | None = None) -> dict:
     corpus = Path(corpus)
     manifest = corpus / "manifest.jsonl"
     rows = [r for r in mf.read_jsonl(manifest) if r["split"] in ("test", "heldout")]
@@ -67,30 +93,29 @@ def distinct_speakers(corpus: str | Path, per_speaker: int = 8, separation: floa
     for row in sorted(rows, key=lambda r: r["id"]):
         if len(by_speaker[row["speaker"]]) < per_speaker:
             by_speaker[row["speaker"]].append(row)
-    encoder = load_ge2e(device)
+    model_name, rate, embed = _embedder(encoder, device)
     embeddings, names = {}, sorted(by_speaker)
     for n, name in enumerate(names):
-        waves = [audio.load_audio(mf.resolve_audio(manifest, r["path"]), METRIC_RATE, max_seconds=None)
+        waves = [audio.load_audio(mf.resolve_audio(manifest, r["path"]), rate, max_seconds=None)
                  for r in by_speaker[name]]
-        embeddings[name] = np.stack([encoder.embed(w) for w in waves])
+        embeddings[name] = np.stack([embed(w) for w in waves])
         if (n + 1) % 25 == 0:
             log(f"embedded {n + 1} / {len(names)} speakers")
-    utterances = np.concatenate([embeddings[n] for n in names])
-    owner = np.concatenate([[i] * len(embeddings[n]) for i, n in enumerate(names)])
-    scores = utterances @ utterances.T
-    upper = np.triu(np.ones_like(scores, dtype=bool), 1)
-    same, different = scores[upper & (owner[:, None] == owner[None])], scores[upper & (owner[:, None] != owner[None])]
-    threshold, eer = equal_error_threshold(same, different)
+    threshold, eer, same, different = utterance_eer(embeddings, names)
+    speaker_split = {r["speaker"]: r["split"] for r in rows}
+    heldout = [n for n in names if speaker_split[n] == "heldout"]
+    heldout_eer = utterance_eer(embeddings, heldout)[1] if len(heldout) > 1 else None
     apart = told_apart(np.stack([embeddings[n] for n in names]), separation)
     distinct = distinct_set(names, apart)
-    speaker_split = {r["speaker"]: r["split"] for r in rows}
     confused = [[names[i], names[j]] for i, j in zip(*np.nonzero(np.triu(~apart, 1)))]
     report = {
-        "corpus": str(corpus), "speaker_model": "Resemblyzer GE2E", "utterances_per_speaker": per_speaker,
+        "corpus": str(corpus), "speaker_model": model_name, "utterances_per_speaker": per_speaker,
         "separation": separation, "speakers": len(names), "distinct": len(distinct),
         "distinct_seen": sum(speaker_split[n] == "test" for n in distinct),
         "distinct_heldout": sum(speaker_split[n] == "heldout" for n in distinct),
         "utterance_eer": round(eer, 4), "eer_threshold": round(threshold, 4),
+        "heldout_speakers": len(heldout),
+        "heldout_utterance_eer": None if heldout_eer is None else round(heldout_eer, 4),
         "same_speaker_sim_mean": round(float(same.mean()), 4),
         "different_speaker_sim_mean": round(float(different.mean()), 4),
         "pairs_not_told_apart": confused,

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import typing
-from dataclasses import fields
+from dataclasses import dataclass, fields
 from typing import TypeVar
 
 T = TypeVar("T")
@@ -59,3 +59,13 @@ def move_to_fitted(data: dict, names: tuple[str, ...]) -> dict:
     data = {k: v for k, v in data.items() if k not in legacy}
     data[FITTED] = {**legacy, **(data.get(FITTED) or {})}
     return data
+
+
+@dataclass
+class LatentStatistics:
+    """What a model of latent sequences (SLED, KALL-E) fits on its training data, never chosen:
+    measured by its recipe and stored under the config's `fitted`."""
+
+    latent_mean: list[float] | None = None  # per dimension, of the training latents: the normalization
+    latent_std: list[float] | None = None
+    text_rate: float | None = None  # latent frames per text symbol, for aligned positions

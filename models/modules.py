@@ -219,3 +219,47 @@ class CausalTransformer(nn.Module):
         for i, block in enumerate(self.blocks):
             x = block(x, positions, None if cache is None else cache[i])
         return self.norm(x)
+
+
+# ------------------------------------------------------------------ sequence layouts (SLED, KALL-E)
+
+TEXT, EOT, LATENT, SPEAKER = 0, 1, 2, 3  # what each sequence position holds
+
+
+def layout(n_text: int, n_frames: int, interleave: tuple[int, int] | None) -> list[int]:
+    """The kinds (TEXT, EOT, LATENT) of one sequence's positions, in order.
+
+    Offline: all text, EOT, all latents. Streaming: n text tokens then m latents, repeated
+    while text remains; then EOT and the remaining latents. Text leads the speech, so each
+    latent sees the phonemes it speaks. n_frames may be huge at inference (the cap).
+    """
+    if interleave is None:
+        return [TEXT] * n_text + [EOT] + [LATENT] * n_frames
+    n, m = interleave
+    kinds, t, f = [], 0, 0
+    while t < n_text:
+        take = min(n, n_text - t)
+        kinds += [TEXT] * take
+        t += take
+        if t < n_text:
+            step = min(m, n_frames - f)
+            kinds += [LATENT] * step
+            f += step
+    return kinds + [EOT] + [LATENT] * (n_frames - f)
+
+
+def positions(kinds: list[int], text_rate: float | None) -> list[float]:
+    """RoPE positions of a layout: sequence order, or aligned (text i at i x text_rate, frame k at k)."""
+    if text_rate is None:
+        return list(range(len(kinds)))
+    out, t, f = [], 0, 0
+    for kind in kinds:
+        if kind == LATENT:
+            out.append(float(f))
+            f += 1
+        elif kind == SPEAKER:  # a leading speaker latent sits one symbol before the text
+            out.append((t - 1) * text_rate)
+        else:  # EOT sits where the text ends
+            out.append(t * text_rate)
+            t += kind == TEXT
+    return out

@@ -165,7 +165,7 @@ def tts(
     settings = {name: control.check(name, controls.get(name, control.default)) for name, control in declared.items()}
     codec = _codec_model(generator.codec, device)
     seed = random.randrange(2**31) if seed is None else seed
-    prompt, prompt_text = None, None
+    prompt, prompt_text, ref = None, None, None
     if ref_wav is not None:
         if ref_sr is None:
             raise ValueError("ref_sr: the reference audio's sample rate is required")
@@ -182,7 +182,7 @@ def tts(
 
     def frames(index: int, sentence: str):
         return generator.frames(TTSRequest(sentence, prompt, prompt_text, None if cfg == 1.0 else cfg, seed + index,
-                                           settings))
+                                           settings, reference=ref))
 
     pause = np.zeros(int(PAUSE_SECONDS * audio.SAMPLE_RATE), np.float32)
     start = time.perf_counter()

@@ -15,7 +15,8 @@ import numpy as np
 import torch
 
 LATENT_CODEC, TOKEN_CODEC, TTS, SPEECH_TO_SPEECH = "latent_codec", "token_codec", "tts", "speech_to_speech"
-ROLES = (LATENT_CODEC, TOKEN_CODEC, TTS, SPEECH_TO_SPEECH)
+SPEAKER_ENCODER = "speaker_encoder"
+ROLES = (LATENT_CODEC, TOKEN_CODEC, TTS, SPEECH_TO_SPEECH, SPEAKER_ENCODER)
 
 
 @runtime_checkable
@@ -67,6 +68,17 @@ class TokenCodec(Protocol):
         """(num_codebooks, frames) -> (frames, dim): what the tokens stand for, for latent statistics and plots."""
 
 
+@runtime_checkable
+class SpeakerEncoder(Protocol):
+    """Audio -> a unit-length voice embedding (what a speaker-conditioned backend reads)."""
+
+    sample_rate: int
+    embedding_dim: int
+
+    def embed_wav(self, wav: np.ndarray) -> np.ndarray:
+        """(samples,) -> (embedding_dim,), unit length."""
+
+
 @dataclass(frozen=True)
 class Control:
     """A sampling setting a TTS backend offers beyond guidance and seed: one slider in the studio,
@@ -87,7 +99,8 @@ class Control:
 @dataclass
 class TTSRequest:
     """One sentence to speak. `prompt` is the reference clip's latents in the backend's codec
-    (frames, dim) and `prompt_text` its transcript; `cfg` None means no guidance."""
+    (frames, dim), `prompt_text` its transcript and `reference` its audio (samples,) at 22.05 kHz,
+    for a backend that reads the voice itself (KALL-E's speaker encoder); `cfg` None means no guidance."""
 
     text: str
     prompt: torch.Tensor | None = None
@@ -95,6 +108,7 @@ class TTSRequest:
     cfg: float | None = 2.0
     seed: int = 0
     controls: dict[str, float] = field(default_factory=dict)  # values of the backend's CONTROLS
+    reference: np.ndarray | None = None
 
 
 @runtime_checkable

@@ -31,21 +31,10 @@ from torch import nn
 from torch.nn import functional as F
 
 from models import registry
-from models.config import move_to_fitted, parse_config
-from models.modules import CausalTransformer
+from models.config import LatentStatistics, move_to_fitted, parse_config
+from models.modules import EOT, LATENT, TEXT, CausalTransformer, layout, positions
 from models.roles import TTS, Control, TTSRequest
 from models.text import TextFrontend
-
-TEXT, EOT, LATENT = 0, 1, 2  # what each sequence position holds
-
-
-@dataclass
-class SLEDStatistics:
-    """Measured on the training data by the recipe (models/training/sled.py), never chosen."""
-
-    latent_mean: list[float] | None = None  # per dimension, of the training latents: the normalization
-    latent_std: list[float] | None = None
-    text_rate: float | None = None  # latent frames per text symbol, for aligned positions
 
 
 @dataclass
@@ -82,12 +71,12 @@ class SLEDConfig:
     # out-of-domain prompt could make the head fire at once (no audio at all); 0.5 is under half the
     # corpus median rate, so it only holds back a stop that comes far too early.
     min_frames_per_phoneme: float = 0.5
-    fitted: SLEDStatistics = field(default_factory=SLEDStatistics)
+    fitted: LatentStatistics = field(default_factory=LatentStatistics)
     model: str = field(default="sled", init=False)
 
     @classmethod
     def from_dict(cls, data: dict, source: str = "SLED config") -> "SLEDConfig":
-        config = parse_config(cls, move_to_fitted(data, tuple(f.name for f in fields(SLEDStatistics))), source)
+        config = parse_config(cls, move_to_fitted(data, tuple(f.name for f in fields(LatentStatistics))), source)
         if config.head not in ("energy", "l2"):
             raise ValueError(f"head must be energy or l2, not {config.head!r}")
         return config
@@ -105,43 +94,6 @@ def energy_distance(x: torch.Tensor, x_prime: torch.Tensor, y: torch.Tensor) -> 
     def norm(a):  # an epsilon keeps the gradient finite when two samples coincide (zero-init head)
         return torch.sqrt(a.float().pow(2).sum(-1) + 1e-8)
     return norm(x - y) + norm(x_prime - y) - norm(x - x_prime)
-
-
-def layout(n_text: int, n_frames: int, interleave: tuple[int, int] | None) -> list[int]:
-    """The kinds (TEXT, EOT, LATENT) of one sequence's positions, in order.
-
-    Offline: all text, EOT, all latents. Streaming: n text tokens then m latents, repeated
-    while text remains; then EOT and the remaining latents. Text leads the speech, so each
-    latent sees the phonemes it speaks. n_frames may be huge at inference (the cap).
-    """
-    if interleave is None:
-        return [TEXT] * n_text + [EOT] + [LATENT] * n_frames
-    n, m = interleave
-    kinds, t, f = [], 0, 0
-    while t < n_text:
-        take = min(n, n_text - t)
-        kinds += [TEXT] * take
-        t += take
-        if t < n_text:
-            step = min(m, n_frames - f)
-            kinds += [LATENT] * step
-            f += step
-    return kinds + [EOT] + [LATENT] * (n_frames - f)
-
-
-def positions(kinds: list[int], text_rate: float | None) -> list[float]:
-    """RoPE positions of a layout: sequence order, or aligned (text i at i x text_rate, frame k at k)."""
-    if text_rate is None:
-        return list(range(len(kinds)))
-    out, t, f = [], 0, 0
-    for kind in kinds:
-        if kind == LATENT:
-            out.append(float(f))
-            f += 1
-        else:  # EOT sits where the text ends
-            out.append(t * text_rate)
-            t += kind == TEXT
-    return out
 
 
 class NoiseBlock(nn.Module):

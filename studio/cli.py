@@ -253,10 +253,13 @@ def _corpus_speakers(args: argparse.Namespace) -> int:
     from evaluation.speakers import distinct_speakers
 
     out = args.out or str(Path(args.corpus) / "speakers.json")
-    report = distinct_speakers(args.corpus, per_speaker=args.per_speaker, out=out)
+    report = distinct_speakers(args.corpus, per_speaker=args.per_speaker, out=out, encoder=args.encoder)
+    heldout = report["heldout_utterance_eer"]
     print(f"{report['speakers']} speakers; {report['distinct']} that {report['speaker_model']} tells apart pairwise "
           f"({report['distinct_seen']} seen, {report['distinct_heldout']} held out); utterance EER "
-          f"{report['utterance_eer']:.3f}; {len(report['pairs_not_told_apart'])} pairs not told apart")
+          f"{report['utterance_eer']:.3f} (held-out speakers only: "
+          f"{'n/a' if heldout is None else format(heldout, '.3f')}); "
+          f"{len(report['pairs_not_told_apart'])} pairs not told apart")
     print(f"wrote {out}")
     return 0
 
@@ -316,6 +319,7 @@ def build_parser() -> argparse.ArgumentParser:
     count.add_argument("--corpus", required=True, help="folder with the corpus manifest.jsonl")
     count.add_argument("--per-speaker", type=_number(int, 2, 1000), default=8, help="test utterances per speaker")
     count.add_argument("--out", help="JSON report (default: CORPUS/speakers.json)")
+    count.add_argument("--encoder", help="a speaker-encoder checkpoint instead of the bench's Resemblyzer")
     count.set_defaults(run=_corpus_speakers)
 
     train = commands.add_parser("train", help="train a model (resumable; DDP under torchrun)")

@@ -149,6 +149,10 @@ class Task:
         """Decode a few validation utterances to `out_dir` and return metrics (those `scorers` allow)."""
         return {}
 
+    def exported(self, model: torch.nn.Module) -> torch.nn.Module:
+        """What the run's export/ checkpoint holds: the model, less any part only training needs."""
+        return model
+
 
 TASKS: dict[str, Callable[[dict], Task]] = {}
 
@@ -526,7 +530,7 @@ class Trainer:
                                           if k in ("steps", "wall_time_s", "device", "audio_seen_hours")},
                                        "frozen": list(self.train.freeze)}
         config = {"model": self.task_name, **self.config["model"]}
-        return registry.save_checkpoint(model, config, card, run / "export")
+        return registry.save_checkpoint(self.task.exported(model), config, card, run / "export")
 
     def _record(self, path: Path, row: dict) -> None:
         self._append_csv(path, row)

@@ -13,7 +13,7 @@ from torch import nn
 
 from models import audio, registry
 from models.data.dataset import MEL, Feature, SpeechDataset
-from models.sled import SLED, SLEDConfig, diagonal_alignment
+from models.sled import SLED, SLEDConfig, diagonal_alignment, energy_distance
 from models.training import Scorers, Task, task
 
 
@@ -36,6 +36,15 @@ def codec_latents(codec: str) -> Feature:
 
     return Feature(f"latents-{digest.hexdigest()[:10]}", compute, MEL.frames_per_second / model.config.downsample,
                    source=MEL)
+
+
+def marginal_energy(frames: torch.Tensor, seed: int) -> float:
+    """The energy loss of a predictor that ignores all context and draws two random frames of the
+    data (frames: normalized, (n, latent_dim)): the yardstick that makes the loss comparable across
+    latent sizes (it grows like sqrt(2 x latent_dim)); `skill` = 1 - loss / this."""
+    generator = torch.Generator().manual_seed(seed)
+    x, x_prime = (frames[torch.randperm(len(frames), generator=generator)] for _ in range(2))
+    return energy_distance(x, x_prime, frames).mean().item()
 
 
 @task("sled")
@@ -99,6 +108,7 @@ class SLEDTask(Task):
         if not model.training:  # how much the text helps: the loss gap to the CFG null text
             null = core.loss([torch.full_like(t, core.null_id) for t in texts], latents)
             logs["text_gain"] = null["generative"].item() - logs["generative"]
+            logs["skill"] = 1.0 - logs["generative"] / marginal_energy(core.normalize(torch.cat(latents)), step)
         return loss, logs, None
 
     def validate(self, model: nn.Module, items: list[dict], out_dir: Path, scorers: Scorers) -> dict:

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from models import audio, pipelines, registry
-from models.roles import LATENT_CODEC, TTS, LatentCodec, TTSGenerator, TTSRequest
+from models.roles import LATENT_CODEC, SPEAKER_ENCODER, TTS, LatentCodec, SpeakerEncoder, TTSGenerator, TTSRequest
 from models.training import Trainer, load_config
 from tests.conftest import REPO, tone
 
@@ -40,6 +40,11 @@ def smoke(model, role: str):
         frames = list(model.frames(TTSRequest("one two three.", seed=3, controls={"stop_threshold": 0.99})))
         assert frames and all(torch.isfinite(f).all() for f in frames)
         return torch.stack(frames).numpy()
+    if role == SPEAKER_ENCODER:
+        assert isinstance(model, SpeakerEncoder)
+        embedding = model.embed_wav(tone(1.0))
+        assert embedding.shape == (model.embedding_dim,) and np.isclose(np.linalg.norm(embedding), 1.0, atol=1e-5)
+        return embedding
     raise AssertionError(f"no smoke call for role {role}")
 
 

@@ -60,6 +60,35 @@ def sled_run(mini, tmp_path_factory):
     return root / "sled" / "export"
 
 
+@pytest.fixture(scope="session")
+def speaker_encoder_run(mini, tmp_path_factory):
+    """A tiny speaker encoder trained 4 steps on the mini corpus through the CLI: its export folder."""
+    from studio.cli import main
+
+    out = tmp_path_factory.mktemp("speaker_encoder") / "run"
+    assert main(["train", "speaker_encoder", "--config", str(REPO / "models/configs/speaker_encoder_tiny.yaml"),
+                 "--data", str(mini[0]), "--out", str(out)]) == 0
+    return out / "export"
+
+
+@pytest.fixture(scope="session")
+def kalle_run(mini, sled_run, speaker_encoder_run, tmp_path_factory):
+    """A tiny KALL-E trained 4 steps through the CLI on sled_run's tiny codec: its export folder."""
+    import yaml
+
+    from models.training import load_config
+    from studio.cli import main
+
+    root = tmp_path_factory.mktemp("kalle")
+    tiny = load_config(REPO / "models" / "configs" / "kalle_tiny.yaml")
+    config = {**tiny, "model": {**tiny["model"], "codec": str(sled_run.parents[1] / "vae" / "export"),
+                                "speaker_encoder": str(speaker_encoder_run)}}
+    path = root / "kalle_tiny.yaml"
+    path.write_text(yaml.safe_dump(config))
+    assert main(["train", "kalle", "--config", str(path), "--data", str(mini[0]), "--out", str(root / "kalle")]) == 0
+    return root / "kalle" / "export"
+
+
 def tone(seconds: float = 1.0, sr: int = 22050, freq: float = 220.0, amp: float = 0.5) -> np.ndarray:
     t = np.arange(int(seconds * sr)) / sr
     return (amp * np.sin(2 * np.pi * freq * t)).astype(np.float32)
@@ -80,7 +109,8 @@ def studio_data(tmp_path_factory):
         os.environ["STUDIO_DATA"] = previous
 
 
-VOICE_FIXTURES = {"mini", "sled_run", "studio_url", "page"}  # built from the apt-installed corpus voices
+# built from the apt-installed corpus voices
+VOICE_FIXTURES = {"mini", "sled_run", "speaker_encoder_run", "kalle_run", "studio_url", "page"}
 
 
 def pytest_collection_modifyitems(items):

@@ -4,7 +4,6 @@ with the transcriber the harness hands in."""
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 
 import numpy as np
@@ -12,30 +11,10 @@ import torch
 from torch import nn
 
 from models import audio, registry
-from models.data.dataset import MEL, Feature, SpeechDataset
+from models.data.dataset import Feature, SpeechDataset
 from models.sled import SLED, SLEDConfig, diagonal_alignment, energy_distance
 from models.training import Scorers, Task, task
-
-
-def codec_latents(codec: str) -> Feature:
-    """The Flow-VAE's posterior (mu; log sigma) from the cached mel: a (2 x latent_dim, frames) feature.
-
-    The cache name carries a hash of the encoder's weights (the latents depend on nothing
-    else), so a retrained encoder never reuses stale latents, while a published copy or a
-    decoder-only fine-tune does.
-    """
-    model, _, _ = registry.load_model(codec, "cpu")
-    digest = hashlib.sha256()
-    for name, tensor in sorted(model.encoder.state_dict().items()):
-        digest.update(name.encode() + tensor.float().numpy().tobytes())
-
-    def compute(mel: torch.Tensor) -> torch.Tensor:
-        with torch.no_grad():
-            mu, log_sigma = model.encode(mel[None])
-        return torch.cat([mu[0], log_sigma[0]])
-
-    return Feature(f"latents-{digest.hexdigest()[:10]}", compute, MEL.frames_per_second / model.config.downsample,
-                   source=MEL)
+from models.training.latents import codec_latents, fit_latent_statistics, voice_sequences
 
 
 def marginal_energy(frames: torch.Tensor, seed: int) -> float:
@@ -59,15 +38,9 @@ class SLEDTask(Task):
         return codec_latents(self.config.codec)
 
     def prepare(self, train_set: SpeechDataset) -> None:
-        """Per-dimension mean and std of the posterior means, and the frames-per-token rate for
-        aligned positions, from up to 400 training utterances."""
-        rng = np.random.default_rng(0)
-        picks = [train_set[int(i)] for i in rng.choice(len(train_set), min(400, len(train_set)), replace=False)]
-        frames = torch.cat([item["features"][: self.config.latent_dim].T for item in picks])
-        text_rate = round(len(frames) / sum(len(item["text"]) for item in picks), 4)
-        self.model_config["fitted"] = {"latent_mean": [round(float(v), 5) for v in frames.mean(0)],
-                                       "latent_std": [round(float(v), 5) for v in frames.std(0).clamp_min(1e-3)],
-                                       "text_rate": text_rate if self.config.aligned_positions else None}
+        """The latent statistics and, for aligned positions, the text rate (models/training/latents.py)."""
+        self.model_config["fitted"] = fit_latent_statistics(train_set, self.config.latent_dim,
+                                                            self.config.aligned_positions)
         self.model_config.setdefault("frontend", train_set.frontend.to_dict())
         self.config = SLEDConfig.from_dict(self.model_config)
 
@@ -77,24 +50,9 @@ class SLEDTask(Task):
     def sequences(self, model: SLED, batch: dict, step: int) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
         """Per-item (text ids, latents); some become [other utterance of the voice, this one]."""
         c = self.config
-        generator = torch.Generator().manual_seed(step * 7919 + 17)
-        n = len(batch["ids"])
-        texts = [batch["text"][i, : batch["text_lengths"][i]] for i in range(n)]
-        latents = [batch["features"][i, : c.latent_dim, : batch["feature_lengths"][i]].T for i in range(n)]
-        speakers = batch["speaker"].tolist()
-        space = torch.tensor(model.frontend.symbols.encode(" "), device=texts[0].device)
-        out_texts, out_latents = [], []
-        for i in range(n):
-            text, z = texts[i], latents[i]
-            others = [j for j in range(n) if j != i and speakers[j] == speakers[i]]
-            if others and float(torch.rand(1, generator=generator)) < c.prompt_pairs:
-                j = others[int(torch.randint(len(others), (1,), generator=generator))]
-                text, z = torch.cat([texts[j], space, text]), torch.cat([latents[j], z])
-            if float(torch.rand(1, generator=generator)) < c.text_dropout:
-                text = torch.full_like(text, model.null_id)
-            out_texts.append(text)
-            out_latents.append(z)
-        return out_texts, out_latents
+        texts, features = voice_sequences(batch, c.prompt_pairs, c.text_dropout, model.null_id,
+                                          model.frontend.symbols.encode(" "), step)
+        return texts, [f[:, : c.latent_dim] for f in features]
 
     def losses(self, model: nn.Module, batch: dict, step: int) -> tuple[torch.Tensor, dict, None]:
         core = model.module if hasattr(model, "module") else model

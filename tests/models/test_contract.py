@@ -62,10 +62,12 @@ def test_builds_round_trips_and_answers_its_role(path, tmp_path):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("path", TINY_CONFIGS, ids=lambda p: p.stem)
-def test_two_steps_train_with_finite_losses_and_resume(path, tmp_path, mini, sled_run):
+def test_two_steps_train_with_finite_losses_and_resume(path, tmp_path, mini, sled_run, speaker_encoder_run):
     name, config = tiny(path)
     if "codec" in config["model"]:  # a generator of latents: the tiny codec trained for sled_run
         config["model"]["codec"] = str(sled_run.parents[1] / "vae" / "export")
+    if "speaker_encoder" in config["model"]:  # a speaker-conditioned generator: the tiny trained encoder
+        config["model"]["speaker_encoder"] = str(speaker_encoder_run)
     config["train"].update(steps=2, checkpoint_every=2, val_every=100, log_every=1)
     run = tmp_path / "run"
     state = Trainer(name, config, data=str(mini[0]), out=str(run), device="cpu", log=lambda _: None).run()

@@ -137,3 +137,17 @@ def test_reverse_kl_is_the_other_direction():
     torch.manual_seed(0)
     b = reverse.loss(embedding, [ids], [posterior()])["kl"]
     assert a.item() > 0 and b.item() > 0 and abs(a.item() - b.item()) > 1e-3
+
+
+def test_training_fits_statistics_and_the_checkpoint_speaks_after_a_reference(kalle_run, arctic_wav):
+    from models import pipelines
+
+    model, config, _ = registry.load_model(str(kalle_run), "cpu")
+    assert config["fitted"]["latent_mean"] and config["speaker_dim"] == 16
+    wav, info = pipelines.tts("one two three.", model=str(kalle_run), ref_wav=arctic_wav, ref_sr=22050,
+                              ref_text="Author of the danger trail, Philip Steels, etc.", seed=0,
+                              temperature=0.5, prompt_speech=0)
+    assert len(wav) > 0 and info["temperature"] == 0.5
+    again, _ = pipelines.tts("one two three.", model=str(kalle_run), seed=0, voice_seed=4)
+    same, _ = pipelines.tts("one two three.", model=str(kalle_run), seed=0, voice_seed=4)
+    assert (again == same).all()

@@ -1,0 +1,76 @@
+"""What the recipes of latent-sequence models (SLED, KALL-E) share: the codec's posterior as a cached
+training feature, the latent statistics they fit, and voice-continuation sequences."""
+
+from __future__ import annotations
+
+import hashlib
+
+import numpy as np
+import torch
+
+from models import registry
+from models.data.dataset import MEL, Feature, SpeechDataset
+
+
+def weights_digest(module: torch.nn.Module) -> str:
+    """A short hash of a module's weights: names caches of what the module computes."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(module.state_dict().items()):
+        digest.update(name.encode() + tensor.float().numpy().tobytes())
+    return digest.hexdigest()[:10]
+
+
+def codec_latents(codec: str) -> Feature:
+    """The Flow-VAE's posterior (mu; log sigma) from the cached mel: a (2 x latent_dim, frames) feature.
+
+    The cache name carries a hash of the encoder's weights (the latents depend on nothing
+    else), so a retrained encoder never reuses stale latents, while a published copy or a
+    decoder-only fine-tune does.
+    """
+    model, _, _ = registry.load_model(codec, "cpu")
+
+    def compute(mel: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            mu, log_sigma = model.encode(mel[None])
+        return torch.cat([mu[0], log_sigma[0]])
+
+    return Feature(f"latents-{weights_digest(model.encoder)}", compute, MEL.frames_per_second / model.config.downsample,
+                   source=MEL)
+
+
+def fit_latent_statistics(train_set: SpeechDataset, latent_dim: int, aligned: bool) -> dict:
+    """Per-dimension mean and std of the posterior means, and the frames-per-symbol rate for aligned
+    positions (None unless `aligned`), from up to 400 training utterances: a config's `fitted`."""
+    rng = np.random.default_rng(0)
+    picks = [train_set[int(i)] for i in rng.choice(len(train_set), min(400, len(train_set)), replace=False)]
+    frames = torch.cat([item["features"][:latent_dim].T for item in picks])
+    text_rate = round(len(frames) / sum(len(item["text"]) for item in picks), 4)
+    return {"latent_mean": [round(float(v), 5) for v in frames.mean(0)],
+            "latent_std": [round(float(v), 5) for v in frames.std(0).clamp_min(1e-3)],
+            "text_rate": text_rate if aligned else None}
+
+
+def voice_sequences(batch: dict, prompt_pairs: float, text_dropout: float, null_id: int, space: list[int],
+                    step: int) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """Per item (text ids, features (frames, channels)); with probability `prompt_pairs` an item becomes
+    [another utterance of its voice in the batch, this one] (text joined by `space`), so voice
+    continuation is in-distribution; with probability `text_dropout` its text becomes null tokens
+    (classifier-free guidance)."""
+    generator = torch.Generator().manual_seed(step * 7919 + 17)
+    n = len(batch["ids"])
+    texts = [batch["text"][i, : batch["text_lengths"][i]] for i in range(n)]
+    features = [batch["features"][i, :, : batch["feature_lengths"][i]].T for i in range(n)]
+    speakers = batch["speaker"].tolist()
+    space = torch.tensor(space, device=texts[0].device)
+    out_texts, out_features = [], []
+    for i in range(n):
+        text, z = texts[i], features[i]
+        others = [j for j in range(n) if j != i and speakers[j] == speakers[i]]
+        if others and float(torch.rand(1, generator=generator)) < prompt_pairs:
+            j = others[int(torch.randint(len(others), (1,), generator=generator))]
+            text, z = torch.cat([texts[j], space, text]), torch.cat([features[j], z])
+        if float(torch.rand(1, generator=generator)) < text_dropout:
+            text = torch.full_like(text, null_id)
+        out_texts.append(text)
+        out_features.append(z)
+    return out_texts, out_features

@@ -227,11 +227,13 @@ class KALLE(nn.Module):
         none, the voice seed's draw from N(0, I)."""
         if reference is None:
             return voice_from_seed(voice_seed, self.config.voice_dim).to(self.voice.weight.device)
-        encoder = registry.resident(("speaker_encoder", self.config.speaker_encoder, str(self.voice.weight.device)),
-                                    lambda: registry.load_model(self.config.speaker_encoder,
-                                                                str(self.voice.weight.device))[0])
-        embedding = torch.from_numpy(encoder.embed_wav(reference))
+        embedding = torch.from_numpy(self._speaker_encoder().embed_wav(reference))
         return self.voice_distribution(embedding)[0].detach()
+
+    def _speaker_encoder(self):
+        device = str(self.voice.weight.device)
+        return registry.resident(("speaker_encoder", self.config.speaker_encoder, device),
+                                 lambda: registry.load_model(self.config.speaker_encoder, device)[0])
 
     # ------------------------------------------------------------------ generation
 
@@ -316,6 +318,18 @@ class KALLE(nn.Module):
         finally:
             self._restore(original)
             self.train(was_training)
+
+    def fit_voice(self, reference: np.ndarray, mean: np.ndarray, std: np.ndarray, transcript: str,
+                  samples: int = 200, lr: float = 1e-5, seed: int = 0,
+                  progress: Callable[[int, int], None] | None = None) -> dict[str, torch.Tensor]:
+        """Test-time training on one reference clip (22.05 kHz) given its codec posterior (mean, std,
+        each (frames, latent_dim)) and transcript: the language model's weight delta for `adapted`."""
+        embedding = torch.from_numpy(self._speaker_encoder().embed_wav(reference))
+        posterior = (torch.from_numpy(mean).float(), torch.from_numpy(std).float().clamp_min(1e-6).log())
+        device = self.voice.weight.device
+        return self.test_time_train((posterior[0].to(device), posterior[1].to(device)),
+                                    self.frontend.encode([transcript])[0], embedding.to(device), samples=samples,
+                                    lr=lr, seed=seed, progress=progress)
 
     def _restore(self, weights: dict[str, torch.Tensor]) -> None:
         params = self.language_model_parameters()

@@ -6,8 +6,13 @@ returns audio at models.audio.SAMPLE_RATE plus a dict of the settings it used.
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
+import os
 import random
+import threading
 import time
+from collections import OrderedDict
 from typing import Callable, Iterator
 
 import numpy as np
@@ -25,6 +30,8 @@ PAUSE_SECONDS = 0.2  # silence between sentences
 TTS_VOCODER_PRECISION = "bf16"  # 2x faster synthesis, same PESQ (see models.vocoder.PRECISIONS)
 CFG_RANGE = (1.0, 10.0)  # 1 = no guidance; the papers' best scales are 2-3
 MAX_SEED = 2**32 - 1
+MAX_FITTED_VOICES = 8  # test-time-trained voices kept in memory (least recently used dropped)
+TTT_LR = 1e-5
 ROLE_NAMES = {LATENT_CODEC: "codec", TOKEN_CODEC: "token codec", TTS: "TTS model",
               SPEECH_TO_SPEECH: "speech-to-speech model"}
 
@@ -136,11 +143,57 @@ def encode_latents(
     return _codec_model(codec, device).encode_wav(wav)
 
 
+_FITTED: OrderedDict[str, dict] = OrderedDict()
+_FITTED_LOCK = threading.RLock()
+
+
+def fits_voices(model: str) -> bool:
+    """Whether a TTS checkpoint's model offers test-time training on a reference (`fit_voice`)."""
+    return hasattr(registry.model_class(tts_kind(model)), "fit_voice")
+
+
+def fit_voice(model: str, ref: np.ndarray, ref_text: str, samples: int, device: str | None = None,
+              progress: Callable[[int, int], None] | None = None) -> tuple[dict, dict]:
+    """Test-time training of a TTS model on one reference clip (22.05 kHz) and its transcript: the
+    model's weight delta for that voice, kept in memory (MAX_FITTED_VOICES, least recently used go)
+    so the same reference is fitted once. Returns (delta, info)."""
+    generator, _ = _checkpoint_model(model, TTS, device)
+    if not hasattr(generator, "fit_voice"):
+        raise ValueError(f"{model} has no test-time training (a backend offers it with fit_voice)")
+    if not 1 <= samples <= 2000:
+        raise ValueError(f"test-time training samples must be between 1 and 2000, not {samples}")
+    key = hashlib.sha256(b"".join([model.encode(), ref.astype(np.float32).tobytes(), ref_text.encode(),
+                                   str(samples).encode()])).hexdigest()[:16]
+    with _FITTED_LOCK:
+        if key in _FITTED:
+            _FITTED.move_to_end(key)
+            return _FITTED[key], {"voice": key, "cached": True}
+    codec = _codec_model(generator.codec, device)
+    mean, std = codec.encode_wav(ref)
+    start = time.perf_counter()
+    delta = generator.fit_voice(ref, mean, std, ref_text, samples=samples, lr=TTT_LR, progress=progress)
+    info = {"voice": key, "cached": False, "samples": samples, "wall_seconds": round(time.perf_counter() - start, 2)}
+    with _FITTED_LOCK:
+        _FITTED[key] = delta
+        while len(_FITTED) > MAX_FITTED_VOICES:
+            _FITTED.popitem(last=False)
+    return delta, info
+
+
+def clear_fitted_voices() -> int:
+    """Forget every test-time-trained voice; returns how many there were."""
+    with _FITTED_LOCK:
+        count = len(_FITTED)
+        _FITTED.clear()
+    return count
+
+
 def tts(
     text: str, model: str = "sled", ref_wav: np.ndarray | None = None, ref_sr: int | None = None,
     ref_text: str | None = None, cfg: float = 2.0, seed: int | None = None, stream: bool = False,
     device: str | None = None, max_chars: int = MAX_TTS_CHARS,
     transcribe: Callable[[np.ndarray], str] | None = None, chunk_frames: tuple[int, int] = (20, 20),
+    ttt_samples: int = 0, ttt_progress: Callable[[int, int], None] | None = None,
     **controls: float,
 ) -> tuple[np.ndarray, dict] | tuple[Iterator[np.ndarray], dict]:
     """Text to speech at 22.05 kHz with any checkpoint of the TTS role; returns (audio, info), or
@@ -153,7 +206,8 @@ def tts(
     the cost); `controls` are the model's own sampling settings (its CONTROLS, e.g. SLED's
     stop_threshold), each checked against its range. Streaming yields audio as frames are
     generated: the first chunk after chunk_frames[0] frames, then every chunk_frames[1]; `info`
-    gains timings as it runs.
+    gains timings as it runs. With ttt_samples > 0 and a reference, a model that offers it is first
+    fitted to the reference's voice (`fit_voice`, cached per reference).
     """
     check_sampling(cfg, seed)
     sentences = split_sentences(check_text(text, max_chars))
@@ -179,10 +233,17 @@ def tts(
     info = {"model": model, "codec": generator.codec, "cfg": cfg, "seed": seed, "sentences": len(sentences),
             "reference": ref_wav is not None, "ref_text": ref_text, **settings,
             "vocoder_precision": TTS_VOCODER_PRECISION, "device": str(next(generator.parameters()).device)}
+    delta = None
+    if ttt_samples:
+        if ref is None:
+            raise ValueError("test-time training needs a reference clip and its transcript")
+        delta, info["ttt"] = fit_voice(model, ref, prompt_text, ttt_samples, device, ttt_progress)
 
     def frames(index: int, sentence: str):
-        return generator.frames(TTSRequest(sentence, prompt, prompt_text, None if cfg == 1.0 else cfg, seed + index,
-                                           settings, reference=ref))
+        request = TTSRequest(sentence, prompt, prompt_text, None if cfg == 1.0 else cfg, seed + index, settings,
+                             reference=ref)
+        with generator.adapted(delta) if delta else contextlib.nullcontext():
+            yield from generator.frames(request)
 
     pause = np.zeros(int(PAUSE_SECONDS * audio.SAMPLE_RATE), np.float32)
     start = time.perf_counter()
@@ -275,3 +336,70 @@ def extract(mixture: np.ndarray, mixture_sr: int, enrollment: np.ndarray, enroll
     out = backend.extract(_speech_input(mixture, mixture_sr, "mixture audio"),
                           _speech_input(enrollment, enrollment_sr, "enrollment audio"))
     return out, {"model": name, "task": "extract"}
+
+
+# --------------------------------------------------------------- batch synthesis
+
+
+BATCH_RECORD = "synthesis.jsonl"  # one line per finished utterance, beside the audio
+
+
+def read_tts_lines(path: str) -> list[dict]:
+    """Utterances to synthesize: a text file (one sentence or paragraph per non-empty line, ids
+    0001, 0002, ...) or a JSONL manifest (rows with `text`, optional `id`, `ref`, `ref_text`, `seed`)."""
+    from models.data import manifest as mf
+
+    if str(path).endswith(".jsonl"):
+        rows = mf.read_jsonl(path)
+        for number, row in enumerate(rows, start=1):
+            if not isinstance(row.get("text"), str) or not row["text"].strip():
+                raise ValueError(f"{path}: row {number} has no text")
+            row.setdefault("id", f"{number:04d}")
+            if row.get("ref"):
+                row["ref"] = str(mf.resolve_audio(path, row["ref"]))
+    else:
+        lines = [line.strip() for line in mf.read_text(path).splitlines()]
+        rows = [{"id": f"{n:04d}", "text": line} for n, line in enumerate((x for x in lines if x), start=1)]
+    if not rows:
+        raise ValueError(f"{path}: nothing to synthesize")
+    ids = [str(r["id"]) for r in rows]
+    if len(set(ids)) != len(ids) or any(not i or "/" in i or i.startswith(".") for i in ids):
+        raise ValueError(f"{path}: ids must be unique file names")
+    return rows
+
+
+def tts_batch(rows: list[dict], out_dir: str, model: str = "sled", seed: int | None = None, fmt: str = ".wav",
+              progress: Callable[[Iterator], Iterator] | None = None, **settings) -> dict:
+    """Synthesize every row into out_dir/<id><fmt>, the model loaded once; each finished utterance
+    appends its settings, seed and timings to out_dir/synthesis.jsonl. Run again, it resumes: rows
+    whose audio and record exist are skipped. Row i's seed is its own `seed`, else seed + i."""
+    import json
+    from pathlib import Path
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    record = out / BATCH_RECORD
+    done = set()
+    if record.is_file():
+        for line in record.read_text().splitlines():
+            try:  # a line cut short by a crash is redone
+                done.add(json.loads(line)["id"])
+            except (json.JSONDecodeError, KeyError, TypeError):
+                continue
+    base = random.randrange(2**31) if seed is None else seed
+    todo = [(i, r) for i, r in enumerate(rows) if not (str(r["id"]) in done and (out / f"{r['id']}{fmt}").is_file())]
+    for index, row in (progress or iter)(todo):
+        ref = None
+        if row.get("ref"):
+            ref = audio.load_audio(row["ref"], audio.SAMPLE_RATE, max_seconds=MAX_REFERENCE_SECONDS)
+        row_seed = int(row.get("seed", base + index))
+        wav, info = tts(row["text"], model=model, ref_wav=ref, ref_sr=audio.SAMPLE_RATE, ref_text=row.get("ref_text"),
+                        seed=row_seed, **settings)
+        path = audio.save_audio(out / f"{row['id']}{fmt}", wav)
+        entry = {"id": str(row["id"]), "text": row["text"], "audio": path.name, "ref": row.get("ref"), **info}
+        with open(record, "a") as handle:
+            handle.write(json.dumps(entry) + "\n")
+            handle.flush()
+            os.fsync(handle.fileno())
+    return {"rows": len(rows), "synthesized": len(todo), "skipped": len(rows) - len(todo), "record": str(record),
+            "seed": base}

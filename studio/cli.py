@@ -163,6 +163,21 @@ def _publish(args: argparse.Namespace) -> int:
     return 0
 
 
+def _model_controls(model: str, extra: list[str]) -> dict[str, float]:
+    """A TTS model's own settings (its CONTROLS) from the options left over, `--voice-seed 7` for voice_seed."""
+    from models import pipelines
+
+    controls = pipelines.tts_controls(model)
+    parser = _Parser(prog=f"speech-studio tts --model {model}", add_help=False)
+    for name, control in controls.items():
+        parser.add_argument("--" + name.replace("_", "-"), dest=name, type=_number(float), help=control.label)
+    values, unknown = parser.parse_known_args(extra)
+    if unknown:
+        known = ", ".join("--" + n.replace("_", "-") for n in controls) or "none"
+        raise ValueError(f"unknown option {unknown[0]} (the settings of {model}: {known})")
+    return {name: value for name, value in vars(values).items() if value is not None}
+
+
 def _tts(args: argparse.Namespace) -> int:
     import json
 
@@ -170,18 +185,45 @@ def _tts(args: argparse.Namespace) -> int:
 
     from models import audio, pipelines, registry
 
-    _output(args.out, args.overwrite, args.ref)
+    if (args.text is None) == (args.file is None):
+        raise ValueError("give the text to say with --text, or a file of lines with --file")
+    if args.file is None and (args.out is None or args.out_dir is not None):
+        raise ValueError("--text writes one file: give --out (and no --out-dir)")
+    if args.file is not None and (args.out_dir is None or args.out is not None):
+        raise ValueError("--file writes one file per line: give --out-dir (and no --out)")
     pipelines.check_sampling(args.cfg, args.seed)
-    ref, transcribe = None, None
+    settings = {**_model_controls(args.model, args.extra), "cfg": args.cfg, "ttt_samples": args.ttt}
+    transcriber = None
+
+    def transcribe(wav):
+        nonlocal transcriber
+        if transcriber is None:
+            from evaluation.metrics.asr import transcriber as load
+
+            transcriber = load(registry.pick_device(None))
+        return transcriber(wav)
+
+    if args.file is not None:
+        from tqdm import tqdm
+
+        rows = pipelines.read_tts_lines(args.file)
+        if args.ref:
+            rows = [{"ref": args.ref, "ref_text": args.ref_text, **row} for row in rows]
+        summary = pipelines.tts_batch(rows, args.out_dir, model=args.model, seed=args.seed, transcribe=transcribe,
+                                      progress=lambda todo: tqdm(todo, desc="tts", unit="line"), **settings)
+        print(json.dumps(summary, indent=1))
+        return 0
+    _output(args.out, args.overwrite, args.ref)
+    ref = None
     if args.ref:
         ref = audio.load_audio(args.ref, audio.SAMPLE_RATE, max_seconds=pipelines.MAX_REFERENCE_SECONDS)
-        if not args.ref_text:
-            from evaluation.metrics.asr import transcriber
-
-            transcribe = transcriber(registry.pick_device(None))
+    progress = None
+    if args.ttt:
+        def progress(step, steps):
+            print(f"test-time training: step {step} / {steps}", file=sys.stderr, flush=True)
     result, info = pipelines.tts(args.text, model=args.model, ref_wav=ref, ref_sr=audio.SAMPLE_RATE,
-                                 ref_text=args.ref_text, cfg=args.cfg, seed=args.seed, stream=args.stream,
-                                 transcribe=transcribe)
+                                 ref_text=args.ref_text, seed=args.seed, stream=args.stream,
+                                 transcribe=transcribe, ttt_progress=progress, **settings)
     wav = np.concatenate(list(result)) if args.stream else result  # chunks arrive as they are generated
     audio.save_audio(args.out, wav, audio.SAMPLE_RATE)
     print(json.dumps({"out": str(args.out), **info}, indent=1))
@@ -345,18 +387,25 @@ def build_parser() -> argparse.ArgumentParser:
     publish.add_argument("--system", default="model", help="the checkpoint's system name in those runs")
     publish.set_defaults(run=_publish)
 
-    tts = commands.add_parser("tts", help="text to speech (SLED)")
-    tts.add_argument("--model", default="sled", help="a TTS checkpoint name or folder (sled, sled_stream)")
-    tts.add_argument("--text", required=True, help="what to say (long text is split into sentences)")
+    tts = commands.add_parser("tts", help="text to speech (SLED, KALL-E); a model's own settings are options "
+                                          "too, e.g. --temperature, --voice-seed")
+    tts.add_argument("--model", default="sled", help="a TTS checkpoint name or folder (sled, sled_stream, kalle)")
+    tts.add_argument("--text", help="what to say (long text is split into sentences)")
+    tts.add_argument("--file", help="batch: a text file (one utterance per line) or a JSONL of rows with text "
+                                    "(and optional id, ref, ref_text, seed); resumable")
+    tts.add_argument("--out-dir", help="batch: folder for <id>.wav and synthesis.jsonl (settings and seeds)")
     tts.add_argument("--ref", help="a reference clip whose voice to continue")
     tts.add_argument("--ref-text", help="the reference's transcript (default: transcribed by the bench's ASR)")
     tts.add_argument("--cfg", type=_number(float, *CFG_RANGE), default=2.0,
                      help=f"classifier-free guidance scale, {CFG_RANGE[0]:g}-{CFG_RANGE[1]:g} (1 = none)")
     tts.add_argument("--seed", type=_number(int, 0, MAX_SEED), help="random seed (default: drawn and printed)")
     tts.add_argument("--stream", action="store_true", help="generate and decode chunk by chunk")
-    tts.add_argument("--out", required=True, help="output .wav, .flac or .ogg (22.05 kHz)")
+    tts.add_argument("--ttt", type=_number(int, 1, 2000), nargs="?", const=200, default=0, metavar="N",
+                     help="fit the model to the reference's voice first (test-time training on N posterior "
+                          "samples, default 200; models that offer it)")
+    tts.add_argument("--out", help="output .wav, .flac or .ogg (22.05 kHz)")
     tts.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
-    tts.set_defaults(run=_tts)
+    tts.set_defaults(run=_tts, takes_model_options=True)
 
     codec = commands.add_parser("codec", help="encode and decode audio through a codec")
     codec_commands = codec.add_subparsers(dest="codec_command", required=True, metavar="ACTION")
@@ -423,7 +472,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    if extra and not getattr(args, "takes_model_options", False):
+        parser.parse_args(argv)  # the usual one-line error for an unknown argument
+    args.extra = extra
     if args.device:
         os.environ["STUDIO_DEVICE"] = args.device  # read by models.registry.pick_device
     try:

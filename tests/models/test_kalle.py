@@ -151,3 +151,26 @@ def test_training_fits_statistics_and_the_checkpoint_speaks_after_a_reference(ka
     again, _ = pipelines.tts("one two three.", model=str(kalle_run), seed=0, voice_seed=4)
     same, _ = pipelines.tts("one two three.", model=str(kalle_run), seed=0, voice_seed=4)
     assert (again == same).all()
+
+
+def test_cli_voice_seed_temperature_and_test_time_training(kalle_run, tmp_path, arctic_path, capsys):
+    import json
+
+    from studio.cli import main
+
+    def speak(name, *options):
+        out = tmp_path / name
+        assert main(["tts", "--model", str(kalle_run), "--text", "Hello there.", "--seed", "0", "--out", str(out),
+                     *options]) == 0
+        captured = capsys.readouterr()
+        return out.read_bytes(), json.loads(captured.out), captured.err
+
+    a, info, _ = speak("a.wav", "--voice-seed", "11", "--temperature", "0.7")
+    assert info["voice_seed"] == 11 and info["temperature"] == 0.7
+    assert speak("b.wav", "--voice-seed", "11", "--temperature", "0.7")[0] == a
+    assert speak("c.wav", "--voice-seed", "12", "--temperature", "0.7")[0] != a
+    _, fitted, err = speak("d.wav", "--ref", str(arctic_path), "--ref-text", "author of the danger trail",
+                           "--ttt", "16")
+    assert fitted["ttt"]["samples"] == 16 and "test-time training: step 2 / 2" in err
+    assert main(["tts", "--model", str(kalle_run), "--text", "Hi.", "--ttt", "--out", str(tmp_path / "e.wav")]) == 2
+    assert "needs a reference" in capsys.readouterr().err

@@ -339,6 +339,30 @@ def test_cli_tts_end_to_end(sled_run, tmp_path, arctic_path, capsys):
     assert out.read_bytes() != before
 
 
+def test_cli_batch_synthesis_records_settings_and_resumes(sled_run, tmp_path, capsys):
+    import json
+
+    lines = tmp_path / "lines.txt"
+    lines.write_text("Hello there.\n\nOne two three.\n")
+    out = tmp_path / "batch"
+    command = ["tts", "--model", str(sled_run), "--file", str(lines), "--out-dir", str(out), "--seed", "5",
+               "--stop-threshold", "0.9"]
+    assert main(command) == 0
+    assert json.loads(capsys.readouterr().out)["synthesized"] == 2
+    records = [json.loads(line) for line in (out / "synthesis.jsonl").read_text().splitlines()]
+    assert [r["id"] for r in records] == ["0001", "0002"] and [r["seed"] for r in records] == [5, 6]
+    assert records[0]["stop_threshold"] == 0.9 and records[0]["cfg"] == 2.0
+    kept = (out / "0001.wav").stat().st_mtime_ns
+    (out / "0002.wav").unlink()  # as if the run had stopped before its last line
+    assert main(command) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert (summary["synthesized"], summary["skipped"]) == (1, 1)
+    assert (out / "0002.wav").is_file() and (out / "0001.wav").stat().st_mtime_ns == kept
+    assert main(command[:-2] + ["--temperature", "0.5"]) == 2  # another model's setting
+    assert "unknown option --temperature" in capsys.readouterr().err
+    assert main(["tts", "--model", str(sled_run), "--file", str(lines), "--out", str(tmp_path / "x.wav")]) == 2
+
+
 def test_a_tts_checkpoint_is_an_eval_system_with_options(sled_run, mini, tmp_path, monkeypatch):
     from evaluation.results import read_results
     from evaluation.runner import RunConfig, run_eval

@@ -190,6 +190,30 @@ def trim_silence(wav: np.ndarray, sr: int, top_db: float = 40.0, pad_seconds: fl
     return wav[max(0, start - pad) : min(wav.shape[0], end + pad)]
 
 
+def pause_cut(wav: np.ndarray, sr: int, max_seconds: float, quiet_db: float = 35.0, min_pause: float = 0.15,
+              frame_seconds: float = 0.02) -> int:
+    """Where to cut audio longer than max_seconds: the middle of the last pause (a run of at least
+    `min_pause` of frames `quiet_db` below the loudest frame) that starts before the limit, past
+    half of it; with none, the quietest frame in the limit's second half. Returns a sample index."""
+    limit = int(max_seconds * sr)
+    if len(wav) <= limit:
+        return len(wav)
+    hop = max(1, int(frame_seconds * sr))
+    frames = len(wav[:limit]) // hop
+    energy = 10 * np.log10(np.mean(wav[: frames * hop].reshape(frames, hop) ** 2, axis=1) + 1e-12)
+    quiet = energy < energy.max() - quiet_db
+    need = max(1, int(round(min_pause / frame_seconds)))
+    best, run = None, 0
+    for i, q in enumerate(quiet):
+        run = run + 1 if q else 0
+        if run >= need and (i - run + 1) * hop >= limit // 2:
+            best = i - run // 2  # the middle of the pause so far: silence on both sides of the cut
+    if best is None:
+        half = frames // 2
+        best = half + int(np.argmin(energy[half:]))
+    return int(best * hop)
+
+
 # ------------------------------------------------------------------ mel front-end
 
 

@@ -20,12 +20,13 @@ import torch
 
 from models import audio, registry
 from models.roles import LATENT_CODEC, SPEECH_TO_SPEECH, TOKEN_CODEC, TTS, Control, TTSRequest
-from models.text import check_text, split_sentences
+from models.text import check_text, split_sentences, transcript_prefix
 from models.vocoder import get_vocoder
 
 CODECS = ("vocoder",)  # built in; trained codecs are checkpoints of the latent-codec role
 MAX_TTS_CHARS = 2000
-MAX_REFERENCE_SECONDS = 20.0
+MAX_REFERENCE_SECONDS = 20.0  # a voice prompt longer than this is cut at a pause (cut_reference)
+MAX_REFERENCE_UPLOAD_SECONDS = 600.0
 PAUSE_SECONDS = 0.2  # silence between sentences
 TTS_VOCODER_PRECISION = "bf16"  # 2x faster synthesis, same PESQ (see models.vocoder.PRECISIONS)
 CFG_RANGE = (1.0, 10.0)  # 1 = no guidance; the papers' best scales are 2-3
@@ -143,6 +144,31 @@ def encode_latents(
     return _codec_model(codec, device).encode_wav(wav)
 
 
+def cut_reference(ref: np.ndarray, ref_text: str | None, transcribe: Callable[[np.ndarray], str] | None,
+                  max_seconds: float = MAX_REFERENCE_SECONDS) -> tuple[np.ndarray, str, dict | None]:
+    """A voice prompt no longer than max_seconds (22.05 kHz audio): a longer clip is cut at a pause
+    (audio.pause_cut), and its transcript kept in step: a given one is cut to the words the ASR hears
+    in the kept audio (text.transcript_prefix), else the kept audio is transcribed. Returns (audio,
+    transcript, what was cut or None)."""
+    end = audio.pause_cut(ref, audio.SAMPLE_RATE, max_seconds)
+    if end >= len(ref):
+        if not ref_text:
+            if transcribe is None:
+                raise ValueError("the reference clip needs its transcript (ref_text)")
+            ref_text = transcribe(ref)
+        return ref, ref_text, None
+    kept = ref[:end]
+    if transcribe is None:
+        raise ValueError(f"the reference clip is {len(ref) / audio.SAMPLE_RATE:.1f} s long; cutting it to "
+                         f"{max_seconds:.0f} s needs an ASR to keep its transcript in step")
+    heard = transcribe(kept)
+    text = transcript_prefix(ref_text, heard) if ref_text else heard
+    if not text.strip():
+        raise ValueError("no words were heard in the first part of the reference clip: upload a shorter clip")
+    return kept, text, {"original_seconds": round(len(ref) / audio.SAMPLE_RATE, 2),
+                        "kept_seconds": round(end / audio.SAMPLE_RATE, 2), "transcript_given": bool(ref_text)}
+
+
 _FITTED: OrderedDict[str, dict] = OrderedDict()
 _FITTED_LOCK = threading.RLock()
 
@@ -223,16 +249,15 @@ def tts(
     if ref_wav is not None:
         if ref_sr is None:
             raise ValueError("ref_sr: the reference audio's sample rate is required")
-        ref = audio.prepare_audio(ref_wav, ref_sr, max_seconds=MAX_REFERENCE_SECONDS, name="reference audio")
-        if not ref_text:
-            if transcribe is None:
-                raise ValueError("the reference clip needs its transcript (ref_text)")
-            ref_text = transcribe(ref)
+        ref = audio.prepare_audio(ref_wav, ref_sr, max_seconds=MAX_REFERENCE_UPLOAD_SECONDS, name="reference audio")
+        ref, ref_text, cut = cut_reference(ref, ref_text, transcribe)
         prompt_text = check_text(ref_text)
         prompt = torch.from_numpy(codec.encode_wav(ref)[0])
     info = {"model": model, "codec": generator.codec, "cfg": cfg, "seed": seed, "sentences": len(sentences),
             "reference": ref_wav is not None, "ref_text": ref_text, **settings,
             "vocoder_precision": TTS_VOCODER_PRECISION, "device": str(next(generator.parameters()).device)}
+    if ref is not None:
+        info["reference_cut"] = cut
     delta = None
     if ttt_samples:
         if ref is None:
@@ -391,7 +416,7 @@ def tts_batch(rows: list[dict], out_dir: str, model: str = "sled", seed: int | N
     for index, row in (progress or iter)(todo):
         ref = None
         if row.get("ref"):
-            ref = audio.load_audio(row["ref"], audio.SAMPLE_RATE, max_seconds=MAX_REFERENCE_SECONDS)
+            ref = audio.load_audio(row["ref"], audio.SAMPLE_RATE, max_seconds=MAX_REFERENCE_UPLOAD_SECONDS)
         row_seed = int(row.get("seed", base + index))
         wav, info = tts(row["text"], model=model, ref_wav=ref, ref_sr=audio.SAMPLE_RATE, ref_text=row.get("ref_text"),
                         seed=row_seed, **settings)

@@ -297,3 +297,21 @@ class TextFrontend:
             raise RuntimeError("this model reads phonemes, and espeak-ng is not installed "
                                "(apt-get install espeak-ng)")
         return frontend
+
+
+def transcript_prefix(transcript: str, heard: str) -> str:
+    """The words of `transcript` that a cut clip still says, given what an ASR heard in the cut clip:
+    the prefix of the transcript's words at the smallest word edit distance from the heard words."""
+    def words(text: str) -> list[str]:
+        return re.findall(r"[\w']+", text.lower())
+
+    given, said = transcript.split(), words(heard)
+    keys = [" ".join(words(w)) for w in given]
+    previous = list(range(len(given) + 1))  # distance of said[:0] to each prefix of given
+    for i, word in enumerate(said, start=1):
+        row = [i]
+        for j, key in enumerate(keys, start=1):
+            row.append(min(previous[j] + 1, row[j - 1] + 1, previous[j - 1] + (key != word)))
+        previous = row
+    best = min(range(len(previous)), key=lambda j: (previous[j], -j))
+    return " ".join(given[:best])

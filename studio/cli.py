@@ -216,7 +216,7 @@ def _tts(args: argparse.Namespace) -> int:
     _output(args.out, args.overwrite, args.ref)
     ref = None
     if args.ref:
-        ref = audio.load_audio(args.ref, audio.SAMPLE_RATE, max_seconds=pipelines.MAX_REFERENCE_SECONDS)
+        ref = audio.load_audio(args.ref, audio.SAMPLE_RATE, max_seconds=pipelines.MAX_REFERENCE_UPLOAD_SECONDS)
     progress = None
     if args.ttt:
         def progress(step, steps):

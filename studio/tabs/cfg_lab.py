@@ -40,7 +40,7 @@ def run_sweep(config: StudioConfig, model: str | None, text: str, reference: str
     out = config.data_dir / "cfg_lab" / f"{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
     if reference:
         audio.save_audio(out / "reference.wav", audio.load_audio(reference, audio.SAMPLE_RATE,
-                                                                 max_seconds=pipelines.MAX_REFERENCE_SECONDS))
+                                                                 max_seconds=pipelines.MAX_REFERENCE_UPLOAD_SECONDS))
         reference = out / "reference.wav"
         if not (reference_text or "").strip():
             from evaluation.metrics.asr import transcriber

@@ -33,7 +33,8 @@ def _request(model: str | None, text: str, reference: str | None, reference_text
     request = {"text": text, "model": model, "seed": None if randomize or seed in (None, "") else int(seed),
                **{name: value for name, value in sampling.items() if name in declared}}
     if reference:
-        request["ref_wav"] = audio.load_audio(reference, audio.SAMPLE_RATE, max_seconds=pipelines.MAX_REFERENCE_SECONDS)
+        request["ref_wav"] = audio.load_audio(reference, audio.SAMPLE_RATE,
+                                              max_seconds=pipelines.MAX_REFERENCE_UPLOAD_SECONDS)
         request["ref_sr"] = audio.SAMPLE_RATE
         request["ref_text"] = (reference_text or "").strip() or None
         if request["ref_text"] is None:

@@ -105,3 +105,45 @@ def test_trim_silence():
     wav = np.concatenate([np.zeros(sr), tone(1.0), np.zeros(sr)]).astype(np.float32)
     trimmed = audio.trim_silence(wav, sr, pad_seconds=0.05)
     assert 1.0 <= len(trimmed) / sr < 1.25
+
+
+def test_pause_cut_lands_in_the_last_pause_before_the_limit():
+    from models.audio import pause_cut
+
+    sr = 16000
+    rng = np.random.default_rng(0)
+
+    def speech(seconds):
+        return 0.3 * rng.standard_normal(int(seconds * sr)).astype(np.float32)
+
+    def pause(seconds):
+        return np.zeros(int(seconds * sr), np.float32)
+
+    wav = np.concatenate([speech(3), pause(0.4), speech(3), pause(0.3), speech(3), pause(0.5), speech(3)])
+    assert 9.7 * sr < pause_cut(wav, sr, 10.0) <= 10 * sr  # inside the pause that starts at 9.7 s
+    assert 6.4 * sr < pause_cut(wav, sr, 9.0) < 6.7 * sr  # the last pause that starts before 9 s
+    assert 3.0 * sr < pause_cut(wav, sr, 6.0) < 3.4 * sr
+    assert pause_cut(wav[: 5 * sr], sr, 10.0) == 5 * sr  # short enough: nothing cut
+    flat = speech(12)
+    assert 5 * sr <= pause_cut(flat, sr, 10.0) <= 10 * sr  # no pause: the quietest frame of the second half
+
+
+def test_a_long_reference_is_cut_at_a_pause_and_its_transcript_follows(arctic_wav):
+    from models import pipelines
+
+    sr = 22050
+    unit = np.concatenate([arctic_wav, np.zeros(int(0.5 * sr), np.float32)])
+    sentence = "Author of the danger trail, Philip Steels, etc."
+    long = np.tile(unit, 8)
+    assert len(long) / sr > pipelines.MAX_REFERENCE_SECONDS
+
+    def transcribe(wav):  # an ASR that hears each whole repetition in the audio it is given
+        return " ".join(["author of the danger trail philip steels etc"] * int(round(len(wav) / len(unit))))
+
+    kept, text, cut = pipelines.cut_reference(long, " ".join([sentence] * 8), transcribe)
+    reps = int(round(len(kept) / len(unit)))
+    assert len(kept) <= pipelines.MAX_REFERENCE_SECONDS * sr and abs(len(kept) - reps * len(unit)) < 0.5 * sr
+    assert text == " ".join([sentence] * reps) and cut["transcript_given"]
+    assert pipelines.cut_reference(long, None, transcribe)[1] == transcribe(kept)
+    short, same, none = pipelines.cut_reference(unit, sentence, transcribe)
+    assert short is unit and same == sentence and none is None

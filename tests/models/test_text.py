@@ -93,3 +93,12 @@ def test_frontend_config_round_trip():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert TextFrontend.from_dict(frontend.to_dict()) == frontend
+
+
+def test_a_cut_transcript_keeps_the_words_heard_in_the_kept_audio():
+    from models.text import transcript_prefix
+
+    given = "Author of the danger trail, Philip Steels, etc."
+    assert transcript_prefix(given, "author of the danger") == "Author of the danger"
+    assert transcript_prefix(given, "author of a danger trail philip") == "Author of the danger trail, Philip"
+    assert transcript_prefix(given, "") == ""

@@ -197,13 +197,41 @@ def fit_voice(model: str, ref: np.ndarray, ref_text: str, samples: int, device: 
     codec = _codec_model(generator.codec, device)
     mean, std = codec.encode_wav(ref)
     start = time.perf_counter()
-    delta = generator.fit_voice(ref, mean, std, ref_text, samples=samples, lr=TTT_LR, progress=progress)
+    with registry.resident(("turn", id(generator)), threading.Lock):  # training moves the resident weights
+        delta = generator.fit_voice(ref, mean, std, ref_text, samples=samples, lr=TTT_LR, progress=progress)
     info = {"voice": key, "cached": False, "samples": samples, "wall_seconds": round(time.perf_counter() - start, 2)}
     with _FITTED_LOCK:
         _FITTED[key] = delta
         while len(_FITTED) > MAX_FITTED_VOICES:
             _FITTED.popitem(last=False)
     return delta, info
+
+
+def saved_voices(folder: str | os.PathLike) -> dict[str, int]:
+    """Voices a user named (name -> voice seed), kept in `folder`/voices.json."""
+    import json
+    from pathlib import Path
+
+    path = Path(folder) / "voices.json"
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def save_voice(folder: str | os.PathLike, name: str, voice_seed: int) -> dict[str, int]:
+    """Name a voice seed (replacing a voice of that name); the file is rewritten atomically."""
+    import json
+    from pathlib import Path
+
+    from models.files import write_text_atomic
+
+    name = " ".join(str(name).split())
+    if not name or len(name) > 60:
+        raise ValueError("a saved voice needs a name of 1-60 characters")
+    if not (float(voice_seed).is_integer() and 0 <= int(voice_seed) <= MAX_SEED):
+        raise ValueError(f"a voice seed is a whole number from 0 to {MAX_SEED}, not {voice_seed}")
+    voices = {**saved_voices(folder), name: int(voice_seed)}
+    Path(folder).mkdir(parents=True, exist_ok=True)
+    write_text_atomic(Path(folder) / "voices.json", json.dumps(voices, indent=1, sort_keys=True) + "\n")
+    return voices
 
 
 def clear_fitted_voices() -> int:
@@ -264,10 +292,14 @@ def tts(
             raise ValueError("test-time training needs a reference clip and its transcript")
         delta, info["ttt"] = fit_voice(model, ref, prompt_text, ttt_samples, device, ttt_progress)
 
+    # A backend that can be adapted (test-time training) changes its resident weights while adapted:
+    # its generations take turns, so no request sees another's voice.
+    turn = registry.resident(("turn", id(generator)), threading.Lock) if hasattr(generator, "adapted") else None
+
     def frames(index: int, sentence: str):
         request = TTSRequest(sentence, prompt, prompt_text, None if cfg == 1.0 else cfg, seed + index, settings,
                              reference=ref)
-        with generator.adapted(delta) if delta else contextlib.nullcontext():
+        with turn or contextlib.nullcontext(), generator.adapted(delta) if delta else contextlib.nullcontext():
             yield from generator.frames(request)
 
     pause = np.zeros(int(PAUSE_SECONDS * audio.SAMPLE_RATE), np.float32)

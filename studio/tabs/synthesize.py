@@ -49,26 +49,36 @@ def _mel(wav: np.ndarray):
                       hop_seconds=audio.MelConfig().hop_length / audio.SAMPLE_RATE)
 
 
+def _settings(values: tuple) -> tuple[dict, int]:
+    """Split the trailing inputs: one value per `sampling_names()`, then optionally (use the fitted
+    voice, test-time-training samples). -> (sampling settings, ttt samples or 0)."""
+    names = sampling_names()
+    sampling, rest = dict(zip(names, values[: len(names)])), values[len(names):]
+    use_fitted, samples = (list(rest) + [False, 0])[:2]
+    return sampling, int(samples) if use_fitted and samples else 0
+
+
 @gpu
 def synthesize(model: str | None, text: str, reference: str | None = None, reference_text: str | None = None,
-               cfg: float = 2.0, seed=None, randomize: bool = False, *sampling_values):
-    """-> (audio, mel figure, settings JSON, the seed used). Sampling values follow `sampling_names()`."""
-    request = _request(model, text, reference, reference_text, seed, randomize,
-                       dict(zip(sampling_names(), sampling_values)))
-    wav, info = pipelines.tts(cfg=float(cfg), **request)
+               cfg: float = 2.0, seed=None, randomize: bool = False, *values, progress=gr.Progress()):
+    """-> (audio, mel figure, settings JSON, the seed used). `values`: one per `sampling_names()`, then
+    optionally (use the fitted voice, its test-time-training samples)."""
+    sampling, ttt = _settings(values)
+    request = _request(model, text, reference, reference_text, seed, randomize, sampling)
+    wav, info = pipelines.tts(cfg=float(cfg), ttt_samples=ttt, ttt_progress=_fit_progress(progress), **request)
     return to_gradio_audio(wav, audio.SAMPLE_RATE), _mel(wav), info, info["seed"]
 
 
 @gpu
 def synthesize_stream(model: str | None, text: str, reference: str | None = None, reference_text: str | None = None,
-                      cfg: float = 2.0, seed=None, randomize: bool = False, *sampling_values) -> Iterator[tuple]:
+                      cfg: float = 2.0, seed=None, randomize: bool = False, *values) -> Iterator[tuple]:
     """Yields (audio chunk, None, None, None) as frames are decoded, then the mel, settings and seed."""
     if shutil.which("ffmpeg") is None:  # Gradio encodes streamed audio with it
         raise ValueError("streamed playback needs ffmpeg on the server (apt-get install ffmpeg; packages.txt lists "
                          "it for a Space); the Synthesize button works without it")
-    request = _request(model, text, reference, reference_text, seed, randomize,
-                       dict(zip(sampling_names(), sampling_values)))
-    chunks, info = pipelines.tts(cfg=float(cfg), stream=True, **request)
+    sampling, ttt = _settings(values)
+    request = _request(model, text, reference, reference_text, seed, randomize, sampling)
+    chunks, info = pipelines.tts(cfg=float(cfg), stream=True, ttt_samples=ttt, **request)
     pieces = []
     for chunk in chunks:
         if len(chunk):
@@ -76,6 +86,30 @@ def synthesize_stream(model: str | None, text: str, reference: str | None = None
             yield to_gradio_audio(chunk, audio.SAMPLE_RATE), gr.skip(), gr.skip(), gr.skip()
     wav = np.concatenate(pieces) if pieces else np.zeros(0, np.float32)
     yield gr.skip(), _mel(wav), info, info["seed"]
+
+
+def _fit_progress(progress):
+    def report(step: int, steps: int) -> None:
+        progress(step / steps, desc=f"Fitting to the voice: step {step} / {steps}")
+    return report
+
+
+@gpu
+def fit_voice(model: str | None, reference: str | None, reference_text: str | None, samples: int,
+              progress=gr.Progress()) -> tuple[str, bool]:
+    """Test-time training on the reference clip: -> (status line, use the fitted voice)."""
+    if not reference:
+        raise ValueError("Fitting to a voice needs a reference clip (and its transcript, or the ASR makes one)")
+    request = _request(model, "-", reference, reference_text, 0, False, {})
+    ref, ref_text, _ = pipelines.cut_reference(request["ref_wav"], request["ref_text"], request.get("transcribe"))
+    _, info = pipelines.fit_voice(model, ref, ref_text, int(samples), progress=_fit_progress(progress))
+    how = "already fitted" if info["cached"] else f"fitted in {info['wall_seconds']:.1f} s"
+    return f"Voice {info['voice']}: {how} on {int(samples)} samples. Synthesis now uses it.", True
+
+
+def clear_fitted() -> tuple[str, bool]:
+    count = pipelines.clear_fitted_voices()
+    return f"Cleared {count} fitted voice{'s' * (count != 1)}.", False
 
 
 def sampling_names() -> list[str]:
@@ -91,11 +125,35 @@ def declared_controls(model: str | None) -> set[str]:
         return set()
 
 
+def fits_voices(model: str | None) -> bool:
+    try:
+        return bool(model) and pipelines.fits_voices(model)
+    except ValueError:
+        return False
+
+
 def visible_controls(model: str | None):
-    """Show the sliders the selected model declares, hide the others."""
+    """Show the sliders the selected model declares, hide the others; then the voice-seed tools and the
+    test-time-training box, when the model has them."""
     declared = declared_controls(model)
     updates = [gr.update(visible=name in declared) for name in sampling_names()]
-    return updates[0] if len(updates) == 1 else updates  # Gradio reads one output's value as is
+    return updates + [gr.update(visible="voice_seed" in declared), gr.update(visible=fits_voices(model))]
+
+
+def random_voice() -> int:
+    import random
+
+    return random.randrange(1_000_000)
+
+
+def save_named_voice(folder, name: str, voice_seed) -> gr.Dropdown:
+    voices = pipelines.save_voice(folder, name, voice_seed)
+    return gr.update(choices=sorted(voices), value=" ".join(str(name).split()))
+
+
+def pick_saved_voice(folder, name: str | None):
+    voices = pipelines.saved_voices(folder)
+    return voices[name] if name in voices else gr.skip()
 
 
 def build(config: StudioConfig) -> None:
@@ -120,6 +178,21 @@ def build(config: StudioConfig) -> None:
                 sliders = [gr.Slider(specs[name].minimum, specs[name].maximum, value=specs[name].default,
                                      step=specs[name].step, label=specs[name].label, visible=name in declared)
                            for name in sampling_names()]
+                with gr.Group(visible="voice_seed" in declared) as voice_tools:
+                    with gr.Row():
+                        dice = gr.Button("Random voice", size="sm")
+                        saved = gr.Dropdown(sorted(pipelines.saved_voices(config.data_dir)), value=None,
+                                            label="Saved voices", allow_custom_value=False)
+                    with gr.Row():
+                        voice_name = gr.Textbox(label="Name this voice", max_lines=1)
+                        save = gr.Button("Save voice", size="sm")
+                with gr.Group(visible=fits_voices(model.value)) as fit_tools:
+                    fit_samples = gr.Slider(20, 400, value=200, step=10, label="Test-time training samples (N)")
+                    with gr.Row():
+                        fit = gr.Button("Fit to this voice (TTT)", size="sm")
+                        clear = gr.Button("Clear fitted voices", size="sm")
+                    use_fitted = gr.Checkbox(False, label="Use the voice fitted to the reference")
+                    fit_status = gr.Markdown()
                 with gr.Row():
                     run = gr.Button("Synthesize", variant="primary")
                     stream = gr.Button("Stream")
@@ -129,11 +202,11 @@ def build(config: StudioConfig) -> None:
                                     elem_id="tts-stream")
                 settings = gr.JSON(label="Settings used (seed, RTF, ...)")
         mel = gr.Plot(label="Mel spectrogram")
-        inputs = [model, text, reference, reference_text, cfg, seed, randomize, *sliders]
+        inputs = [model, text, reference, reference_text, cfg, seed, randomize, *sliders, use_fitted, fit_samples]
         @user_errors
-        def speak(model, *rest):
+        def speak(model, *rest, progress=gr.Progress()):
             config.check_model(model)
-            return synthesize(model, *rest)
+            return synthesize(model, *rest, progress=progress)
 
         @user_errors
         def speak_streamed(model, *rest):
@@ -150,4 +223,20 @@ def build(config: StudioConfig) -> None:
                 model = None
             return visible_controls(model)
 
-        model.change(controls, [model], sliders, api_name="tts_controls")
+        model.change(controls, [model], [*sliders, voice_tools, fit_tools], api_name="tts_controls")
+        if "voice_seed" in sampling_names():
+            voice_seed = sliders[sampling_names().index("voice_seed")]
+            dice.click(random_voice, None, voice_seed, api_name="random_voice")
+            save.click(user_errors(lambda name, value: save_named_voice(config.data_dir, name, value)),
+                       [voice_name, voice_seed], saved, api_name="save_voice")
+            saved.change(lambda name: pick_saved_voice(config.data_dir, name), [saved], voice_seed,
+                         api_name="pick_voice")
+
+        @user_errors
+        def fit_to_voice(model, reference, reference_text, samples, progress=gr.Progress()):
+            config.check_model(model)
+            return fit_voice(model, reference, reference_text, samples, progress=progress)
+
+        fit.click(fit_to_voice, [model, reference, reference_text, fit_samples], [fit_status, use_fitted],
+                  api_name="fit_voice")
+        clear.click(clear_fitted, None, [fit_status, use_fitted], api_name="clear_fitted_voices")

@@ -120,3 +120,43 @@ def test_readme_api_example_synthesizes(sled_run):
             str(sled_run), "The birch canoe slid on the smooth planks.", None, "", 2.0, 0, False,
             api_name="/synthesize")
     assert sf.info(wav_path).samplerate == 22050 and settings["seed"] == seed == 0 and settings["rtf"] > 0
+
+
+def test_voice_seed_tools_and_test_time_training_in_the_synthesize_tab(kalle_run, sled_run, arctic_path,
+                                                                      tmp_path, monkeypatch):
+    import gradio as gr
+
+    from models import pipelines
+    from models.kalle import KALLE
+    from studio.common import user_errors
+    from studio.tabs import synthesize as tab
+
+    monkeypatch.setattr(pipelines, "all_tts_controls", lambda: dict(KALLE.CONTROLS))  # as if kalle shipped
+    names = tab.sampling_names()
+    values = {name: control.default for name, control in KALLE.CONTROLS.items()}
+    *sliders, voice_tools, fit_tools = tab.visible_controls(str(kalle_run))
+    assert voice_tools["visible"] and fit_tools["visible"] and all(u["visible"] for u in sliders)
+    *_, voice_tools, fit_tools = tab.visible_controls(str(sled_run))
+    assert not voice_tools["visible"] and not fit_tools["visible"]
+
+    assert tab.save_named_voice(tmp_path, "  Deep   narrator ", 4242)["value"] == "Deep narrator"
+    assert tab.pick_saved_voice(tmp_path, "Deep narrator") == 4242 == pipelines.saved_voices(tmp_path)["Deep narrator"]
+    with pytest.raises(gr.Error, match="name"):
+        user_errors(tab.save_named_voice)(tmp_path, "", 1)
+
+    def speak(voice_seed, *fit):
+        row = [{**values, "voice_seed": voice_seed}[name] for name in names]
+        return tab.synthesize(str(kalle_run), "Hello there.", None, None, 2.0, 0, False, *row, *fit)
+
+    (_, a), _, info, _ = speak(4242)
+    assert info["voice_seed"] == 4242 and np.array_equal(speak(4242)[0][1], a)
+    assert not np.array_equal(speak(7)[0][1], a)
+
+    pipelines.clear_fitted_voices()
+    status, use = tab.fit_voice(str(kalle_run), str(arctic_path), "author of the danger trail", 16)
+    assert use and "fitted in" in status
+    row = [values[name] for name in names]
+    _, _, info, _ = tab.synthesize(str(kalle_run), "Hello there.", str(arctic_path), "author of the danger trail",
+                                   2.0, 0, False, *row, True, 16)
+    assert info["ttt"]["cached"]  # the fitted voice is reused, not fitted again
+    assert tab.clear_fitted()[1] is False and pipelines.clear_fitted_voices() == 0

@@ -77,3 +77,17 @@ def test_training_exports_the_encoder_alone(mini, tmp_path):
     assert isinstance(model, ECAPA) and config["embedding_dim"] == 16
     wav = np.random.default_rng(0).normal(0, 0.1, 22050).astype(np.float32)
     assert model.embed_wav(wav).shape == (16,)
+
+
+def test_the_corpus_speaker_count_runs_on_our_encoder(mini, speaker_encoder_run, sled_run, tmp_path):
+    import pytest
+
+    from evaluation.speakers import distinct_speakers
+
+    report = distinct_speakers(mini[0], per_speaker=2, encoder=str(speaker_encoder_run), out=tmp_path / "s.json",
+                               log=lambda _: None)
+    assert report["speaker_model"].startswith("speaker encoder") and (tmp_path / "s.json").is_file()
+    assert report["heldout_speakers"] >= 2 and 0 <= report["heldout_utterance_eer"] <= 1
+    assert 1 <= report["distinct"] <= report["speakers"]
+    with pytest.raises(ValueError, match="not a speaker-encoder"):
+        distinct_speakers(mini[0], per_speaker=2, encoder=str(sled_run))

@@ -20,7 +20,7 @@ EXAMPLE_TEXTS = [
     "Streaming speech starts playing before the whole sentence is generated. It is then joined without clicks.",
 ]
 EXAMPLE_REFERENCE = ASSETS / "audio" / "arctic_a0007.wav"
-EXAMPLE_REFERENCE_TEXT = "author of the danger trail, philip steels, etc"
+EXAMPLE_REFERENCE_TEXT = "and you always want to see it in the superlative degree"
 
 
 def _request(model: str | None, text: str, reference: str | None, reference_text: str | None, seed, randomize: bool,

@@ -133,12 +133,12 @@ def test_a_long_reference_is_cut_at_a_pause_and_its_transcript_follows(arctic_wa
 
     sr = 22050
     unit = np.concatenate([arctic_wav, np.zeros(int(0.5 * sr), np.float32)])
-    sentence = "Author of the danger trail, Philip Steels, etc."
+    sentence = "And you always want to see it in the superlative degree."
     long = np.tile(unit, 8)
     assert len(long) / sr > pipelines.MAX_REFERENCE_SECONDS
 
     def transcribe(wav):  # an ASR that hears each whole repetition in the audio it is given
-        return " ".join(["author of the danger trail philip steels etc"] * int(round(len(wav) / len(unit))))
+        return " ".join(["and you always want to see it in the superlative degree"] * int(round(len(wav) / len(unit))))
 
     kept, text, cut = pipelines.cut_reference(long, " ".join([sentence] * 8), transcribe)
     reps = int(round(len(kept) / len(unit)))

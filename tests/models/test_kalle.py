@@ -145,7 +145,7 @@ def test_training_fits_statistics_and_the_checkpoint_speaks_after_a_reference(ka
     model, config, _ = registry.load_model(str(kalle_run), "cpu")
     assert config["fitted"]["latent_mean"] and config["speaker_dim"] == 16
     wav, info = pipelines.tts("one two three.", model=str(kalle_run), ref_wav=arctic_wav, ref_sr=22050,
-                              ref_text="Author of the danger trail, Philip Steels, etc.", seed=0,
+                              ref_text="And you always want to see it in the superlative degree.", seed=0,
                               temperature=0.5, prompt_speech=0)
     assert len(wav) > 0 and info["temperature"] == 0.5
     again, _ = pipelines.tts("one two three.", model=str(kalle_run), seed=0, voice_seed=4)
@@ -169,7 +169,7 @@ def test_cli_voice_seed_temperature_and_test_time_training(kalle_run, tmp_path, 
     assert info["voice_seed"] == 11 and info["temperature"] == 0.7
     assert speak("b.wav", "--voice-seed", "11", "--temperature", "0.7")[0] == a
     assert speak("c.wav", "--voice-seed", "12", "--temperature", "0.7")[0] != a
-    _, fitted, err = speak("d.wav", "--ref", str(arctic_path), "--ref-text", "author of the danger trail",
+    _, fitted, err = speak("d.wav", "--ref", str(arctic_path), "--ref-text", "and you always want to see it",
                            "--ttt", "16")
     assert fitted["ttt"]["samples"] == 16 and "test-time training: step 2 / 2" in err
     assert main(["tts", "--model", str(kalle_run), "--text", "Hi.", "--ttt", "--out", str(tmp_path / "e.wav")]) == 2

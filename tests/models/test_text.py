@@ -98,7 +98,7 @@ def test_frontend_config_round_trip():
 def test_a_cut_transcript_keeps_the_words_heard_in_the_kept_audio():
     from models.text import transcript_prefix
 
-    given = "Author of the danger trail, Philip Steels, etc."
-    assert transcript_prefix(given, "author of the danger") == "Author of the danger"
-    assert transcript_prefix(given, "author of a danger trail philip") == "Author of the danger trail, Philip"
+    given = "And you always want to see it, in the superlative degree."
+    assert transcript_prefix(given, "and you always want") == "And you always want"
+    assert transcript_prefix(given, "and you all ways want to see it in") == "And you always want to see it, in"
     assert transcript_prefix(given, "") == ""

@@ -94,7 +94,7 @@ def test_synthesize_handler_reproduces_its_seed_and_streams(sled_run, arctic_pat
     (_, again), _, _, _ = tab.synthesize(str(sled_run), "Hello there.", None, None, 1.5, seed, False, *values)
     assert np.array_equal(first, again)  # the seed shown reproduces the output
 
-    outputs = list(tab.synthesize_stream(str(sled_run), "Hello there.", str(arctic_path), "author of the danger trail",
+    outputs = list(tab.synthesize_stream(str(sled_run), "Hello there.", str(arctic_path), "and you always want to see it",
                                          2.0, 3, False, *values))
     chunks = [out[0][1] for out in outputs[:-1]]
     assert chunks and all(len(c) for c in chunks)
@@ -153,10 +153,10 @@ def test_voice_seed_tools_and_test_time_training_in_the_synthesize_tab(kalle_run
     assert not np.array_equal(speak(7)[0][1], a)
 
     pipelines.clear_fitted_voices()
-    status, use = tab.fit_voice(str(kalle_run), str(arctic_path), "author of the danger trail", 16)
+    status, use = tab.fit_voice(str(kalle_run), str(arctic_path), "and you always want to see it", 16)
     assert use and "fitted in" in status
     row = [values[name] for name in names]
-    _, _, info, _ = tab.synthesize(str(kalle_run), "Hello there.", str(arctic_path), "author of the danger trail",
+    _, _, info, _ = tab.synthesize(str(kalle_run), "Hello there.", str(arctic_path), "and you always want to see it",
                                    2.0, 0, False, *row, True, 16)
     assert info["ttt"]["cached"]  # the fitted voice is reused, not fitted again
     assert tab.clear_fitted()[1] is False and pipelines.clear_fitted_voices() == 0

@@ -99,7 +99,7 @@ def test_cfg_lab_sweeps_scales_and_seeds_through_the_bench(sled_run, arctic_path
 
     config = StudioConfig(data_dir=tmp_path, testsets={}, systems=[], model_roots=[str(sled_run)])
     updates = list(run_sweep(config, str(sled_run), "Guidance changes speech.", str(arctic_path),
-                             "author of the danger trail, philip steels, etc", "2, 1", 2, ["sim"],
+                             "and you always want to see it in the superlative degree", "2, 1", 2, ["sim"],
                              progress=lambda *a, **k: None))
     status, grid, points, figure, files = updates[-1]
     assert "2 CFG values x 2 seeds" in status

@@ -94,8 +94,8 @@ def test_synthesize_handler_reproduces_its_seed_and_streams(sled_run, arctic_pat
     (_, again), _, _, _ = tab.synthesize(str(sled_run), "Hello there.", None, None, 1.5, seed, False, *values)
     assert np.array_equal(first, again)  # the seed shown reproduces the output
 
-    outputs = list(tab.synthesize_stream(str(sled_run), "Hello there.", str(arctic_path), "and you always want to see it",
-                                         2.0, 3, False, *values))
+    outputs = list(tab.synthesize_stream(str(sled_run), "Hello there.", str(arctic_path),
+                                         "and you always want to see it", 2.0, 3, False, *values))
     chunks = [out[0][1] for out in outputs[:-1]]
     assert chunks and all(len(c) for c in chunks)
     assert outputs[-1][2]["reference"] and outputs[-1][3] == 3

@@ -101,6 +101,13 @@ def _bench(args: argparse.Namespace) -> int:
         if not args.manifest:
             raise ValueError("bench codec needs --manifest (e.g. data/corpus/eval/tts_heldout.lst)")
         result = bench.bench_codec(args.model or "flow_vae", args.manifest, per_speaker=args.per_speaker)
+    elif args.target == "voices":
+        from evaluation.voice_seeds import voice_seed_report
+
+        if not args.model:
+            raise ValueError("bench voices needs --model (a TTS checkpoint with voice seeds, e.g. kalle)")
+        result = voice_seed_report(args.model, seeds=args.seeds, corpus=args.corpus, cfg=args.cfg,
+                                   log=lambda line: print(line, file=sys.stderr))
     elif args.target == "studio":
         from studio import bench as studio_bench
 
@@ -446,7 +453,7 @@ def build_parser() -> argparse.ArgumentParser:
     report.set_defaults(run=_report)
 
     bench = commands.add_parser("bench", help="measure speed and quality, print JSON")
-    bench.add_argument("target", choices=["vocoder", "tts", "codec", "studio", "arena", "defaults", "upload"],
+    bench.add_argument("target", choices=["vocoder", "tts", "codec", "voices", "studio", "arena", "defaults", "upload"],
                        help="vocoder, tts: speed and quality; codec: encoder vs decoder headroom of a latent codec "
                        "(--model CODEC --manifest LST); studio: launch time and "
                        "UI vs pipeline latency; arena: the A/B vote store under concurrent voters; defaults: every "
@@ -463,6 +470,8 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--voters", type=_number(int, 1, 200), default=20, help="arena: concurrent voters")
     bench.add_argument("--votes", type=_number(int, 1, 1000), default=5, help="arena: votes per voter")
     bench.add_argument("--text", help="tts: one sentence to speak instead of the built-in five")
+    bench.add_argument("--seeds", type=_number(int, 1, 1000), default=50, help="voices: voice seeds 0..N-1")
+    bench.add_argument("--corpus", help="voices: a corpus whose training speakers measure novelty")
     bench.add_argument("--cfg", type=_number(float, *CFG_RANGE), default=2.0, help="tts: guidance scale")
     bench.add_argument("--repeats", type=_number(int, 1, 100), default=3,
                        help="vocoder, studio: timed runs after the warm-up (best is kept)")

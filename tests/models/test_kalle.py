@@ -174,3 +174,21 @@ def test_cli_voice_seed_temperature_and_test_time_training(kalle_run, tmp_path, 
     assert fitted["ttt"]["samples"] == 16 and "test-time training: step 2 / 2" in err
     assert main(["tts", "--model", str(kalle_run), "--text", "Hi.", "--ttt", "--out", str(tmp_path / "e.wav")]) == 2
     assert "needs a reference" in capsys.readouterr().err
+
+
+def test_voice_seed_report_measures_intelligibility_diversity_and_novelty(kalle_run, sled_run, mini, tmp_path):
+    import json
+
+    import pytest
+
+    from evaluation.voice_seeds import voice_seed_report
+
+    report = voice_seed_report(str(kalle_run), seeds=2, texts=("Hello there.",), corpus=str(mini[0]),
+                               out=tmp_path / "v.json", log=lambda _: None)
+    assert json.loads((tmp_path / "v.json").read_text())["seeds"] == 2
+    assert 0 <= report["share_intelligible"] <= 1 and -1 <= report["diversity_mean_pairwise_sim"] <= 1
+    assert [r["voice_seed"] for r in report["per_seed"]] == [0, 1]
+    speakers = {json.loads(line)["speaker"] for line in (mini[0] / "manifest.jsonl").read_text().splitlines()}
+    assert all(r["nearest_training_speaker"] in speakers for r in report["per_seed"])
+    with pytest.raises(ValueError, match="no voice seeds"):
+        voice_seed_report(str(sled_run), seeds=1)

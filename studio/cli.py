@@ -198,6 +198,8 @@ def _tts(args: argparse.Namespace) -> int:
         raise ValueError("--text writes one file: give --out (and no --out-dir)")
     if args.file is not None and (args.out_dir is None or args.out is not None):
         raise ValueError("--file writes one file per line: give --out-dir (and no --out)")
+    if args.file is None:
+        _output(args.out, args.overwrite, args.ref)  # before any model is looked at
     pipelines.check_sampling(args.cfg, args.seed)
     settings = {**_model_controls(args.model, args.extra), "cfg": args.cfg, "ttt_samples": args.ttt}
     transcriber = None
@@ -220,7 +222,6 @@ def _tts(args: argparse.Namespace) -> int:
                                       progress=lambda todo: tqdm(todo, desc="tts", unit="line"), **settings)
         print(json.dumps(summary, indent=1))
         return 0
-    _output(args.out, args.overwrite, args.ref)
     ref = None
     if args.ref:
         ref = audio.load_audio(args.ref, audio.SAMPLE_RATE, max_seconds=pipelines.MAX_REFERENCE_UPLOAD_SECONDS)

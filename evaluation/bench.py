@@ -108,7 +108,7 @@ def bench_codec(codec: str, manifest: str | os.PathLike, per_speaker: int = 1, s
 def bench_tts(model: str = "sled", texts: tuple[str, ...] = BENCH_TEXTS, device: str | None = None,
               cfg: float = 2.0, seed: int = 0, chunk_frames: tuple[int, int] = (20, 20)) -> dict:
     """TTS speed after a warm-up on another sentence: offline RTF (generation + decoding) and
-    streaming latency, each text spoken once each way.
+    streaming latency, each text spoken once each way; then, untimed, the FLOPs per second of audio.
 
     rtf = total wall time / total audio duration over the texts; first_chunk_s is the time from a
     streaming call to its first non-empty audio chunk (worst and mean over texts); stream_rtf
@@ -144,8 +144,35 @@ def bench_tts(model: str = "sled", texts: tuple[str, ...] = BENCH_TEXTS, device:
         "rtf_per_text": [round(run[0] / (run[2] / audio.SAMPLE_RATE), 4) for run in offline],
         "first_chunk_s": round(max(firsts), 4), "first_chunk_mean_s": round(sum(firsts) / len(firsts), 4),
         "stream_rtf": round(sum(run[0] for run in streamed) / (sum(run[2] for run in streamed) / audio.SAMPLE_RATE), 4),
-        "chunk_frames": list(chunk_frames), "hardware": hardware(),
+        "chunk_frames": list(chunk_frames), "flops": tts_flops(model, texts, device, cfg, seed),
+        "hardware": hardware(),
     }
+
+
+def tts_flops(model: str, texts: tuple[str, ...], device: str | None = None, cfg: float = 2.0, seed: int = 0,
+              ) -> dict:
+    """Floating-point operations per second of audio (torch.utils.flop_counter: matrix products,
+    convolutions and attention, the work that dominates), for the generator (the TTS model's frames,
+    guidance branches included) and the decoding (codec decoder and vocoder) apart, over the texts."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from models import registry
+    from models.roles import TTSRequest
+
+    generator = registry.load_model(model, device)[0]
+    codec = registry.load_model(generator.codec, device)[0]
+    generating, decoding, samples = FlopCounterMode(display=False), FlopCounterMode(display=False), 0
+    for index, text in enumerate(texts):
+        with generating:
+            frames = list(generator.frames(TTSRequest(text, cfg=None if cfg == 1.0 else cfg, seed=seed + index)))
+        if frames:
+            with decoding:
+                samples += len(codec.decode_wav(torch.stack(frames)))
+    if not samples:
+        raise ValueError(f"{model} produced no audio for {list(texts)!r}")
+    seconds = samples / audio.SAMPLE_RATE
+    per_second = {"generator": generating.get_total_flops() / seconds, "decoding": decoding.get_total_flops() / seconds}
+    return {"per_audio_second": {**per_second, "total": sum(per_second.values())}, "audio_seconds": round(seconds, 3)}
 
 
 def write_json(result: dict, out: str | os.PathLike | None) -> str:

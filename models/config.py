@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import typing
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from typing import TypeVar
 
 T = TypeVar("T")
@@ -69,3 +69,33 @@ class LatentStatistics:
     latent_mean: list[float] | None = None  # per dimension, of the training latents: the normalization
     latent_std: list[float] | None = None
     text_rate: float | None = None  # latent frames per text symbol, for aligned positions
+
+
+@dataclass
+class LatentLMConfig:
+    """The settings every language model over codec latents (SLED, KALL-E) has; a model's config adds its
+    own (and may change a default by redeclaring the field)."""
+
+    codec: str = "flow_vae"  # the Flow-VAE checkpoint whose latents are modelled
+    latent_dim: int = 64
+    frontend: dict | None = None  # TextFrontend.to_dict(); None = the default frontend
+    dim: int = 256
+    layers: int = 6
+    heads: int = 4
+    ff_mult: int = 4
+    dropout: float = 0.1
+    text_dropout: float = 0.1  # classifier-free guidance: text replaced by the null token
+    prompt_pairs: float = 0.5  # fraction of training sequences that are two utterances of one voice
+    # Aligned positions: text token i sits at RoPE position i x fitted.text_rate (latent frames per
+    # text token in the training data) and latent frame k at k, so the text a frame speaks is near
+    # relative offset 0 whatever the text's length.
+    aligned_positions: bool = False
+    # Std of Gaussian noise on the (normalized) latents fed back as history, in training only. The
+    # Flow-VAE encoder is non-causal, so clean past latents already carry much of the next frame: without
+    # noise a small model learns to continue the history, leans little on the text, and babbles when
+    # free-running (docs/sled.md).
+    history_noise: float = 0.0
+    # Generation cap: 20 + this x the new text's symbols; well above the corpus's frames per symbol, so it
+    # only cuts runs that failed to end.
+    frames_per_phoneme: float = 2.5
+    fitted: LatentStatistics = field(default_factory=LatentStatistics)

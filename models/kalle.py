@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import contextlib
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Callable, Iterator
 
 import numpy as np
@@ -41,37 +41,24 @@ import torch
 from torch import nn
 
 from models import registry
-from models.config import LatentStatistics, parse_config
-from models.modules import EOT, LATENT, SPEAKER, TEXT, CausalTransformer, layout, positions
+from models.config import LatentLMConfig, parse_config
+from models.modules import SPEAKER, LatentLanguageModel, layout, positions
 from models.roles import TTS, Control, TTSRequest
-from models.text import TextFrontend
 
 END_MEAN, END_LOG_STD = 1.0, 1.0  # N_end = N(1, e): log e = 1
 
 
 @dataclass
-class KALLEConfig:
-    codec: str = "flow_vae"  # the Flow-VAE checkpoint whose latents (and posteriors) are modelled
-    latent_dim: int = 64
+class KALLEConfig(LatentLMConfig):
     speaker_encoder: str = "speaker_encoder"  # the frozen encoder whose embedding gives S
     speaker_dim: int = 192  # its embedding size
     voice_dim: int = 64  # the speaker latent S
-    frontend: dict | None = None  # TextFrontend.to_dict(); None = the default frontend
-    dim: int = 256
-    layers: int = 6
-    heads: int = 4
-    ff_mult: int = 4
-    dropout: float = 0.1
     kl_direction: str = "forward"  # KL(q || p) (the paper); "reverse": KL(p || q), the ablation
     lambda_end: float = 0.02
     lambda_voice: float = 0.01
     min_log_sigma: float = -7.0  # floor on the predicted log std: keeps 1 / sigma^2 finite in bf16
-    text_dropout: float = 0.1  # classifier-free guidance
-    prompt_pairs: float = 0.3  # fraction of training sequences that are two utterances of one voice
-    aligned_positions: bool = True  # as SLED: text i at RoPE position i x fitted.text_rate
-    history_noise: float = 0.0  # as SLED: noise on the fed-back (normalized) latents, in training only
-    frames_per_phoneme: float = 2.5  # generation cap: 20 + this x the new text's symbols
-    fitted: LatentStatistics = field(default_factory=LatentStatistics)
+    prompt_pairs: float = 0.3
+    aligned_positions: bool = True
     model: str = field(default="kalle", init=False)
 
     @classmethod
@@ -106,7 +93,7 @@ def voice_from_seed(voice_seed: int, voice_dim: int) -> torch.Tensor:
 
 
 @registry.register("kalle", role=TTS, config=KALLEConfig)
-class KALLE(nn.Module):
+class KALLE(LatentLanguageModel):
     # Sampling settings beyond guidance and seed (models.roles.TTSGenerator)
     CONTROLS = {
         "temperature": Control("Temperature (scales each frame's predicted standard deviation)", 0.0, 1.5, 1.0, 0.05),
@@ -119,33 +106,17 @@ class KALLE(nn.Module):
     min_frames = 3  # the end criterion is not read before this many frames
 
     def __init__(self, config: KALLEConfig):
-        super().__init__()
-        self.config = c = config
-        self.codec = c.codec
-        self.frontend = TextFrontend.from_dict(c.frontend) if c.frontend else TextFrontend.default()
-        self.eot_id = self.frontend.symbols.eos_id
-        self.null_id = len(self.frontend.symbols)  # the "no text" token of classifier-free guidance
-        self.text_embedding = nn.Embedding(len(self.frontend.symbols) + 1, c.dim)
-        self.latent_in = nn.Sequential(nn.Linear(c.latent_dim, c.dim), nn.LayerNorm(c.dim))
+        super().__init__(config, text_rate=config.fitted.text_rate if config.aligned_positions else None)
+        c = config
         self.voice = nn.Linear(c.speaker_dim, 2 * c.voice_dim)  # speaker embedding -> (mu_S, log sigma_S)
         self.voice_in = nn.Linear(c.voice_dim, c.dim)
-        self.transformer = CausalTransformer(c.dim, c.layers, c.heads, c.ff_mult, c.dropout)
         self.head = nn.Linear(c.dim, 2 * c.latent_dim)  # -> (mu_t, log sigma_t)
-        self.text_rate = c.fitted.text_rate if c.aligned_positions else None
-        mean = torch.tensor(c.fitted.latent_mean) if c.fitted.latent_mean else torch.zeros(c.latent_dim)
-        std = torch.tensor(c.fitted.latent_std) if c.fitted.latent_std else torch.ones(c.latent_dim)
-        self.register_buffer("latent_mean", mean.float(), persistent=False)
-        self.register_buffer("latent_std", std.float(), persistent=False)
 
     # ------------------------------------------------------------------ pieces
 
-    def normalize(self, mu: torch.Tensor, log_sigma: torch.Tensor | None = None):
-        """Posterior (or frames) into the model's space; KL is invariant to the shared affine map."""
-        mu = (mu - self.latent_mean) / self.latent_std
-        return mu if log_sigma is None else (mu, log_sigma - self.latent_std.log())
-
-    def denormalize(self, z: torch.Tensor) -> torch.Tensor:
-        return z * self.latent_std + self.latent_mean
+    def normalize_posterior(self, mu: torch.Tensor, log_sigma: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """A posterior into the model's space; KL is invariant to the shared affine map."""
+        return self.normalize(mu), log_sigma - self.latent_std.log()
 
     def voice_distribution(self, embedding: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Speaker embeddings (..., speaker_dim) -> (mu_S, log sigma_S), each (..., voice_dim)."""
@@ -155,28 +126,6 @@ class KALLE(nn.Module):
     def predict(self, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         mu, log_sigma = self.head(h).float().chunk(2, dim=-1)
         return mu, log_sigma.clamp_min(self.config.min_log_sigma)
-
-    def embed(self, voices: torch.Tensor, texts: list[torch.Tensor], latents: list[torch.Tensor]) -> dict:
-        """Padded inputs of [S, text, EOT, latents] per sequence, and where each latent sits.
-
-        voices: (batch, voice_dim) speaker latents S; texts: token ids; latents: normalized (frames, latent_dim).
-        """
-        device = self.text_embedding.weight.device
-        kinds = [[SPEAKER] + layout(len(t), len(z), None) for t, z in zip(texts, latents)]
-        length = max(len(k) for k in kinds)
-        x = torch.zeros(len(texts), length, self.config.dim, device=device)
-        rope = torch.zeros(len(texts), length, device=device)
-        frame_positions = []
-        for i, (kind, text, z) in enumerate(zip(kinds, texts, latents)):
-            rope[i, : len(kind)] = torch.tensor(positions(kind, self.text_rate), device=device)
-            kind = torch.tensor(kind + [-1] * (length - len(kind)), device=device)
-            x[i, 0] = self.voice_in(voices[i].to(device))
-            x[i, kind == TEXT] = self.text_embedding(text.to(device))
-            x[i, kind == EOT] = self.text_embedding.weight[self.eot_id]
-            if len(z):
-                x[i, kind == LATENT] = self.latent_in(z.to(device)).to(x.dtype)
-            frame_positions.append((kind == LATENT).nonzero()[:, 0])
-        return {"x": x, "positions": rope, "frame_positions": frame_positions}
 
     # ------------------------------------------------------------------ training
 
@@ -191,23 +140,21 @@ class KALLE(nn.Module):
         mu_s, log_sigma_s = self.voice_distribution(speaker_embeddings)
         voices = mu_s + log_sigma_s.exp() * torch.randn_like(mu_s) if self.training else mu_s
         voice_kl = gaussian_kl(mu_s, log_sigma_s, torch.zeros_like(mu_s), torch.zeros_like(mu_s)).sum(-1).mean()
-        normalized = [self.normalize(mu, log_sigma) for mu, log_sigma in posteriors]
+        normalized = [self.normalize_posterior(mu, log_sigma) for mu, log_sigma in posteriors]
         history = [mu + log_sigma.exp() * torch.randn_like(mu) for mu, log_sigma in normalized]
         if self.training and c.history_noise:
             history = [z + c.history_noise * torch.randn_like(z) for z in history]
-        seq = self.embed(voices, texts, history)
+        seq = self.embed(texts, history, lead=self.voice_in(voices))  # [S, text, EOT, z]
         h = self.transformer(seq["x"], seq["positions"])
-        rows = torch.cat([torch.full((len(p),), i) for i, p in enumerate(seq["frame_positions"])]).to(h.device)
-        before = torch.cat([p - 1 for p in seq["frame_positions"]])
-        last = torch.stack([p[-1] for p in seq["frame_positions"]])
-        mu_p, log_sigma_p = self.predict(h[rows, before])
+        h_frames, h_last = self.frame_outputs(h, seq["frame_positions"])
+        mu_p, log_sigma_p = self.predict(h_frames)
         mu_q = torch.cat([mu for mu, _ in normalized]).to(h.device)
         log_sigma_q = torch.cat([s for _, s in normalized]).to(h.device)
         if c.kl_direction == "forward":
             kl = gaussian_kl(mu_q, log_sigma_q, mu_p, log_sigma_p)
         else:
             kl = gaussian_kl(mu_p, log_sigma_p, mu_q, log_sigma_q)
-        mu_end, log_sigma_end = self.predict(h[torch.arange(len(last)), last])
+        mu_end, log_sigma_end = self.predict(h_last)
         end = gaussian_kl(torch.full_like(mu_end, END_MEAN), torch.full_like(mu_end, END_LOG_STD),
                           mu_end, log_sigma_end).sum(-1).mean()
         frame_kl = kl.sum(-1).mean()
@@ -242,13 +189,11 @@ class KALLE(nn.Module):
         transcript and latents prefix the sentence as in SLED."""
         controls = {name: request.controls.get(name, control.default) for name, control in self.CONTROLS.items()}
         voice = self.speaker_latent(request.reference, int(controls["voice_seed"]))
-        prompt_ids, prompt = [], None
-        if request.prompt is not None and controls["prompt_speech"] >= 0.5:
-            prompt_ids = self.frontend.encode([request.prompt_text or ""])[0] + self.frontend.symbols.encode(" ")
-            prompt = request.prompt
-        ids = prompt_ids + self.frontend.encode([request.text])[0]
-        return self.generate(ids, voice, prompt, request.cfg, request.seed, controls["temperature"],
-                             controls["end_threshold"], prompt_symbols=len(prompt_ids))
+        if controls["prompt_speech"] < 0.5:
+            request = replace(request, prompt=None)
+        ids, prompt_symbols = self.request_text(request)
+        return self.generate(ids, voice, request.prompt, request.cfg, request.seed, controls["temperature"],
+                             controls["end_threshold"], prompt_symbols=prompt_symbols)
 
     @torch.no_grad()
     def generate(self, text: list[int], voice: torch.Tensor, prompt: torch.Tensor | None = None,

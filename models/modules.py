@@ -6,6 +6,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from models.text import TextFrontend
+
 
 def sequence_mask(lengths: torch.Tensor, max_length: int | None = None) -> torch.Tensor:
     """(batch,) lengths -> (batch, max_length) bool, True on real frames."""
@@ -263,3 +265,79 @@ def positions(kinds: list[int], text_rate: float | None) -> list[float]:
             out.append(t * text_rate)
             t += kind == TEXT
     return out
+
+
+class LatentLanguageModel(nn.Module):
+    """What the continuous-latent TTS models (SLED, KALL-E) share: phoneme and latent embeddings into one
+    causal transformer, the "no text" token of classifier-free guidance, and the codec latents'
+    normalization. A subclass adds its own heads; `embed` lays sequences out for it.
+
+    config needs codec, latent_dim, frontend, dim, layers, heads, ff_mult, dropout and fitted
+    (models.config.LatentStatistics); text_rate aligns RoPE positions (None: sequence order).
+    """
+
+    def __init__(self, config, text_rate: float | None, interleave: tuple[int, int] | None = None):
+        super().__init__()
+        self.config = c = config
+        self.codec = c.codec
+        self.frontend = TextFrontend.from_dict(c.frontend) if c.frontend else TextFrontend.default()
+        self.eot_id = self.frontend.symbols.eos_id
+        self.null_id = len(self.frontend.symbols)
+        self.text_embedding = nn.Embedding(len(self.frontend.symbols) + 1, c.dim)
+        self.latent_in = nn.Sequential(nn.Linear(c.latent_dim, c.dim), nn.LayerNorm(c.dim))
+        self.transformer = CausalTransformer(c.dim, c.layers, c.heads, c.ff_mult, c.dropout)
+        self.text_rate = text_rate
+        self.interleave = interleave
+        mean = torch.tensor(c.fitted.latent_mean) if c.fitted.latent_mean else torch.zeros(c.latent_dim)
+        std = torch.tensor(c.fitted.latent_std) if c.fitted.latent_std else torch.ones(c.latent_dim)
+        self.register_buffer("latent_mean", mean.float(), persistent=False)
+        self.register_buffer("latent_std", std.float(), persistent=False)
+
+    def normalize(self, z: torch.Tensor) -> torch.Tensor:
+        return (z - self.latent_mean) / self.latent_std
+
+    def denormalize(self, z: torch.Tensor) -> torch.Tensor:
+        return z * self.latent_std + self.latent_mean
+
+    def request_text(self, request) -> tuple[list[int], int]:
+        """A TTS request's token ids (the prompt's transcript first when a prompt is used) and how many
+        of them are the prompt's."""
+        prompt_ids = []
+        if request.prompt is not None:
+            prompt_ids = self.frontend.encode([request.prompt_text or ""])[0] + self.frontend.symbols.encode(" ")
+        return prompt_ids + self.frontend.encode([request.text])[0], len(prompt_ids)
+
+    def embed(self, texts: list[torch.Tensor], latents: list[torch.Tensor], lead: torch.Tensor | None = None,
+              ) -> dict:
+        """Padded input embeddings of sequences laid out by `layout`, and where each latent sits.
+
+        texts: token ids per sequence; latents: normalized (frames, latent_dim) per sequence;
+        lead: (batch, dim) embeddings of a SPEAKER position before each sequence, or None.
+        """
+        device = self.text_embedding.weight.device
+        first = [SPEAKER] if lead is not None else []
+        kinds = [first + layout(len(t), len(z), self.interleave) for t, z in zip(texts, latents)]
+        length = max(len(k) for k in kinds)
+        x = torch.zeros(len(texts), length, self.config.dim, device=device)
+        rope = torch.zeros(len(texts), length, device=device)
+        frame_positions = []
+        for i, (kind, text, z) in enumerate(zip(kinds, texts, latents)):
+            rope[i, : len(kind)] = torch.tensor(positions(kind, self.text_rate), device=device)
+            kind = torch.tensor(kind + [-1] * (length - len(kind)), device=device)  # -1: padding after the end
+            if lead is not None:
+                x[i, 0] = lead[i].to(device)
+            x[i, kind == TEXT] = self.text_embedding(text.to(device))
+            x[i, kind == EOT] = self.text_embedding.weight[self.eot_id]
+            if len(z):
+                x[i, kind == LATENT] = self.latent_in(z.to(device)).to(x.dtype)
+            frame_positions.append((kind == LATENT).nonzero()[:, 0])
+        return {"x": x, "positions": rope, "frame_positions": frame_positions}
+
+    def frame_outputs(self, h: torch.Tensor, frame_positions: list[torch.Tensor]
+                      ) -> tuple[torch.Tensor, torch.Tensor]:
+        """From transformer outputs h (batch, length, dim): the outputs before each latent, which predict
+        it (all frames, dim), and the output at each sequence's last latent, which predicts the end (batch, dim)."""
+        rows = torch.cat([torch.full((len(p),), i) for i, p in enumerate(frame_positions)]).to(h.device)
+        before = torch.cat([p - 1 for p in frame_positions])
+        last = torch.stack([p[-1] for p in frame_positions])
+        return h[rows, before], h[torch.arange(len(last)), last]

@@ -31,47 +31,23 @@ from torch import nn
 from torch.nn import functional as F
 
 from models import registry
-from models.config import LatentStatistics, move_to_fitted, parse_config
-from models.modules import EOT, LATENT, TEXT, CausalTransformer, layout, positions
+from models.config import LatentLMConfig, LatentStatistics, move_to_fitted, parse_config
+from models.modules import EOT, TEXT, LatentLanguageModel, layout, positions
 from models.roles import TTS, Control, TTSRequest
-from models.text import TextFrontend
 
 
 @dataclass
-class SLEDConfig:
-    codec: str = "flow_vae"  # the Flow-VAE checkpoint whose latents are modelled
-    latent_dim: int = 64
-    frontend: dict | None = None  # TextFrontend.to_dict(); None = the default frontend
-    dim: int = 256
-    layers: int = 6
-    heads: int = 4
-    ff_mult: int = 4
-    dropout: float = 0.1
+class SLEDConfig(LatentLMConfig):
     head: str = "energy"  # "energy" (the paper) or "l2" (ablation)
     head_blocks: int = 3
     head_mult: int = 2
     noise_dim: int = 64
     stop_pos_weight: float = 10.0  # one positive per utterance against ~100 negatives
-    text_dropout: float = 0.1  # classifier-free guidance
-    prompt_pairs: float = 0.5  # fraction of training sequences that are two utterances of one voice
     interleave: tuple[int, int] | None = None  # (n text, m latents) for the streaming variant
-    # Aligned positions: text token i sits at RoPE position i x fitted.text_rate (latent frames per
-    # text token in the training data) and latent frame k at k, so the text a frame speaks is near
-    # relative offset 0 whatever the text's length.
-    aligned_positions: bool = False
-    # Std of Gaussian noise added to the (normalized) latents fed back as history, in training only.
-    # The Flow-VAE encoder is non-causal, so clean past latents already carry much of the next
-    # frame's content: without noise our small model learned to continue the history and to lean
-    # little on the text (validation text_gain ~1 % of the loss), and babbled when free-running.
-    history_noise: float = 0.0
-    # Generation cap: 20 + this x the new text's symbols. Training speech runs 1.18 latent frames per symbol
-    # (median; max 1.86 over 1,500 corpus utterances), so 2.5 only cuts runs the stop head failed to end.
-    frames_per_phoneme: float = 2.5
     # Generation floor: the stop head is not read before this x the new text's symbols. A short or
     # out-of-domain prompt could make the head fire at once (no audio at all); 0.5 is under half the
     # corpus median rate, so it only holds back a stop that comes far too early.
     min_frames_per_phoneme: float = 0.5
-    fitted: LatentStatistics = field(default_factory=LatentStatistics)
     model: str = field(default="sled", init=False)
 
     @classmethod
@@ -136,57 +112,16 @@ class GenerativeHead(nn.Module):
 
 
 @registry.register("sled", role=TTS, config=SLEDConfig)
-class SLED(nn.Module):
+class SLED(LatentLanguageModel):
     # Sampling settings beyond guidance and seed (models.roles.TTSGenerator)
     CONTROLS = {"stop_threshold": Control("Stop threshold (stop-head probability that ends the utterance)",
                                           0.05, 0.95, 0.5, 0.05)}
 
     def __init__(self, config: SLEDConfig):
-        super().__init__()
-        self.config = c = config
-        self.codec = c.codec
-        self.frontend = TextFrontend.from_dict(c.frontend) if c.frontend else TextFrontend.default()
-        self.eot_id = self.frontend.symbols.eos_id
-        self.null_id = len(self.frontend.symbols)  # the "no text" token of classifier-free guidance
-        self.text_embedding = nn.Embedding(len(self.frontend.symbols) + 1, c.dim)
-        self.latent_in = nn.Sequential(nn.Linear(c.latent_dim, c.dim), nn.LayerNorm(c.dim))
-        self.transformer = CausalTransformer(c.dim, c.layers, c.heads, c.ff_mult, c.dropout)
+        super().__init__(config, text_rate=config.fitted.text_rate, interleave=config.interleave)
+        c = config
         self.head = GenerativeHead(c.dim, c.latent_dim, c.noise_dim, c.head_blocks, c.head_mult)
         self.stop_head = nn.Linear(c.dim, 1)
-        self.text_rate = c.fitted.text_rate  # None: plain sequence positions
-        mean = torch.tensor(c.fitted.latent_mean) if c.fitted.latent_mean else torch.zeros(c.latent_dim)
-        std = torch.tensor(c.fitted.latent_std) if c.fitted.latent_std else torch.ones(c.latent_dim)
-        self.register_buffer("latent_mean", mean.float(), persistent=False)
-        self.register_buffer("latent_std", std.float(), persistent=False)
-
-    # ------------------------------------------------------------------ sequences
-
-    def normalize(self, z: torch.Tensor) -> torch.Tensor:
-        return (z - self.latent_mean) / self.latent_std
-
-    def denormalize(self, z: torch.Tensor) -> torch.Tensor:
-        return z * self.latent_std + self.latent_mean
-
-    def embed(self, texts: list[torch.Tensor], latents: list[torch.Tensor]) -> dict:
-        """Padded input embeddings of sequences laid out by `layout`, and where each latent sits.
-
-        texts: token ids per sequence; latents: normalized (frames, latent_dim) per sequence.
-        """
-        device = self.text_embedding.weight.device
-        kinds = [layout(len(t), len(z), self.config.interleave) for t, z in zip(texts, latents)]
-        length = max(len(k) for k in kinds)
-        x = torch.zeros(len(texts), length, self.config.dim, device=device)
-        rope = torch.zeros(len(texts), length, device=device)
-        frame_positions = []
-        for i, (kind, text, z) in enumerate(zip(kinds, texts, latents)):
-            rope[i, : len(kind)] = torch.tensor(positions(kind, self.text_rate), device=device)
-            kind = torch.tensor(kind + [-1] * (length - len(kind)), device=device)  # -1: padding after the end
-            x[i, kind == TEXT] = self.text_embedding(text.to(device))
-            x[i, kind == EOT] = self.text_embedding.weight[self.eot_id]
-            if len(z):
-                x[i, kind == LATENT] = self.latent_in(z.to(device)).to(x.dtype)
-            frame_positions.append((kind == LATENT).nonzero()[:, 0])
-        return {"x": x, "positions": rope, "frame_positions": frame_positions}
 
     def loss(self, texts: list[torch.Tensor], latents: list[torch.Tensor]) -> dict:
         """Energy-distance (or L2) loss on every frame, and the stop loss, for raw (unnormalized) latents."""
@@ -196,11 +131,7 @@ class SLED(nn.Module):
             history = [z + self.config.history_noise * torch.randn_like(z) for z in latents]
         seq = self.embed(texts, history)
         h = self.transformer(seq["x"], seq["positions"])
-        # the output before each latent predicts it; the output at the last latent predicts "stop"
-        rows = torch.cat([torch.full((len(p),), i) for i, p in enumerate(seq["frame_positions"])]).to(h.device)
-        before = torch.cat([p - 1 for p in seq["frame_positions"]])
-        last = torch.stack([p[-1] for p in seq["frame_positions"]])
-        h_frames = h[rows, before]
+        h_frames, h_last = self.frame_outputs(h, seq["frame_positions"])  # predict each frame; predict "stop"
         target = torch.cat(latents).to(h.device)
         if self.config.head == "energy":
             eps = torch.randn(2, *h_frames.shape[:-1], self.config.noise_dim, device=h.device)
@@ -209,8 +140,8 @@ class SLED(nn.Module):
         else:
             zero = torch.zeros(*h_frames.shape[:-1], self.config.noise_dim, device=h.device)
             generative = (self.head(h_frames, zero).float() - target).pow(2).sum(-1).mean()
-        stop_logits = self.stop_head(torch.cat([h_frames, h[torch.arange(len(last)), last]])).squeeze(-1).float()
-        stop_target = torch.cat([torch.zeros(len(h_frames)), torch.ones(len(last))]).to(h.device)
+        stop_logits = self.stop_head(torch.cat([h_frames, h_last])).squeeze(-1).float()
+        stop_target = torch.cat([torch.zeros(len(h_frames)), torch.ones(len(h_last))]).to(h.device)
         stop = F.binary_cross_entropy_with_logits(
             stop_logits, stop_target, pos_weight=torch.tensor(self.config.stop_pos_weight, device=h.device))
         return {"generative": generative, "stop": stop}
@@ -228,7 +159,7 @@ class SLED(nn.Module):
         """
         seq = self.embed([text], [self.normalize(latents)])
         x, where = seq["x"].detach(), seq["positions"]
-        kinds = torch.tensor(layout(len(text), len(latents), self.config.interleave), device=x.device)
+        kinds = torch.tensor(layout(len(text), len(latents), self.interleave), device=x.device)
         text_at = (kinds == TEXT).nonzero()[:, 0]
         before = seq["frame_positions"][0] - 1
         exact = probes >= self.config.dim
@@ -263,12 +194,9 @@ class SLED(nn.Module):
 
     def frames(self, request: TTSRequest) -> Iterator[torch.Tensor]:
         """The TTS role: the prompt's transcript and the sentence as phonemes, then `generate`."""
-        prompt_ids = []
-        if request.prompt is not None:
-            prompt_ids = self.frontend.encode([request.prompt_text or ""])[0] + self.frontend.symbols.encode(" ")
-        ids = prompt_ids + self.frontend.encode([request.text])[0]
+        ids, prompt_symbols = self.request_text(request)
         stop = request.controls.get("stop_threshold", self.CONTROLS["stop_threshold"].default)
-        return self.generate(ids, request.prompt, request.cfg, request.seed, stop, prompt_symbols=len(prompt_ids))
+        return self.generate(ids, request.prompt, request.cfg, request.seed, stop, prompt_symbols=prompt_symbols)
 
     @torch.no_grad()
     def generate(self, text: list[int], prompt: torch.Tensor | None = None, cfg: float | None = 2.0,
@@ -301,7 +229,7 @@ class SLED(nn.Module):
         pending_positions: list[float] = []
         t = forced = generated = 0
         eot_fed = False
-        kinds = layout(len(text), len(prompt) + limit, self.config.interleave)
+        kinds = layout(len(text), len(prompt) + limit, self.interleave)
         for kind, position in zip(kinds, positions(kinds, self.text_rate)):
             pending_positions.append(position)
             if kind == TEXT:

@@ -70,10 +70,33 @@ class TrainConfig:
     val_samples: int = 6  # utterances decoded to audio and scored at each validation
     init_from: str | None = None  # start from this checkpoint's weights (a registry name or folder): fine-tuning
     freeze: tuple[str, ...] = ()  # parameter-name prefixes left untouched, e.g. [encoder, flow]
+    # With init_from: copy only the parameters under these name prefixes, from a checkpoint that may be of
+    # another model sharing them (KALL-E's transformer from SLED's); empty copies everything, strictly.
+    init_modules: tuple[str, ...] = ()
 
     @classmethod
     def from_dict(cls, data: dict, source: str = "train settings") -> "TrainConfig":
         return parse_config(cls, data, source)
+
+
+def initialize(model: torch.nn.Module, weights: Path, modules: tuple[str, ...] = ()) -> None:
+    """Load a checkpoint's weights into `model`: all of them strictly, or only those under the name
+    prefixes `modules`, each of which must match something of the same shape in both."""
+    if not modules:
+        registry.load_safetensors_into(model, str(weights), strict=True)
+        return
+    source = load_file(str(weights))
+    own = model.state_dict()
+    chosen = {name: value for name, value in source.items() if name.startswith(tuple(modules))}
+    for prefix in modules:
+        if not any(name.startswith(prefix) for name in chosen):
+            raise ValueError(f"train.init_modules: {prefix!r} matches no parameter of {weights.parent}")
+    for name, value in chosen.items():
+        if name not in own or own[name].shape != value.shape:
+            shape = tuple(own[name].shape) if name in own else "absent"
+            raise ValueError(f"train.init_modules: {name} {tuple(value.shape)} in {weights.parent} does not fit "
+                             f"the model's ({shape})")
+    model.load_state_dict(chosen, strict=False)
 
 
 def load_config(path: str | os.PathLike) -> dict:
@@ -364,7 +387,7 @@ class Trainer:
 
         model = self.task.build().to(device)
         if t.init_from:
-            registry.load_safetensors_into(model, str(registry.resolve(t.init_from) / registry.WEIGHTS), strict=True)
+            initialize(model, registry.resolve(t.init_from) / registry.WEIGHTS, t.init_modules)
         frozen = [p for name, p in model.named_parameters() if name.startswith(tuple(t.freeze))] if t.freeze else []
         if t.freeze and not frozen:
             raise ValueError(f"train.freeze {list(t.freeze)} matches no parameter of {self.task_name}")
@@ -529,6 +552,8 @@ class Trainer:
                                        **{k: v for k, v in registry.read_card(base / registry.CARD).items()
                                           if k in ("steps", "wall_time_s", "device", "audio_seen_hours")},
                                        "frozen": list(self.train.freeze)}
+            if self.train.init_modules:
+                card["fine_tuned_from"]["modules"] = list(self.train.init_modules)
         config = {"model": self.task_name, **self.config["model"]}
         return registry.save_checkpoint(self.task.exported(model), config, card, run / "export")
 

@@ -72,7 +72,7 @@ def test_kv_cache_generation_equals_a_teacher_forced_pass():
     voice = voice_from_seed(3, 4)
     ids = tokens(model)
     frames = torch.stack(list(model.generate(ids, voice, cfg=None, temperature=0.0, max_frames=12)))
-    seq = model.embed(voice[None], [torch.tensor(ids)], [model.normalize(frames)])
+    seq = model.embed([torch.tensor(ids)], [model.normalize(frames)], lead=model.voice_in(voice[None]))
     h = model.transformer(seq["x"], seq["positions"])
     mu, _ = model.predict(h[0, seq["frame_positions"][0] - 1])
     assert torch.allclose(model.denormalize(mu), frames, atol=1e-4)

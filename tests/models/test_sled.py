@@ -6,18 +6,8 @@ import torch
 
 from models import registry
 from models.flow_vae import FlowVAE, FlowVAEConfig
-from models.sled import (
-    EOT,
-    LATENT,
-    SLED,
-    TEXT,
-    GenerativeHead,
-    SLEDConfig,
-    diagonal_alignment,
-    energy_distance,
-    layout,
-    positions,
-)
+from models.modules import EOT, LATENT, TEXT, layout, positions
+from models.sled import SLED, GenerativeHead, SLEDConfig, diagonal_alignment, energy_distance
 from models.training import load_config
 from studio.cli import main
 
@@ -409,6 +399,9 @@ def test_bench_tts_reports_speed_and_first_chunk(sled_run):
     assert result["rtf"] > 0 and result["stream_rtf"] > 0 and result["frames"] > 0
     assert len(result["rtf_per_text"]) == 2 and 0 < result["first_chunk_mean_s"] <= result["first_chunk_s"]
     assert result["hardware"]["cpu_threads"] >= 1
+    flops = result["flops"]["per_audio_second"]
+    assert flops["generator"] > 0 and flops["decoding"] > 0
+    assert flops["total"] == pytest.approx(flops["generator"] + flops["decoding"])
 
 
 @pytest.mark.slow

@@ -6,11 +6,20 @@ import sys
 
 import pytest
 import torch
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
 
 from evaluation.scorers import training_scorers
 from models import registry
-from models.training import TrainConfig, Trainer, crop_batch, epoch_batches, get_task, latest_checkpoint, load_config
+from models.training import (
+    TrainConfig,
+    Trainer,
+    crop_batch,
+    epoch_batches,
+    get_task,
+    initialize,
+    latest_checkpoint,
+    load_config,
+)
 from studio.cli import main
 
 REPO = registry.REPO_ROOT
@@ -98,6 +107,20 @@ def test_fine_tune_starts_from_a_checkpoint_and_leaves_frozen_parts_alone(mini, 
     assert card["fine_tuned_from"]["steps"] == 2 and card["fine_tuned_from"]["frozen"] == ["encoder", "flow"]
     with pytest.raises(ValueError, match="matches no parameter"):
         train(corpus, tmp_path / "bad", steps=1, freeze=["nothing"])
+
+
+def test_init_modules_copies_only_the_named_parts_and_refuses_a_misfit(tmp_path):
+    source = torch.nn.ModuleDict({"transformer": torch.nn.Linear(3, 3), "head": torch.nn.Linear(3, 2)})
+    save_file(source.state_dict(), str(tmp_path / "model.safetensors"))
+    target = torch.nn.ModuleDict({"transformer": torch.nn.Linear(3, 3), "head": torch.nn.Linear(3, 4)})
+    head = target["head"].weight.detach().clone()
+    initialize(target, tmp_path / "model.safetensors", ("transformer",))
+    assert torch.equal(target["transformer"].weight, source["transformer"].weight)
+    assert torch.equal(target["head"].weight, head)
+    with pytest.raises(ValueError, match="does not fit"):
+        initialize(target, tmp_path / "model.safetensors", ("head",))
+    with pytest.raises(ValueError, match="matches no parameter"):
+        initialize(target, tmp_path / "model.safetensors", ("voice",))
 
 
 def test_torchrun_two_processes_match_a_single_process_step(mini, tmp_path):

@@ -4,7 +4,9 @@ Aggregates per system x metric column, over all items and per speaker: mean, sta
 deviation, a 95 % bootstrap confidence interval of the mean, n scored and n NaN (with
 the reasons). WER is given two ways: the mean of per-utterance WER (seed-tts-eval's
 convention) and corpus WER = all errors / all reference words, with its substitution,
-deletion and insertion rates.
+deletion and insertion rates. Systems scored on the same items are also compared pairwise: the mean
+of their per-item differences with its bootstrap interval (`paired`), far tighter than two overlapping
+intervals of the means.
 """
 
 from __future__ import annotations
@@ -116,6 +118,32 @@ def aggregate(rows: list[dict], seed: int = 0) -> list[dict]:
     return table
 
 
+def paired_differences(rows: list[dict], seed: int = 0) -> list[dict]:
+    """Per metric column and pair of systems (a, b): the mean of a - b over the items both scored, its
+    95 % bootstrap interval, and the share of items on which a is better. A system with one value on
+    every item (the ground truth scored against itself) is left out of that column."""
+    scores: dict[str, dict[str, dict[str, float]]] = defaultdict(lambda: defaultdict(dict))
+    for row in rows:
+        for column, value in (row["values"] or {}).items():
+            if column not in NOT_AVERAGED and isinstance(value, (int, float)) and math.isfinite(value):
+                scores[column][row["system"]][row["key"]] = float(value)
+    table = []
+    for column in sorted(scores, key=_column_order):
+        systems = sorted(s for s, values in scores[column].items() if np.ptp(list(values.values())) > 1e-6)
+        for i, a in enumerate(systems):
+            for b in systems[i + 1:]:
+                keys = sorted(scores[column][a].keys() & scores[column][b].keys())
+                if len(keys) < 2:
+                    continue
+                diff = np.array([scores[column][a][k] - scores[column][b][k] for k in keys])
+                low, high = bootstrap_ci(diff, seed)
+                higher = HIGHER_IS_BETTER.get(column, True)
+                table.append({"metric": column, "a": a, "b": b, "n": len(keys), "mean": float(diff.mean()),
+                              "ci_low": low, "ci_high": high,
+                              "a_better": float(((diff > 0) if higher else (diff < 0)).mean())})
+    return table
+
+
 def read_meta(out: str | os.PathLike) -> list[dict]:
     return [json.loads(p.read_text()) for p in sorted((Path(out) / "results").glob("shard-*.meta.json"))]
 
@@ -166,16 +194,18 @@ def write_report(out: str | os.PathLike, seed: int = 0, public: bool = False) ->
     for entry in table:
         writer.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in entry.items()})
     paths = [write_text_atomic(out / "report.csv", buffer.getvalue())]
-    document = {"meta": meta, "aggregates": table, "nan_reasons": nan_reasons(rows),
+    paired = paired_differences(rows, seed)
+    document = {"meta": meta, "aggregates": table, "paired": paired, "nan_reasons": nan_reasons(rows),
                 "latents": {codec: stats for codec, (stats, _) in latents.items()}}
     paths.append(write_text_atomic(out / "report.json", json.dumps(_finite(document), indent=1) + "\n"))
     paths.append(write_text_atomic(out / "report.html", _html(out, rows, table, meta, latents, public)))
-    paths.append(write_text_atomic(out / "report.md", markdown(table)))
+    paths.append(write_text_atomic(out / "report.md", markdown(table, paired)))
     return paths
 
 
-def markdown(table: list[dict]) -> str:
-    """Markdown tables of the means (CI in brackets), overall then per speaker, for READMEs and model cards."""
+def markdown(table: list[dict], paired: list[dict] = ()) -> str:
+    """Markdown tables of the means (CI in brackets), overall then per speaker, and of the paired
+    differences between systems, for READMEs and model cards."""
     columns = sorted({e["metric"] for e in table}, key=_column_order)
     lookup = {(e["system"], e["speaker"], e["metric"]): e for e in table}
     systems = sorted({e["system"] for e in table})
@@ -198,6 +228,12 @@ def markdown(table: list[dict]) -> str:
             if any((system, speaker, c) in lookup for c in columns):
                 lines.append(f"| {speaker} | {system} | " + " | ".join(cell(lookup.get((system, speaker, c)), False)
                                                                      for c in columns) + " |")
+    if paired:
+        lines += ["", "Paired differences over the items both systems scored (a - b, 95 % bootstrap interval; "
+                  "a better: share of items on which a is better):", "",
+                  "| metric | a | b | n | a - b | a better |", "| --- | --- | --- | --- | --- | --- |"]
+        lines += [f"| {e['metric']} | {e['a']} | {e['b']} | {e['n']} | {_fmt(e['mean'])} "
+                  f"[{_fmt(e['ci_low'])}, {_fmt(e['ci_high'])}] | {e['a_better']:.2f} |" for e in paired]
     return "\n".join(lines) + "\n"
 
 

@@ -222,6 +222,21 @@ def test_wer_corpus_and_per_utterance_differ_as_defined():
     assert table["substitution_rate"]["mean"] == pytest.approx(0.1)
 
 
+def test_paired_differences_use_shared_items_and_the_metric_direction():
+    def row(system, key, wer):
+        return {"system": system, "key": key, "speaker": "a", "metric": "wer",
+                "values": {"wer": wer, "substitutions": 1, "deletions": 0, "insertions": 0, "reference_words": 4}}
+
+    rows = [row("x", k, w) for k, w in (("1", 0.1), ("2", 0.3), ("3", 0.2))]
+    rows += [row("y", k, w) for k, w in (("1", 0.2), ("2", 0.5), ("4", 0.9))]  # "3" and "4" are not shared
+    rows += [row("gt", k, 0.0) for k in "123"]  # a constant: the reference scored against itself
+    paired = report_module.paired_differences(rows)
+    assert [(e["metric"], e["a"], e["b"], e["n"]) for e in paired] == [("wer", "x", "y", 2)]
+    assert paired[0]["mean"] == pytest.approx(-0.15) and paired[0]["ci_high"] < 0
+    assert paired[0]["a_better"] == 1.0  # lower WER is better
+    assert "| wer | x | y | 2 | -0.150" in report_module.markdown(report_module.aggregate(rows), paired)
+
+
 def test_cli_eval_with_real_models_and_report(tmp_path, seen, capsys):
     out = tmp_path / "run"
     code = main(["eval", "--manifest", str(seen), "--system", "gt", "--metrics", "wer,sim,latent", "--out", str(out),

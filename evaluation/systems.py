@@ -17,7 +17,8 @@ checkpoint such as `flow_vae`) reconstructs the reference; a TTS checkpoint (`sl
 speaks the item's text, continuing the enrollment clip (with its prompt_text) when the
 manifest gives one; a folder holds `<key>.wav` files made elsewhere. Generated systems
 take options after the source, `NAME=SOURCE:cfg=1.5:seed=3` (TTS: cfg, seed and the controls the
-model declares, e.g. SLED's stop_threshold, alias stop).
+model declares, e.g. SLED's stop_threshold, alias stop; and ttt=N, test-time training on N posterior
+samples of each item's enrollment clip, for a model that offers it).
 Other generated systems are entries of `GENERATORS`: name -> a factory
 `factory(device) -> fn(item) -> (wav, sr)`.
 """
@@ -115,8 +116,9 @@ TTS_OPTIONS = {"cfg": float, "seed": int}  # plus the model's own controls (a fl
 OPTION_ALIASES = {"stop": "stop_threshold"}  # short names kept from earlier command lines
 
 
-def _speak(model: str, device: str, cfg: float = 2.0, seed: int = 0, **controls: float) -> Generate:
-    """TTS of item.text; with an enrollment clip, its voice continued from prompt_text.
+def _speak(model: str, device: str, cfg: float = 2.0, seed: int = 0, ttt: int = 0, **controls: float) -> Generate:
+    """TTS of item.text; with an enrollment clip, its voice continued from prompt_text (after fitting
+    the model to it with `ttt` samples, when ttt > 0).
 
     Each item's seed is `seed` + a hash of its key, so audio does not depend on the order,
     the shard or a resumed run. `controls` are the model's own sampling settings.
@@ -133,8 +135,11 @@ def _speak(model: str, device: str, cfg: float = 2.0, seed: int = 0, **controls:
             if not item.prompt_text:
                 raise ValueError("the enrollment clip has no prompt_text")
             ref = audio.load_audio(item.enrollment, audio.SAMPLE_RATE, max_seconds=pipelines.MAX_REFERENCE_SECONDS)
+        if ttt and ref is None:
+            raise ValueError("test-time training needs the item's enrollment clip")
         wav, _ = pipelines.tts(item.text, model, ref, audio.SAMPLE_RATE, item.prompt_text, cfg=cfg,
-                               seed=seed + zlib.crc32(item.key.encode()) % 100_000, device=device, **controls)
+                               seed=seed + zlib.crc32(item.key.encode()) % 100_000, device=device,
+                               ttt_samples=ttt, **controls)
         return wav, audio.SAMPLE_RATE
 
     return generate
@@ -201,11 +206,12 @@ def builtin_testsets(root: Path | None = None) -> dict[str, Path]:
 
 
 def _options(spec: str, text: str, model: str) -> tuple[tuple[str, float], ...]:
-    """`cfg=1.5:seed=3:stop_threshold=0.4` -> (("cfg", 1.5), ...), checked against cfg, seed and the
-    controls the model declares."""
+    """`cfg=1.5:seed=3:stop_threshold=0.4` -> (("cfg", 1.5), ...), checked against cfg, seed, the
+    controls the model declares and, for a model with test-time training, ttt."""
     from models import pipelines
 
-    types = {**TTS_OPTIONS, **{name: float for name in pipelines.tts_controls(model)}}
+    types = {**TTS_OPTIONS, **({"ttt": int} if pipelines.fits_voices(model) else {}),
+             **{name: float for name in pipelines.tts_controls(model)}}
     options = []
     for part in text.split(":") if text else []:
         key, sep, value = part.partition("=")

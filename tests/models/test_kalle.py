@@ -192,3 +192,13 @@ def test_voice_seed_report_measures_intelligibility_diversity_and_novelty(kalle_
     assert all(r["nearest_training_speaker"] in speakers for r in report["per_seed"])
     with pytest.raises(ValueError, match="no voice seeds"):
         voice_seed_report(str(sled_run), seeds=1)
+
+
+def test_evaluation_systems_take_test_time_training_where_a_model_offers_it(kalle_run, sled_run):
+    import pytest
+
+    from evaluation.systems import parse_system
+
+    assert dict(parse_system(f"fitted={kalle_run}:ttt=20:cfg=2").options) == {"ttt": 20, "cfg": 2.0}
+    with pytest.raises(ValueError, match="options are"):
+        parse_system(f"s={sled_run}:ttt=20")

@@ -97,7 +97,7 @@ class KALLE(LatentLanguageModel):
     # Sampling settings beyond guidance and seed (models.roles.TTSGenerator)
     CONTROLS = {
         "temperature": Control("Temperature (scales each frame's predicted standard deviation)", 0.0, 1.5, 1.0, 0.05),
-        "voice_seed": Control("Voice seed (the voice drawn when there is no reference)", 0, 999_999, 0, 1),
+        "voice_seed": Control("Voice seed (the voice drawn when there is no reference)", 0, 2**32 - 1, 0, 1),
         "end_threshold": Control("End threshold (per-dimension KL to the end distribution that stops)",
                                  0.05, 2.0, 0.5, 0.05),
         "prompt_speech": Control("Prefix the reference's speech and transcript (1) or use its voice only (0)",

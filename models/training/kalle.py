@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch import nn
+from tqdm import tqdm
 
 from models import audio, registry
 from models.data.dataset import MEL, Feature, SpeechDataset
@@ -62,7 +63,7 @@ class KALLETask(Task):
         feature = speaker_segments(self.config.speaker_encoder)
         self.speaker_index = train_set.speaker_index
         self.segments: dict[int, list[tuple[str, torch.Tensor]]] = defaultdict(list)
-        for row in train_set.rows:
+        for row in tqdm(train_set.rows, desc="speaker segments", mininterval=30):
             self.segments[train_set.speaker_index[row["speaker"]]].append(
                 (row["id"], train_set.features(row, feature).T))
 

@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch import nn
+from torch.nn import functional as F
 from tqdm import tqdm
 
 from models import audio, registry
@@ -31,8 +32,9 @@ def speaker_segments(encoder_name: str, segments: int = 3) -> Feature:
     def compute(mel: torch.Tensor) -> torch.Tensor:
         frames = mel.shape[-1]
         starts = sorted({int(s) for s in np.linspace(0, max(0, frames - width), segments)})
+        windows = torch.stack([mel[:, s: s + width] for s in starts])  # equal widths, or one short window
         with torch.no_grad():
-            return torch.stack([encoder.embed_mel(mel[:, s: s + width]) for s in starts], dim=1)
+            return F.normalize(encoder(windows).float(), dim=-1).T
 
     return Feature(f"speaker-{weights_digest(encoder)}", compute, 1.0 / SEGMENT_SECONDS, source=MEL)
 

@@ -76,7 +76,10 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, data: dict, source: str = "train settings") -> "TrainConfig":
-        return parse_config(cls, data, source)
+        config = parse_config(cls, data, source)
+        if config.init_modules and not config.init_from:
+            raise ValueError(f"{source}: init_modules names parts of the init_from checkpoint; set init_from")
+        return config
 
 
 def initialize(model: torch.nn.Module, weights: Path, modules: tuple[str, ...] = ()) -> None:
@@ -87,9 +90,12 @@ def initialize(model: torch.nn.Module, weights: Path, modules: tuple[str, ...] =
         return
     source = load_file(str(weights))
     own = model.state_dict()
-    chosen = {name: value for name, value in source.items() if name.startswith(tuple(modules))}
+    def under(name: str, prefix: str) -> bool:  # "transformer" holds transformer.*, not transformer_x.*
+        return name == prefix or name.startswith(prefix + ".")
+
+    chosen = {name: value for name, value in source.items() if any(under(name, p) for p in modules)}
     for prefix in modules:
-        if not any(name.startswith(prefix) for name in chosen):
+        if not any(under(name, prefix) for name in chosen):
             raise ValueError(f"train.init_modules: {prefix!r} matches no parameter of {weights.parent}")
     for name, value in chosen.items():
         if name not in own or own[name].shape != value.shape:

@@ -120,7 +120,9 @@ def test_init_modules_copies_only_the_named_parts_and_refuses_a_misfit(tmp_path)
     with pytest.raises(ValueError, match="does not fit"):
         initialize(target, tmp_path / "model.safetensors", ("head",))
     with pytest.raises(ValueError, match="matches no parameter"):
-        initialize(target, tmp_path / "model.safetensors", ("voice",))
+        initialize(target, tmp_path / "model.safetensors", ("trans",))  # a name prefix, not a module
+    with pytest.raises(ValueError, match="set init_from"):
+        TrainConfig.from_dict({"init_modules": ["transformer"]})
 
 
 def test_torchrun_two_processes_match_a_single_process_step(mini, tmp_path):

@@ -37,9 +37,9 @@ NOT_AVERAGED = {"substitutions", "deletions", "insertions", "reference_words", "
 CORPUS_WER = ("wer_corpus", "substitution_rate", "deletion_rate", "insertion_rate")
 ORDER = [c for spec in METRICS.values() for c in spec.columns if c not in NOT_AVERAGED]
 ORDER[ORDER.index("cer") + 1:ORDER.index("cer") + 1] = list(CORPUS_WER)
-ORDER.append("rtf")
+ORDER += ["rtf", "bitrate"]  # bitrate: what a codec system spent, recorded with its RTF
 HIGHER_IS_BETTER = {c: b for spec in METRICS.values() for c, b in spec.higher_is_better.items()}
-HIGHER_IS_BETTER.update({c: False for c in CORPUS_WER + ("rtf",)})
+HIGHER_IS_BETTER.update({c: False for c in CORPUS_WER + ("rtf", "bitrate")})
 CSV_FIELDS = ("system", "speaker", "metric", "mean", "std", "ci_low", "ci_high", "n", "n_nan")
 
 

@@ -117,14 +117,14 @@ def _generate(config: RunConfig, items: list[Item], done: set, writer: ResultWri
         for item in tqdm(todo, desc=f"generate {system.name}", unit="utt", dynamic_ncols=True):
             try:
                 start = time.perf_counter()
-                wav, sr = generate(item)
+                wav, sr, *extra = generate(item)
                 seconds = time.perf_counter() - start
                 if len(wav) == 0:
                     raise ValueError("the system returned no audio")
                 audio.save_audio(system.audio_path(item, run_audio), wav, sr)
                 duration = len(wav) / sr
                 writer.write(_row(system, item, RTF, {"rtf": seconds / duration, "generation_seconds": seconds,
-                                                      "audio_seconds": duration}))
+                                                      "audio_seconds": duration, **(extra[0] if extra else {})}))
             except (ValueError, RuntimeError) as error:  # bad item or model failure: recorded, run goes on
                 writer.write(_row(system, item, RTF, reason=f"generation failed: {error}"))
         del generate

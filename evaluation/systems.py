@@ -12,8 +12,9 @@ JSONL rows from the corpus and task sets. Field names map onto one item:
     speaker     speaker | target_speaker | the reference's folder name
 
 Systems: `gt` and `input` read the manifest's own audio; a codec (`vocoder`, the shared
-HiFi-GAN's analysis-resynthesis and the ceiling of every mel-based model, or a codec
-checkpoint such as `flow_vae`) reconstructs the reference; a TTS checkpoint (`sled`)
+HiFi-GAN's analysis-resynthesis and the ceiling of every mel-based model; a classical codec,
+`codec2_700c`, `codec2_1200`, `opus_6k`; or a codec checkpoint such as `flow_vae`, or a token codec
+at a window, `alm=alm_tokenizer:window=3`) reconstructs the reference, its bitrate recorded; a TTS checkpoint (`sled`)
 speaks the item's text, continuing the enrollment clip (with its prompt_text) when the
 manifest gives one; a folder holds `<key>.wav` files made elsewhere. Generated systems
 take options after the source, `NAME=SOURCE:cfg=1.5:seed=3` (TTS: cfg, seed and the controls the
@@ -96,18 +97,20 @@ def read_items(manifest: str | os.PathLike, split: str | None = None) -> list[It
     return items
 
 
-Generate = Callable[[Item], tuple[np.ndarray, int]]
+# item -> (audio, sample rate), or (audio, sample rate, numbers recorded beside the RTF, e.g. a codec's bitrate)
+Generate = Callable[[Item], tuple]
 GENERATORS: dict[str, Callable[[str], Generate]] = {}
 
 
-def _reconstruct(codec: str, device: str) -> Generate:
+def _reconstruct(codec: str, device: str, window: int | None = None) -> Generate:
     from models import pipelines
 
-    def generate(item: Item) -> tuple[np.ndarray, int]:
+    def generate(item: Item) -> tuple[np.ndarray, int, dict]:
         if item.reference is None:
             raise ValueError("no reference audio to reconstruct")
         wav = audio.load_audio(item.reference, audio.SAMPLE_RATE, max_seconds=None)
-        return pipelines.reconstruct(wav, audio.SAMPLE_RATE, codec, device, max_seconds=None)[0], audio.SAMPLE_RATE
+        out, info = pipelines.reconstruct(wav, audio.SAMPLE_RATE, codec, device, max_seconds=None, window=window)
+        return out, audio.SAMPLE_RATE, {"bitrate": info["bitrate"]} if "bitrate" in info else {}
 
     return generate
 
@@ -160,7 +163,7 @@ class System:
 
     def generator(self, device: str) -> Generate:
         if self.kind == "codec":
-            return _reconstruct(self.source, device)
+            return _reconstruct(self.source, device, **dict(self.options))
         if self.kind == "tts":
             return _speak(self.source, device, **dict(self.options))
         return GENERATORS[self.source](device)
@@ -225,32 +228,52 @@ def _options(spec: str, text: str, model: str) -> tuple[tuple[str, float], ...]:
     return tuple(options)
 
 
+def _codec_options(spec: str, text: str, codec: str) -> tuple[tuple[str, int], ...]:
+    """`window=2` for a token codec (its bitrate); other codecs take no options."""
+    from models import pipelines
+
+    windows = pipelines.codec_windows(codec)
+    options = []
+    for part in text.split(":") if text else []:
+        key, sep, value = part.partition("=")
+        if not windows or key != "window" or not sep:
+            raise ValueError(f"system {spec!r}: " + (f"a token codec takes window= (one of {list(windows)})"
+                                                     if windows else f"{codec} takes no options"))
+        if not value.isdigit() or int(value) not in windows:
+            raise ValueError(f"system {spec!r}: window must be one of {list(windows)}, not {value!r}")
+        options.append(("window", int(value)))
+    return tuple(options)
+
+
 def parse_system(spec: str) -> System:
-    """`NAME` (a built-in) or `NAME=FOLDER_OR_BUILTIN`, a TTS model taking `:key=value` options."""
+    """`NAME` (a built-in) or `NAME=FOLDER_OR_BUILTIN`; a TTS model takes `:key=value` options, a token
+    codec `:window=W`."""
+    from models import pipelines
+
     name, _, source = spec.partition("=")
     source, _, options = (source or name).partition(":")
     if not name or "/" in name or name.startswith("."):
         raise ValueError(f"bad system name in {spec!r}")
     kind = _role(source)
+    if source in pipelines.CODECS or kind == "codec":  # before folders: a checkpoint is a folder too
+        return System(name, "codec", source, _codec_options(spec, options, source))
     if options and kind != "tts":
-        raise ValueError(f"system {spec!r}: only TTS models take options")
+        raise ValueError(f"system {spec!r}: only TTS models and token codecs take options")
     if kind == "tts":
         return System(name, "tts", source, _options(spec, options, source))
     if source in MANIFEST_SYSTEMS:
         return System(name, "manifest", source)
     if source in GENERATORS:
         return System(name, "generator", source)
-    if source == "vocoder" or kind == "codec":  # before folders: a checkpoint is a folder too
-        return System(name, "codec", source)
     if Path(source).is_dir():
         return System(name, "folder", str(Path(source).resolve()))
     raise ValueError(f"system {spec!r}: {source!r} is neither a folder, a codec or TTS checkpoint, nor one of "
-                     f"{', '.join(MANIFEST_SYSTEMS + ('vocoder',) + tuple(GENERATORS))}")
+                     f"{', '.join(MANIFEST_SYSTEMS + pipelines.CODECS + tuple(GENERATORS))}")
 
 
 def _role(source: str) -> str | None:
     """"codec" or "tts" when source names a checkpoint of that role, else None."""
     from models import registry
-    from models.roles import LATENT_CODEC, TTS
+    from models.roles import LATENT_CODEC, TOKEN_CODEC, TTS
 
-    return {LATENT_CODEC: "codec", TTS: "tts"}.get(registry.checkpoint_role(source))
+    return {LATENT_CODEC: "codec", TOKEN_CODEC: "codec", TTS: "tts"}.get(registry.checkpoint_role(source))

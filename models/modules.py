@@ -151,20 +151,26 @@ def rotary(x: torch.Tensor, positions: torch.Tensor, base: float = 10000.0) -> t
     return torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1).to(x.dtype)
 
 
-class CausalSelfAttention(nn.Module):
-    """Multi-head causal attention. No attention dropout: on CPU it forces SDPA's slow math
-    path (a Bernoulli mask over every score), 5x slower at our sequence lengths."""
+class SelfAttention(nn.Module):
+    """Multi-head attention, causal (with an optional KV cache) or bidirectional over padded
+    sequences (`mask`: (batch, length), True where a position is real). No attention dropout: on CPU
+    it forces SDPA's slow math path (a Bernoulli mask over every score), 5x slower at our lengths."""
 
-    def __init__(self, dim: int, heads: int):
+    def __init__(self, dim: int, heads: int, causal: bool = True):
         super().__init__()
-        self.heads = heads
+        self.heads, self.causal = heads, causal
         self.qkv = nn.Linear(dim, 3 * dim, bias=False)
         self.out = nn.Linear(dim, dim, bias=False)
 
-    def forward(self, x: torch.Tensor, positions: torch.Tensor, cache: dict | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, positions: torch.Tensor, cache: dict | None = None,
+                mask: torch.Tensor | None = None) -> torch.Tensor:
         batch, length, dim = x.shape
         q, k, v = self.qkv(x).view(batch, length, 3, self.heads, dim // self.heads).permute(2, 0, 3, 1, 4)
         q, k = rotary(q, positions), rotary(k, positions)
+        if not self.causal:
+            keys = None if mask is None else mask[:, None, None, :]  # padding is never attended to
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=keys)
+            return self.out(y.transpose(1, 2).reshape(batch, length, dim))
         past = 0
         if cache is not None:
             if "k" in cache:
@@ -183,43 +189,46 @@ class CausalSelfAttention(nn.Module):
 class TransformerBlock(nn.Module):
     """Pre-norm: x + attn(LN x), then x + MLP(LN x)."""
 
-    def __init__(self, dim: int, heads: int, ff_mult: int = 4, dropout: float = 0.0):
+    def __init__(self, dim: int, heads: int, ff_mult: int = 4, dropout: float = 0.0, causal: bool = True):
         super().__init__()
         self.attn_norm, self.mlp_norm = nn.LayerNorm(dim), nn.LayerNorm(dim)
-        self.attn = CausalSelfAttention(dim, heads)
+        self.attn = SelfAttention(dim, heads, causal)
         self.attn_dropout = nn.Dropout(dropout)
         self.mlp = nn.Sequential(nn.Linear(dim, ff_mult * dim), nn.GELU(), nn.Linear(ff_mult * dim, dim),
                                  nn.Dropout(dropout))
 
-    def forward(self, x: torch.Tensor, positions: torch.Tensor, cache: dict | None = None) -> torch.Tensor:
-        x = x + self.attn_dropout(self.attn(self.attn_norm(x), positions, cache))
+    def forward(self, x: torch.Tensor, positions: torch.Tensor, cache: dict | None = None,
+                mask: torch.Tensor | None = None) -> torch.Tensor:
+        x = x + self.attn_dropout(self.attn(self.attn_norm(x), positions, cache, mask))
         return x + self.mlp(self.mlp_norm(x))
 
 
-class CausalTransformer(nn.Module):
-    """A decoder-only transformer over embeddings, with RoPE and an optional KV cache.
+class Transformer(nn.Module):
+    """A transformer over embeddings with RoPE: causal (decoder-only, with an optional KV cache) or
+    bidirectional (an encoder, with a padding mask).
 
-    `forward(x, positions, cache)` with `cache = model.new_cache()` appends this call's keys and
-    values, so feeding a sequence in pieces gives the same outputs as feeding it whole.
+    Causal, `forward(x, positions, cache)` with `cache = model.new_cache()` appends this call's keys
+    and values, so feeding a sequence in pieces gives the same outputs as feeding it whole.
     """
 
-    def __init__(self, dim: int, layers: int, heads: int, ff_mult: int = 4, dropout: float = 0.0):
+    def __init__(self, dim: int, layers: int, heads: int, ff_mult: int = 4, dropout: float = 0.0,
+                 causal: bool = True):
         super().__init__()
         if dim % heads or (dim // heads) % 2:
             raise ValueError(f"dim {dim} must split into {heads} heads of even size")
-        self.blocks = nn.ModuleList([TransformerBlock(dim, heads, ff_mult, dropout) for _ in range(layers)])
+        self.blocks = nn.ModuleList([TransformerBlock(dim, heads, ff_mult, dropout, causal) for _ in range(layers)])
         self.norm = nn.LayerNorm(dim)
 
     def new_cache(self) -> list[dict]:
         return [{} for _ in self.blocks]
 
     def forward(self, x: torch.Tensor, positions: torch.Tensor | None = None,
-                cache: list[dict] | None = None) -> torch.Tensor:
+                cache: list[dict] | None = None, mask: torch.Tensor | None = None) -> torch.Tensor:
         if positions is None:
             past = cache[0]["k"].shape[2] if cache and "k" in cache[0] else 0
             positions = torch.arange(past, past + x.shape[1], device=x.device)
         for i, block in enumerate(self.blocks):
-            x = block(x, positions, None if cache is None else cache[i])
+            x = block(x, positions, None if cache is None else cache[i], mask)
         return self.norm(x)
 
 
@@ -285,7 +294,7 @@ class LatentLanguageModel(nn.Module):
         self.null_id = len(self.frontend.symbols)
         self.text_embedding = nn.Embedding(len(self.frontend.symbols) + 1, c.dim)
         self.latent_in = nn.Sequential(nn.Linear(c.latent_dim, c.dim), nn.LayerNorm(c.dim))
-        self.transformer = CausalTransformer(c.dim, c.layers, c.heads, c.ff_mult, c.dropout)
+        self.transformer = Transformer(c.dim, c.layers, c.heads, c.ff_mult, c.dropout)
         self.text_rate = text_rate
         self.interleave = interleave
         mean = torch.tensor(c.fitted.latent_mean) if c.fitted.latent_mean else torch.zeros(c.latent_dim)

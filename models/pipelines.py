@@ -18,12 +18,14 @@ from typing import Callable, Iterator
 import numpy as np
 import torch
 
-from models import audio, registry
+from models import audio, classical_codecs, registry
 from models.roles import LATENT_CODEC, SPEECH_TO_SPEECH, TOKEN_CODEC, TTS, Control, TTSRequest
 from models.text import check_text, split_sentences, transcript_prefix
 from models.vocoder import get_vocoder
 
-CODECS = ("vocoder",)  # built in; trained codecs are checkpoints of the latent-codec role
+# Built in: the vocoder's analysis-resynthesis and the classical baselines; trained codecs are checkpoints
+# of the latent- or token-codec role.
+CODECS = ("vocoder", *classical_codecs.CODECS)
 MAX_TTS_CHARS = 2000
 MAX_REFERENCE_SECONDS = 20.0  # a voice prompt longer than this is cut at a pause (cut_reference)
 MAX_REFERENCE_UPLOAD_SECONDS = 600.0
@@ -47,13 +49,35 @@ def check_sampling(cfg: float, seed: int | None) -> None:
 
 
 def available_codecs() -> list[str]:
-    """The vocoder plus every local codec checkpoint (for menus)."""
-    return list(CODECS) + available_latent_codecs()
+    """The built-in codecs plus every local codec checkpoint, latent and token (for menus)."""
+    return list(CODECS) + available_latent_codecs() + available_token_codecs()
 
 
 def available_latent_codecs() -> list[str]:
     """Every local latent codec checkpoint (for menus of what has latents to explore)."""
     return registry.checkpoints_with_role(LATENT_CODEC)
+
+
+def available_token_codecs() -> list[str]:
+    """Every local token codec checkpoint (ALMTokenizer)."""
+    return registry.checkpoints_with_role(TOKEN_CODEC)
+
+
+def codec_windows(codec: str) -> tuple[int, ...]:
+    """The windows (bitrates) a token codec checkpoint serves; () for any other codec."""
+    if codec in CODECS or registry.checkpoint_role(codec) != TOKEN_CODEC:
+        return ()
+    return tuple(registry.checkpoint_config(codec).get("windows", ()))
+
+
+def codec_bitrate(codec: str, window: int | None = None, device: str | None = None) -> float | None:
+    """Bits per second of a codec (at a token codec's window); None for the vocoder and latent codecs,
+    whose frames are continuous."""
+    if codec in classical_codecs.CODECS:
+        return classical_codecs.CODECS[codec].bitrate
+    if codec in CODECS or registry.checkpoint_role(codec) != TOKEN_CODEC:
+        return None
+    return _checkpoint_model(codec, TOKEN_CODEC, device)[0].bitrate_at(window)
 
 
 def available_tts_models() -> list[str]:
@@ -103,18 +127,36 @@ def _codec_model(codec: str, device: str | None):
 
 def reconstruct(
     wav: np.ndarray, sr: int, codec: str = "vocoder", device: str | None = None,
-    max_seconds: float | None = audio.MAX_SECONDS,
+    max_seconds: float | None = audio.MAX_SECONDS, window: int | None = None,
 ) -> tuple[np.ndarray, dict]:
     """Analysis-resynthesis through a codec; returns (audio at 22.05 kHz, info).
 
-    "vocoder" is the mel -> HiFi-GAN round trip, the ceiling for every mel-based model.
+    "vocoder" is the mel -> HiFi-GAN round trip, the ceiling for every mel-based model; a classical
+    codec (Codec 2, Opus) runs its reference tools; a latent codec decodes its posterior mean; a token
+    codec its tokens at `window` (its bitrate; default the checkpoint's).
     """
     wav = audio.prepare_audio(wav, sr, max_seconds=max_seconds, name="input audio")
+    token_codec = codec not in CODECS and registry.checkpoint_role(codec) == TOKEN_CODEC
+    if window is not None and not token_codec:
+        raise ValueError(f"only a token codec takes a window (bitrate); {codec} is not one")
+    extra: dict = {}
     if codec == "vocoder":
         vocoder = get_vocoder(device)
         run_device = str(vocoder.device)
         start = time.perf_counter()
         out = vocoder.resynthesize(wav)
+    elif codec in classical_codecs.CODECS:
+        run_device, start = "cpu", time.perf_counter()
+        out, bits = classical_codecs.CODECS[codec].roundtrip(wav)
+        extra = {"bitrate": classical_codecs.CODECS[codec].bitrate, "coded_bits": bits}
+    elif token_codec:
+        model = _checkpoint_model(codec, TOKEN_CODEC, device)[0]
+        window = model.check_window(window)
+        run_device = str(next(model.parameters()).device)
+        start = time.perf_counter()
+        tokens = model.encode_wav(wav, window)
+        out = _fit_length(model.decode_tokens(tokens, window), len(wav))
+        extra = {"window": window, "bitrate": round(model.bitrate_at(window), 1), "tokens": list(tokens.shape)}
     else:
         model = _codec_model(codec, device)
         run_device = str(next(model.parameters()).device)
@@ -125,8 +167,69 @@ def reconstruct(
     duration = len(wav) / audio.SAMPLE_RATE
     return out, {
         "codec": codec, "device": run_device, "input_seconds": round(duration, 3),
-        "wall_seconds": round(seconds, 3), "rtf": round(seconds / duration, 4),
+        "wall_seconds": round(seconds, 3), "rtf": round(seconds / duration, 4), **extra,
     }
+
+
+def _fit_length(wav: np.ndarray, length: int) -> np.ndarray:
+    """Cut or zero-pad a decoded waveform to the input's length (codecs pad to whole frames)."""
+    return wav[:length] if len(wav) >= length else np.pad(wav, (0, length - len(wav)))
+
+
+CODES_FORMAT = "speech-studio codes v1"
+
+
+def encode_file(wav: np.ndarray, sr: int, codec: str, out: str | os.PathLike, window: int | None = None,
+                device: str | None = None, max_seconds: float | None = audio.MAX_SECONDS) -> dict:
+    """A recording's codes in an .npz: a token codec's int64 tokens (codebooks, frames), or a latent
+    codec's posterior means (frames, dims), with a JSON header naming the codec, its window and bitrate
+    (no pickles: the header is a string array). Written to a temp file, then renamed."""
+    import json
+
+    from models.files import atomic_path
+
+    wav = audio.prepare_audio(wav, sr, max_seconds=max_seconds, name="input audio")
+    role = None if codec in CODECS else registry.checkpoint_role(codec)
+    if role == TOKEN_CODEC:
+        model = _checkpoint_model(codec, TOKEN_CODEC, device)[0]
+        window = model.check_window(window)
+        codes = model.encode_wav(wav, window)
+        header = {"kind": "tokens", "window": window, "bitrate": model.bitrate_at(window),
+                  "frame_rate": model.frame_rate_at(window), "codebook_size": model.codebook_size}
+    elif role == LATENT_CODEC and window is None:
+        model = _codec_model(codec, device)
+        codes = model.encode_wav(wav)[0].astype(np.float32)
+        header = {"kind": "latents", "frame_rate": model.frame_rate}
+    elif window is not None and role == LATENT_CODEC:
+        raise ValueError(f"only a token codec takes a window (bitrate); {codec} is not one")
+    else:
+        raise ValueError(f"{codec} is not a codec checkpoint with codes to store (a token or latent codec)")
+    header.update(format=CODES_FORMAT, codec=codec, samples=len(wav), sample_rate=audio.SAMPLE_RATE)
+    with atomic_path(out) as tmp:
+        with open(tmp, "wb") as handle:
+            np.savez(handle, codes=codes, header=np.array(json.dumps(header)))
+    return header
+
+
+def decode_file(path: str | os.PathLike, device: str | None = None,
+                codec: str | None = None) -> tuple[np.ndarray, dict]:
+    """The audio (22.05 kHz) of an .npz written by encode_file, through the codec it names (or `codec`)."""
+    import json
+
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            codes, header = data["codes"], json.loads(str(data["header"]))
+    except (OSError, ValueError, KeyError) as error:
+        raise ValueError(f"{path} is not a codes file written by `codec encode`: {error}") from None
+    if header.get("format") != CODES_FORMAT:
+        raise ValueError(f"{path}: unknown codes format {header.get('format')!r}")
+    codec = codec or header["codec"]
+    if header["kind"] == "tokens":
+        model = _checkpoint_model(codec, TOKEN_CODEC, device)[0]
+        out = model.decode_tokens(codes, header["window"])
+    else:
+        out = _codec_model(codec, device).decode_wav(codes)
+    return _fit_length(out, int(header["samples"])), header
 
 
 def encode_latents(

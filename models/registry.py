@@ -121,14 +121,20 @@ def role_of(name: str) -> str:
     return _ROLES[name]
 
 
-def checkpoint_kind(name: str | os.PathLike) -> str | None:
-    """The model kind (flow_vae, sled, ...) of a checkpoint name or folder, without loading it;
-    None when there is no such checkpoint."""
+def checkpoint_config(name: str | os.PathLike) -> dict | None:
+    """A checkpoint's config.json, without loading its weights; None when there is no such checkpoint."""
     try:
         folder = resolve(name)
     except CheckpointNotFound:
         return None
-    return json.loads((folder / CONFIG).read_text()).get("model")
+    return json.loads((folder / CONFIG).read_text())
+
+
+def checkpoint_kind(name: str | os.PathLike) -> str | None:
+    """The model kind (flow_vae, sled, ...) of a checkpoint name or folder, without loading it;
+    None when there is no such checkpoint."""
+    config = checkpoint_config(name)
+    return None if config is None else config.get("model")
 
 
 def checkpoint_role(name: str | os.PathLike) -> str | None:

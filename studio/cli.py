@@ -382,6 +382,18 @@ def _semantic_cache(args: argparse.Namespace) -> int:
     return 0
 
 
+def _probe(args: argparse.Namespace) -> int:
+    from evaluation import bench
+    from evaluation.probes import run_probe
+
+    codecs = dict(_named(spec, "--codec") if "=" in spec else (spec, spec) for spec in args.codec)
+    result = run_probe(args.kind, codecs, args.corpus, window=args.window, train_items=args.train_items,
+                       test_items=args.test_items, steps=args.steps, seed=args.seed,
+                       log=lambda line: print(line, file=sys.stderr))
+    print(bench.write_json(result, args.out))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     from models.pipelines import CFG_RANGE, MAX_SEED
 
@@ -558,6 +570,20 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("folder", help="the --out folder of speech-studio eval")
     report.add_argument("--seed", type=_number(int, 0, MAX_SEED), default=0, help="bootstrap seed")
     report.set_defaults(run=_report)
+
+    probe = commands.add_parser("probe", help="what a token codec's frozen tokens hold: a CTC phoneme probe on "
+                                              "layer 1 (PER), or a token LM on the upper layers (bits per token)")
+    probe.add_argument("kind", choices=["phonemes", "tokens"])
+    probe.add_argument("--codec", action="append", required=True, metavar="[LABEL=]CHECKPOINT",
+                       help="a token codec checkpoint; repeat to compare codecs on the same data and seeds")
+    probe.add_argument("--corpus", required=True, help="corpus folder (train split trains, valid split scores)")
+    probe.add_argument("--window", type=_number(int, 1, 64), help="the codecs' window (default: each one's own)")
+    probe.add_argument("--train-items", type=_number(int, 10, None), default=2000)
+    probe.add_argument("--test-items", type=_number(int, 2, None), default=300)
+    probe.add_argument("--steps", type=_number(int, 1, None), default=1500)
+    probe.add_argument("--seed", type=_number(int, 0, MAX_SEED), default=0)
+    probe.add_argument("--out", help="also write the JSON here")
+    probe.set_defaults(run=_probe)
 
     bench = commands.add_parser("bench", help="measure speed and quality, print JSON")
     bench.add_argument("target", choices=["vocoder", "tts", "codec", "voices", "studio", "arena", "defaults", "upload"],

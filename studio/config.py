@@ -18,11 +18,15 @@ def default_testsets() -> dict[str, str]:
 
 
 def default_systems() -> list[str]:
-    """Ground truth, the vocoder ceiling, and every local codec and TTS checkpoint."""
-    from models import pipelines
+    """Ground truth, the vocoder ceiling, the installed classical codecs, every local latent codec and TTS
+    checkpoint, and every local token codec at each bitrate it serves."""
+    from models import classical_codecs, pipelines
 
-    return ["gt", "vocoder"] + [f"{name}={name}" for name in pipelines.available_latent_codecs()
-                                + pipelines.available_tts_models()]
+    classical = [name for name, codec in classical_codecs.CODECS.items() if codec.available() is None]
+    tokens = [f"{name}_w{w}={name}:window={w}" for name in pipelines.available_token_codecs()
+              for w in pipelines.codec_windows(name)]
+    return ["gt", "vocoder", *classical] + [f"{name}={name}" for name in pipelines.available_latent_codecs()] + \
+        tokens + [f"{name}={name}" for name in pipelines.available_tts_models()]
 
 
 @dataclass

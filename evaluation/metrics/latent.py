@@ -3,10 +3,12 @@
 Per utterance, the `latent` metric encodes the system's audio with a codec (see
 models.pipelines.encode_latents) and stores the frames under
 `<run>/latents/<codec>/<system>/<utt>.npz` (arrays `mean`, and `std` for a variational
-codec). Across a run, `latent_statistics` gives per-dimension means and variances per
-system, the energy distance and Fréchet distance of each system's frames to the
-reference system's, and `latent_figures` the plotly views: per-dimension distributions
-and a 2-D projection (PCA, and UMAP when installed) of utterance means by speaker and system.
+codec; for a token codec, `tokens` and as `mean` their summed codewords). Across a run,
+`latent_statistics` gives per-dimension means and variances per system, the energy distance and
+Fréchet distance of each system's frames to the reference system's, and for a token codec each
+layer's codebook usage and perplexity; `latent_figures` the plotly views: per-dimension
+distributions, codebook perplexity per layer, and a 2-D projection (PCA, and UMAP when installed)
+of utterance means by speaker and system.
 """
 
 from __future__ import annotations
@@ -20,8 +22,9 @@ import scipy.linalg
 import torch
 
 from evaluation.metrics.base import MetricError, Sample, metric
-from models import audio, pipelines
+from models import audio, pipelines, registry
 from models.files import atomic_path
+from models.roles import TOKEN_CODEC
 
 DISTANCE_FRAMES = 2000  # frames sampled per system for the energy distance (O(n^2) memory)
 
@@ -36,16 +39,24 @@ class LatentScorer:
         self.codec, self.device = codec, device
         self.out_dir = Path(out_dir) / codec_folder(codec)  # the report reads <codec>/<system>/
         self.info = {"latent_codec": codec}
+        self.discrete = registry.checkpoint_role(codec) == TOKEN_CODEC
 
     def __call__(self, sample: Sample) -> dict[str, float]:
+        wav, tokens, std = sample.audio(sr=audio.SAMPLE_RATE), None, None
         try:
-            mean, std = pipelines.encode_latents(sample.audio(sr=audio.SAMPLE_RATE), audio.SAMPLE_RATE,
-                                                 self.codec, self.device, max_seconds=None)
+            if self.discrete:
+                tokens, mean = pipelines.encode_tokens(wav, audio.SAMPLE_RATE, self.codec, self.device,
+                                                       max_seconds=None)
+            else:
+                mean, std = pipelines.encode_latents(wav, audio.SAMPLE_RATE, self.codec, self.device,
+                                                     max_seconds=None)
         except audio.AudioError as error:
             raise MetricError(str(error)) from None
         arrays = {"mean": mean.astype(np.float16)}
         if std is not None:
             arrays["std"] = std.astype(np.float16)
+        if tokens is not None:
+            arrays["tokens"] = tokens.astype(np.int32)
         with atomic_path(self.out_dir / (sample.system or "system") / f"{sample.key}.npz") as tmp:
             np.savez(tmp, **arrays)
         values = {"latent_frames": float(len(mean)), "latent_mean": float(mean.mean()),
@@ -75,7 +86,8 @@ def load_latents(run_latents: str | os.PathLike, codec: str) -> dict[str, dict[s
             with np.load(path, allow_pickle=False) as data:
                 systems.setdefault(folder.name, {})[path.stem] = {
                     "mean": data["mean"].astype(np.float32),
-                    "std": data["std"].astype(np.float32) if "std" in data.files else None}
+                    "std": data["std"].astype(np.float32) if "std" in data.files else None,
+                    "tokens": data["tokens"].astype(np.int64) if "tokens" in data.files else None}
     return systems
 
 
@@ -124,11 +136,26 @@ def latent_statistics(systems: dict[str, dict[str, dict]], reference: str | None
                  "dim_mean": frames.mean(0).tolist(), "dim_var": frames.var(0).tolist()}
         if all(u["std"] is not None for u in utterances.values()):
             entry["posterior_var"] = (_frames(utterances, "std") ** 2).mean(0).tolist()
+        if all(u.get("tokens") is not None for u in utterances.values()):
+            entry["codebooks"] = codebook_statistics([u["tokens"] for u in utterances.values()])
         if name != reference:
             entry["energy_distance"] = sample_energy_distance(subsample(frames), real_sample)
             entry["frechet_distance"] = frechet_distance(frames, real)
         result["systems"][name] = entry
     return result
+
+
+def codebook_statistics(tokens: list[np.ndarray]) -> list[dict]:
+    """Per layer of (layers, frames) token arrays: codewords used at least once, and the perplexity
+    exp(entropy) of their distribution, the number of codewords in effective use."""
+    stacked = np.concatenate(tokens, axis=1)
+    out = []
+    for layer, ids in enumerate(stacked, start=1):
+        counts = np.bincount(ids)
+        p = counts[counts > 0] / counts.sum()
+        perplexity = float(np.exp(-(p * np.log(p)).sum()))
+        out.append({"layer": layer, "used": int((counts > 0).sum()), "perplexity": perplexity})
+    return out
 
 
 def project_2d(points: np.ndarray, method: str = "pca", seed: int = 0) -> np.ndarray:
@@ -163,6 +190,16 @@ def latent_figures(systems: dict[str, dict[str, dict]], stats: dict, speakers: d
             fig.update_layout(barmode="overlay", title=f"Latent {title} ({dims} dims)",
                               xaxis_title=title, yaxis_title="dimensions")
             figures.append(fig)
+    fig = go.Figure()
+    for name, entry in stats["systems"].items():
+        if "codebooks" in entry:
+            layers = entry["codebooks"]
+            fig.add_trace(go.Bar(x=[f"layer {c['layer']}" for c in layers], y=[c["perplexity"] for c in layers],
+                                 name=name, text=[f"{c['used']} used" for c in layers]))
+    if fig.data:
+        fig.update_layout(barmode="group", title="Codebook perplexity per layer (codewords in effective use)",
+                          yaxis_title="perplexity")
+        figures.append(fig)
     labels, means = [], []
     for name, utterances in systems.items():
         for key, u in utterances.items():

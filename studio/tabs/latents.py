@@ -16,7 +16,7 @@ from evaluation.results import latest_rows, read_results
 from evaluation.runner import RunConfig, select_items
 from evaluation.systems import parse_system, read_items
 from models import pipelines, registry
-from models.roles import LATENT_CODEC
+from models.roles import LATENT_CODEC, TOKEN_CODEC
 from studio.common import RunFollower, served_copy, user_errors
 from studio.config import StudioConfig
 from studio.tabs.evaluate import applicable_systems, new_run_name, run_folder
@@ -49,7 +49,9 @@ def statistics_table(run: dict) -> pd.DataFrame:
     stats = latent_statistics(run_latents(run))
     return pd.DataFrame([{"system": name, "utterances": entry["utterances"], "frames": entry["frames"],
                           f"energy distance to {stats['reference']}": entry.get("energy_distance"),
-                          f"Fréchet distance to {stats['reference']}": entry.get("frechet_distance")}
+                          f"Fréchet distance to {stats['reference']}": entry.get("frechet_distance"),
+                          **{f"layer {c['layer']} perplexity (used)": f"{c['perplexity']:.1f} ({c['used']})"
+                             for c in entry.get("codebooks", [])}}
                          for name, entry in stats["systems"].items()])
 
 
@@ -62,8 +64,9 @@ def explore(config: StudioConfig, testset: str | None, systems: list[str], limit
         raise ValueError("Choose a test set")
     if not systems:
         raise ValueError("Choose at least one system")
-    if registry.checkpoint_role(codec or "") != LATENT_CODEC:
-        raise ValueError(f"{codec!r} is not a latent codec checkpoint (train or publish a Flow-VAE)")
+    if registry.checkpoint_role(codec or "") not in (LATENT_CODEC, TOKEN_CODEC):
+        raise ValueError(f"{codec!r} is not a latent or token codec checkpoint (train or publish a Flow-VAE "
+                         "or an ALMTokenizer)")
     if not 1 <= int(limit) <= config.eval_max_items:
         raise ValueError(f"items: 1 to {config.eval_max_items}")
     out = run_folder(config, name)
@@ -102,12 +105,13 @@ def utterance_audio(run: dict | None, choice: str | None) -> str | None:
 
 def build(config: StudioConfig) -> None:
     testsets = list(config.testsets)
-    codecs = pipelines.available_latent_codecs()
+    codecs = pipelines.available_latent_codecs() + pipelines.available_token_codecs()
     with gr.Tab("Latent explorer"):
         gr.Markdown("The distribution of a codec's latents: per-dimension posterior means and variances, distances "
                     "of each system's frames to real speech (`gt`), and a 2-D projection of utterance means "
-                    "coloured by system or speaker. Hover a point for its system / speaker / key and pick it below "
-                    "to hear it.")
+                    "coloured by system or speaker. A token codec (ALMTokenizer) also shows each layer's codebook "
+                    "usage and perplexity; its frames are the summed codewords of its tokens. Hover a point for "
+                    "its system / speaker / key and pick it below to hear it.")
         with gr.Row():
             testset = gr.Dropdown(testsets, value=testsets[0] if testsets else None, label="Test set")
             systems = gr.CheckboxGroup([(spec.partition("=")[0], spec) for spec in config.systems],
@@ -115,7 +119,7 @@ def build(config: StudioConfig) -> None:
                                        label="Systems")
             with gr.Column():
                 codec = gr.Dropdown(codecs, value=codecs[0] if codecs else None, allow_custom_value=True,
-                                    label="Latent codec")
+                                    label="Codec (latent or token)")
                 limit = gr.Slider(1, config.eval_max_items, value=min(20, config.eval_max_items), step=1,
                                   label="Items")
         with gr.Row():

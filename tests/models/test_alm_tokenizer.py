@@ -258,3 +258,42 @@ def test_token_codec_systems_take_a_window_and_record_the_bitrate(tmp_path, arct
     table = json.loads((tmp_path / "run" / "report.json").read_text())["aggregates"]
     rates = {e["system"]: e["mean"] for e in table if e["metric"] == "bitrate" and e["speaker"] == "all"}
     assert rates["alm"] == pytest.approx(model.bitrate_at(3), abs=0.1) and rates["c2"] == 700.0
+
+
+def test_latent_statistics_of_a_token_codec_show_codebook_use(tmp_path, arctic_path):
+    from evaluation.metrics.latent import latent_figures, latent_statistics, load_latents
+    from evaluation.runner import RunConfig, run_eval
+    from evaluation.systems import parse_system
+
+    torch.manual_seed(0)
+    model = ALMTokenizer(ALMTokenizerConfig.from_dict(tiny())).eval()
+    folder = registry.save_checkpoint(model, tiny(), CARD, tmp_path / "alm")
+    manifest = tmp_path / "items.jsonl"
+    manifest.write_text("".join(json.dumps({"id": k, "path": str(arctic_path)}) + "\n" for k in "abc"))
+    run_eval(RunConfig(manifest=str(manifest), systems=[parse_system("gt")], metrics=["latent"],
+                       out=str(tmp_path / "run"), options={"latent_codec": str(folder)}))
+    systems = load_latents(tmp_path / "run" / "latents", str(folder))
+    tokens = systems["gt"]["a"]["tokens"]
+    assert np.array_equal(tokens, model.encode_wav(audio.load_audio(arctic_path)))
+    stats = latent_statistics(systems)
+    layers = stats["systems"]["gt"]["codebooks"]
+    assert [c["layer"] for c in layers] == [1, 2, 3]
+    for c, ids in zip(layers, tokens):
+        assert c["used"] == len(set(ids.tolist())) and 1 <= c["perplexity"] <= c["used"]
+    titles = [f.layout.title.text for f in latent_figures(systems, stats)]
+    assert any("Codebook perplexity" in t for t in titles)
+
+
+def test_resynthesis_tab_offers_a_token_codecs_bitrates(tmp_path, arctic_path):
+    from studio.tabs.resynthesis import resynthesize, window_menu
+
+    model = ALMTokenizer(ALMTokenizerConfig.from_dict(tiny())).eval()
+    folder = str(registry.save_checkpoint(model, tiny(), CARD, tmp_path / "alm"))
+    menu = window_menu(folder)
+    assert menu["visible"] and [w for _, w in menu["choices"]] == [2, 3] and menu["value"] == 2
+    assert menu["choices"][1][0] == f"w = 3: {model.bitrate_at(3):.0f} bit/s"
+    assert not window_menu("vocoder")["visible"] and not window_menu("opus_6k")["visible"]
+    _, _, scores = resynthesize(str(arctic_path), folder, 3)
+    assert scores["window"] == 3 and scores["bitrate"] == pytest.approx(model.bitrate_at(3), abs=0.1)
+    _, _, scores = resynthesize(str(arctic_path), "vocoder", 3)  # a stale window is ignored for other codecs
+    assert "bitrate" not in scores

@@ -127,7 +127,7 @@ def test_latent_explorer_encodes_plots_and_plays_a_point(ab_config):
     assert figure is not None and set(views(run)) == set(titles)
     choice = utterances["choices"][0]
     assert Path(utterance_audio(run, choice)).is_file()
-    with pytest.raises(ValueError, match="not a latent codec"):
+    with pytest.raises(ValueError, match="not a latent or token codec"):
         list(explore(ab_config, "set", ab_config.systems, 3, "vocoder", "lat2"))
     # the same run name again, asking for less: only what was asked for is shown, not the earlier run's
     status, stats, _, _, utterances, run, _ = list(explore(ab_config, "set", ["gt"], 1, "flow_vae", "lat",

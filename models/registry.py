@@ -212,17 +212,27 @@ def save_checkpoint(model: torch.nn.Module, config: dict, card: dict, out_dir: s
     return replace_folder(Path(out_dir), fill)
 
 
-def publish(source: str | os.PathLike, name: str, card_updates: dict | None = None) -> Path:
+def publish(source: str | os.PathLike, name: str, card_updates: dict | None = None, half: bool = False) -> Path:
     """Copy a checkpoint folder (a run's export/) to `assets/checkpoints/<name>`, merging `card_updates`
-    into its card; metrics merge key by key, so evaluation results join the training ones."""
+    into its card; metrics merge key by key, so evaluation results join the training ones. With `half`,
+    floating-point weights are stored as float16 (half the size; loading casts them back to the model's
+    dtype), and the card says so."""
     source = resolve(source)
     card = read_card(source / CARD)
     updates = dict(card_updates or {})
     card["metrics"] = {**(card.get("metrics") or {}), **updates.pop("metrics", {})}
     card.update(updates)
+    if half:
+        card["weights_dtype"] = "float16"
 
     def fill(tmp: Path) -> None:
-        shutil.copyfile(source / WEIGHTS, tmp / WEIGHTS)
+        if half:
+            from safetensors.torch import load_file, save_file
+
+            tensors = load_file(str(source / WEIGHTS))
+            save_file({k: v.half() if v.is_floating_point() else v for k, v in tensors.items()}, str(tmp / WEIGHTS))
+        else:
+            shutil.copyfile(source / WEIGHTS, tmp / WEIGHTS)
         shutil.copyfile(source / CONFIG, tmp / CONFIG)
         (tmp / CARD).write_text(render_card(card))
 

@@ -165,7 +165,7 @@ def _publish(args: argparse.Namespace) -> int:
     updates = {"metrics": metrics}
     if commands:
         updates["evaluation"] = commands
-    target = registry.publish(args.checkpoint, args.name, updates)
+    target = registry.publish(args.checkpoint, args.name, updates, half=args.half)
     print(f"published {target} ({(target / registry.WEIGHTS).stat().st_size / 2**20:.1f} MiB)")
     return 0
 
@@ -493,6 +493,8 @@ def build_parser() -> argparse.ArgumentParser:
     publish.add_argument("--eval", action="append", default=[], metavar="LABEL=RUN_FOLDER",
                          help="an `eval` run folder whose overall means go on the card as LABEL/metric; repeatable")
     publish.add_argument("--system", default="model", help="the checkpoint's system name in those runs")
+    publish.add_argument("--half", action="store_true",
+                         help="store floating-point weights as float16 (half the size; loaded back as float32)")
     publish.set_defaults(run=_publish)
 
     tts = commands.add_parser("tts", help="text to speech (SLED, KALL-E); a model's own settings are options "

@@ -297,3 +297,18 @@ def test_resynthesis_tab_offers_a_token_codecs_bitrates(tmp_path, arctic_path):
     assert scores["window"] == 3 and scores["bitrate"] == pytest.approx(model.bitrate_at(3), abs=0.1)
     _, _, scores = resynthesize(str(arctic_path), "vocoder", 3)  # a stale window is ignored for other codecs
     assert "bitrate" not in scores
+
+
+def test_publishing_in_half_precision_halves_the_weights_and_loads_back(tmp_path, monkeypatch):
+    torch.manual_seed(0)
+    model = ALMTokenizer(ALMTokenizerConfig.from_dict(tiny())).eval()
+    folder = registry.save_checkpoint(model, tiny(), CARD, tmp_path / "alm")
+    monkeypatch.setattr(registry, "CHECKPOINT_DIR", tmp_path / "assets")
+    target = registry.publish(folder, "alm_half", half=True)
+    full, half = (folder / registry.WEIGHTS).stat().st_size, (target / registry.WEIGHTS).stat().st_size
+    assert half < 0.55 * full and registry.read_card(target / registry.CARD)["weights_dtype"] == "float16"
+    loaded, _, _ = registry.load_checkpoint(target, "cpu")
+    assert all(p.dtype == torch.float32 for p in loaded.parameters())
+    tone = np.sin(np.arange(audio.SAMPLE_RATE) / audio.SAMPLE_RATE * 2 * np.pi * 220).astype(np.float32) * 0.5
+    mel = audio.mel_spectrogram(tone)
+    assert torch.allclose(loaded.decode_mel(model.encode_mel(mel)), model.decode_mel(model.encode_mel(mel)), atol=0.05)

@@ -57,6 +57,38 @@ def bench_vocoder(path: str | os.PathLike, device: str | None = None, repeats: i
     }
 
 
+def bench_token_codec(codec: str, path: str | os.PathLike, device: str | None = None, repeats: int = 3) -> dict:
+    """Encode and decode speed of a token codec at each window on one recording (best of `repeats`
+    after a warm-up): audio -> tokens, tokens -> mel, and the shared vocoder's mel -> audio, as RTF."""
+    from models import registry
+
+    model, _, _ = registry.load_model(codec, device)
+    wav = audio.load_audio(path)
+    seconds = len(wav) / audio.SAMPLE_RATE
+    vocoder = get_vocoder(str(next(model.parameters()).device))
+
+    def best(fn) -> float:
+        fn()
+        times = []
+        for _ in range(repeats):
+            start = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - start)
+        return min(times) / seconds
+
+    windows = {}
+    for window in model.windows:
+        tokens = model.encode_wav(wav, window)
+        mel = model.decode_mel(tokens, window)
+        windows[str(window)] = {
+            "bitrate": round(model.bitrate_at(window), 1), "tokens": list(tokens.shape),
+            "encode_rtf": round(best(lambda: model.encode_wav(wav, window)), 4),
+            "decode_rtf": round(best(lambda: model.decode_mel(tokens, window)), 4),
+            "vocoder_rtf": round(best(lambda: vocoder.synthesize(mel)), 4)}
+    return {"codec": str(codec), "input": Path(path).name, "seconds": round(seconds, 3),
+            "device": str(next(model.parameters()).device), "windows": windows, "hardware": hardware()}
+
+
 def bench_codec(codec: str, manifest: str | os.PathLike, per_speaker: int = 1, steps: int = 150,
                 lr: float = 0.05) -> dict:
     """Where a latent codec's reconstruction loses quality: encoder or decoder.

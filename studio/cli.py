@@ -101,6 +101,11 @@ def _bench(args: argparse.Namespace) -> int:
         if not args.manifest:
             raise ValueError("bench codec needs --manifest (e.g. data/corpus/eval/tts_heldout.lst)")
         result = bench.bench_codec(args.model or "flow_vae", args.manifest, per_speaker=args.per_speaker)
+    elif args.target == "tokens":
+        if not args.model:
+            raise ValueError("bench tokens needs --model (a token codec checkpoint, e.g. alm_tokenizer)")
+        result = bench.bench_token_codec(args.model, args.input or ASSETS / "audio" / "arctic_a0007.wav",
+                                         repeats=args.repeats)
     elif args.target == "voices":
         from evaluation.voice_seeds import voice_seed_report
 
@@ -588,16 +593,18 @@ def build_parser() -> argparse.ArgumentParser:
     probe.set_defaults(run=_probe)
 
     bench = commands.add_parser("bench", help="measure speed and quality, print JSON")
-    bench.add_argument("target", choices=["vocoder", "tts", "codec", "voices", "studio", "arena", "defaults", "upload"],
+    bench.add_argument("target", choices=["vocoder", "tts", "codec", "tokens", "voices", "studio", "arena", "defaults",
+                                          "upload"],
                        help="vocoder, tts: speed and quality; codec: encoder vs decoder headroom of a latent codec "
-                       "(--model CODEC --manifest LST); studio: launch time and "
+                       "(--model CODEC --manifest LST); tokens: a token codec's encode and decode speed per window "
+                       "(--model CODEC [--input WAV]); studio: launch time and "
                        "UI vs pipeline latency; arena: the A/B vote store under concurrent voters; defaults: every "
                        "tab's main action with its starting values through the served studio; upload: a large "
                        "upload against the size limit, with the server's peak memory")
     bench.add_argument("--manifest", help="codec: an eval manifest whose reference recordings are reconstructed")
     bench.add_argument("--per-speaker", type=_number(int, 1, None), default=2,
                        help="codec: recordings per speaker")
-    bench.add_argument("--input", help="vocoder: recording to resynthesize (default: the CMU ARCTIC fixture)")
+    bench.add_argument("--input", help="vocoder, tokens: recording to code (default: the CMU ARCTIC fixture)")
     bench.add_argument("--precision", choices=["fp32", "bf16"], default="fp32", help="vocoder: synthesis precision")
     bench.add_argument("--model", help="tts, studio: a TTS checkpoint name or folder (default sled); "
                        "codec: a codec checkpoint (default flow_vae)")

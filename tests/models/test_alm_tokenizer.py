@@ -312,3 +312,18 @@ def test_publishing_in_half_precision_halves_the_weights_and_loads_back(tmp_path
     tone = np.sin(np.arange(audio.SAMPLE_RATE) / audio.SAMPLE_RATE * 2 * np.pi * 220).astype(np.float32) * 0.5
     mel = audio.mel_spectrogram(tone)
     assert torch.allclose(loaded.decode_mel(model.encode_mel(mel)), model.decode_mel(model.encode_mel(mel)), atol=0.05)
+
+
+def test_bench_tokens_times_encode_and_decode_per_window(tmp_path, arctic_path, capsys):
+    from studio.cli import main
+
+    model = ALMTokenizer(ALMTokenizerConfig.from_dict(tiny())).eval()
+    folder = registry.save_checkpoint(model, tiny(), CARD, tmp_path / "alm")
+    assert main(["bench", "tokens", "--model", str(folder), "--input", str(arctic_path), "--repeats", "1",
+                 "--out", str(tmp_path / "b.json")]) == 0
+    result = json.loads((tmp_path / "b.json").read_text())
+    assert set(result["windows"]) == {"2", "3"}
+    for window, entry in result["windows"].items():
+        assert entry["bitrate"] == pytest.approx(model.bitrate_at(int(window)), abs=0.1)
+        assert entry["encode_rtf"] > 0 and entry["decode_rtf"] > 0 and entry["vocoder_rtf"] > 0
+    assert main(["bench", "tokens"]) == 2 and "needs --model" in capsys.readouterr().err

@@ -357,7 +357,22 @@ def _write_real_speech(out: Path) -> int:
             audio.save_audio(target, audio.load_audio(path, audio.SAMPLE_RATE, max_seconds=None), audio.SAMPLE_RATE)
         rows.append({"id": key, "text": text, "gt_wav": f"../real/{key}.wav", "speaker": speaker})
     mf.write_jsonl(out / "eval" / "real_speech.jsonl", rows)
+    _write_real_tts(out, rows)
     return len(rows)
+
+
+def _write_real_tts(out: Path, rows: list[dict]) -> None:
+    """eval/tts_real.jsonl: zero-shot TTS on people's voices; each clip of a speaker with two or more is
+    prompted by that speaker's next clip (with its transcript), and is the ground truth."""
+    entries = []
+    for speaker_rows in _group(rows, key=lambda r: r["speaker"]).values():
+        speaker_rows = sorted(speaker_rows, key=lambda r: r["id"])
+        if len(speaker_rows) < 2:
+            continue
+        for i, row in enumerate(speaker_rows):
+            prompt = speaker_rows[(i + 1) % len(speaker_rows)]
+            entries.append({**row, "prompt_wav": prompt["gt_wav"], "prompt_text": prompt["text"]})
+    mf.write_jsonl(out / "eval" / "tts_real.jsonl", entries)
 
 
 def summary_table(report: dict) -> str:

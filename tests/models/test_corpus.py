@@ -64,6 +64,13 @@ def test_eval_lists_resolve(mini):
     assert len(real) >= 10 and all(mf.resolve_audio(out / "eval" / "real_speech.jsonl", r["gt_wav"]).is_file()
                                    for r in real)
     assert not {r["id"] for r in real} & {r["id"] for r in mf.read_jsonl(out / "manifest.jsonl")}
+    real_tts = mf.read_jsonl(out / "eval" / "tts_real.jsonl")  # zero-shot TTS on those voices
+    by_id = {r["id"]: r for r in real}
+    assert len(real_tts) >= 10
+    for entry in real_tts:
+        prompt = next(r for r in real if r["gt_wav"] == entry["prompt_wav"])
+        assert prompt["id"] != entry["id"] and prompt["speaker"] == entry["speaker"] == by_id[entry["id"]]["speaker"]
+        assert entry["prompt_text"] == prompt["text"]
     for name in corpus.PAIR_LISTS:  # pseudo-speakers against their source voice, their sibling, themselves
         pairs = mf.read_jsonl(out / "eval" / f"{name}.jsonl")
         assert all(p["gt_wav"] != p["prompt_wav"] and p["text"] != p["prompt_text"] for p in pairs)

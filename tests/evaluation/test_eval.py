@@ -73,8 +73,10 @@ def test_system_specs(tmp_path):
     assert parse_system(f"mine={tmp_path}").kind == "folder"
     with pytest.raises(ValueError, match="neither a folder, a codec or TTS checkpoint, nor one of"):
         parse_system("sled=/no/such/folder")
-    with pytest.raises(ValueError, match="only TTS models take options"):
+    with pytest.raises(ValueError, match="vocoder takes no options"):
         parse_system("resynth=vocoder:cfg=2")
+    with pytest.raises(ValueError, match="only TTS models and token codecs take options"):
+        parse_system("truth=gt:cfg=2")
 
 
 def test_parse_shard(monkeypatch):

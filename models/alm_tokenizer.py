@@ -188,9 +188,9 @@ class ResidualVQ(nn.Module):
             self.register_buffer("codebooks", codebooks)
 
     def indices(self, x: torch.Tensor) -> torch.Tensor:
-        """(batch, N, dim) -> (batch, N, layers) codeword ids."""
-        residual, out = x, []
-        for codebook in self.codebooks:
+        """(batch, N, dim) -> (batch, N, layers) codeword ids (distances in float32, also under autocast)."""
+        residual, out = x.float(), []
+        for codebook in self.codebooks.float():
             ids = torch.cdist(residual, codebook[None].expand(x.shape[0], -1, -1)).argmin(-1)
             out.append(ids)
             residual = residual - codebook[ids]

@@ -63,6 +63,10 @@ class ALMTokenizerConfig:
     lambda_commit: float = 0.25
     lambda_mae: float = 0.5
     lambda_ar: float = 0.5
+    # Semantic alignment of the queries (ours, not the paper's): MSE between the query vectors in the VQ
+    # space and the standardized semantic features of their spans. Without it the queries collapse onto one
+    # frozen codeword within 50 steps at our scale (docs/alm_tokenizer.md); 0 turns it off.
+    lambda_semantic: float = 1.0
     model: str = field(default="alm_tokenizer", init=False)
 
     @property
@@ -286,7 +290,12 @@ class ALMTokenizer(nn.Module):
             groups = mask.reshape(batch, n, window)
             keys = torch.cat([groups, groups.any(-1, keepdim=True)], dim=2).reshape(batch, -1)
         h = self.encoder(interleave(e, self.query_token, window), encoder_positions(n, window, e.device), mask=keys)
-        return retrieve_queries(h, window), retrieve_frames(h, window)
+        frames = retrieve_frames(h, window)
+        # Each query also reads its own group's frames directly: at initialization attention is near uniform,
+        # every query output is the same global mean, and against frozen codebooks all queries then take one
+        # codeword and stay there (docs/alm_tokenizer.md). The skip makes the queries local from the start.
+        local = frames.reshape(batch, n, window, -1).mean(2)
+        return retrieve_queries(h, window) + local, frames
 
     def decode_queries(self, quantized: torch.Tensor, window: int, query_mask: torch.Tensor | None = None
                        ) -> torch.Tensor:

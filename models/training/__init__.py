@@ -213,17 +213,20 @@ def get_task(name: str, model_config: dict) -> Task:
 
 
 def crop_batch(batch: dict, segment: int | None, generator: torch.Generator) -> dict:
-    """Random crops of `segment` feature frames (shorter items stay whole, padded and masked)."""
+    """Random crops of `segment` feature frames (shorter items stay whole, padded and masked); where each
+    crop starts is kept as `crop_starts`, for a recipe that aligns other data with the crops."""
     if segment is None:
         return batch
     features, lengths = batch["features"], batch["feature_lengths"]
     out = features.new_full((features.shape[0], features.shape[1], segment), float(features.amin()))
     new_lengths = torch.minimum(lengths, torch.tensor(segment))
+    starts = []
     for i, length in enumerate(lengths.tolist()):
         start = int(torch.randint(0, max(1, length - segment + 1), (1,), generator=generator))
         take = min(segment, length)
         out[i, :, :take] = features[i, :, start:start + take]
-    return {**batch, "features": out, "feature_lengths": new_lengths}
+        starts.append(start)
+    return {**batch, "features": out, "feature_lengths": new_lengths, "crop_starts": torch.tensor(starts)}
 
 
 def epoch_batches(n_items: int, batch_size: int, epoch: int, seed: int, rank: int, world: int,

@@ -9,6 +9,7 @@ Stage 2 (`stage: 2`, `init_from` the stage-1 export, `init_modules: [patchify, u
 
     L = lambda_recon L1(mel) + lambda_commit (commitment [+ codebook loss when learnable])
         + lambda_mae MSE(masked frames) + lambda_ar MSE(layer 3 | layers 1-2)
+        + lambda_semantic MSE(query vectors, standardized semantic features of their spans)
 
 the window w drawn per step from the config's windows. The semantic prior: before building, k-means
 of the corpus's semantic features (pooled to the default window's query rate, standardized) gives
@@ -131,34 +132,63 @@ class ALMTokenizerTask(Task):
         super().__init__(model_config)
         self.config = ALMTokenizerConfig.from_dict(model_config)
         self.prior: torch.Tensor | None = None
+        self.semantic_rows: dict[str, tuple[SpeechDataset, dict]] = {}
 
     def prepare(self, train_set: SpeechDataset) -> None:
         c = self.config
         if c.stage == 2 and c.semantic_encoder:
-            self.prior = self.semantic_prior(train_set)
+            prior = self.semantic_prior(train_set)
+            self.prior, self.semantic_mean, self.semantic_std = prior["codebooks"], prior["mean"], prior["std"]
+        if c.stage == 2 and c.semantic_encoder and c.lambda_semantic > 0:
+            self.feature = semantic_feature(c.semantic_encoder)
+            every = SpeechDataset(train_set.manifest, ("train", "valid", "test"), feature=self.feature,
+                                  cache_dir=train_set.cache, max_seconds=None)
+            self.semantic_rows = {row["id"]: (every, row) for row in every.rows}
 
-    def semantic_prior(self, train_set: SpeechDataset) -> torch.Tensor:
-        """Residual k-means of standardized semantic features at the default window's query rate
-        (cached: a resumed run, or another run with the same settings, reads the same codewords)."""
+    def semantic_prior(self, train_set: SpeechDataset) -> dict[str, torch.Tensor]:
+        """Residual k-means of standardized semantic features at the default window's query rate, with the
+        standardization's mean and std (cached: a resumed run, or another with the same settings, reads
+        the same codewords)."""
         c = self.config
         rate = c.patch_rate / c.window
-        key = f"{c.semantic_encoder}|{rate:.4f}|{c.codebooks}x{c.codebook_size}|{PRIOR_UTTERANCES}|{len(train_set)}"
+        key = f"v2|{c.semantic_encoder}|{rate:.4f}|{c.codebooks}x{c.codebook_size}|{PRIOR_UTTERANCES}|{len(train_set)}"
         cached = (Path(train_set.cache) if train_set.cache else Path(train_set.manifest).parent / "cache") / \
             "alm_prior" / f"{hashlib.sha256(key.encode()).hexdigest()[:16]}.safetensors"
         if cached.is_file():
-            return load_file(str(cached))["codebooks"]
+            return load_file(str(cached))
         feature = semantic_feature(c.semantic_encoder)
         rows = list(train_set.rows)
         random.Random(0).shuffle(rows)
         x = torch.cat([pool(train_set.features(row, feature).T, feature.frames_per_second, rate)
                        for row in rows[:PRIOR_UTTERANCES]])
-        x = (x - x.mean(0)) / x.std(0).clamp_min(1e-5)
+        mean, std = x.mean(0), x.std(0).clamp_min(1e-5)
+        x = (x - mean) / std
         if x.shape[1] != c.vq_dim:
             raise ValueError(f"vq_dim {c.vq_dim} must equal the semantic features' dimension {x.shape[1]}")
-        codebooks = residual_kmeans(x, c.codebooks, c.codebook_size, seed=0)
+        prior = {"codebooks": residual_kmeans(x, c.codebooks, c.codebook_size, seed=0), "mean": mean, "std": std}
         with atomic_path(cached) as tmp:
-            save_file({"codebooks": codebooks.contiguous()}, str(tmp))
-        return codebooks
+            save_file({k: v.contiguous() for k, v in prior.items()}, str(tmp))
+        return prior
+
+    def semantic_targets(self, batch: dict, window: int, queries: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The standardized semantic features averaged over each query's span of each (cropped) item:
+        (batch, N, vq_dim) targets and a (batch, N) mask of the spans the features cover."""
+        c = self.config
+        mel_rate, rate = c.patch_rate * c.downsample, self.feature.frames_per_second
+        starts = batch.get("crop_starts", torch.zeros(len(batch["ids"]), dtype=torch.long)).tolist()
+        targets = torch.zeros(len(starts), queries, c.vq_dim)
+        covered = torch.zeros(len(starts), queries, dtype=torch.bool)
+        span = window * c.downsample
+        for i, (key, start) in enumerate(zip(batch["ids"], starts)):
+            dataset, row = self.semantic_rows[key]
+            features = (dataset.features(row).T - self.semantic_mean) / self.semantic_std  # (frames, vq_dim)
+            for k in range(queries):
+                a = int((start + k * span) / mel_rate * rate)
+                b = max(a + 1, int((start + (k + 1) * span) / mel_rate * rate))
+                if a < len(features):
+                    targets[i, k], covered[i, k] = features[a:b].mean(0), True
+        device = batch["features"].device
+        return targets.to(device), covered.to(device)
 
     def build(self) -> ALMTraining:
         model = ALMTraining(self.config)
@@ -211,6 +241,13 @@ class ALMTokenizerTask(Task):
             ar = core.ar_loss(out["z"], vq["layers"], out["query_valid"])
             loss = loss + c.lambda_ar * ar
             logs["ar"] = ar.item()
+        if c.semantic_encoder and c.lambda_semantic > 0:
+            targets, covered = self.semantic_targets(batch, window, out["z"].shape[1])
+            covered = covered & out["query_valid"]
+            error = (out["z"].float() - targets).pow(2).mean(-1)
+            semantic = (error * covered).sum() / covered.sum().clamp_min(1)
+            loss = loss + c.lambda_semantic * semantic
+            logs["semantic"] = semantic.item()
         ids = vq["ids"][out["query_valid"]]
         for layer in range(c.codebooks):
             logs[f"perplexity_{layer + 1}"] = perplexity(ids[:, layer], c.codebook_size)

@@ -221,8 +221,12 @@ def decode_file(path: str | os.PathLike, device: str | None = None,
             codes, header = data["codes"], json.loads(str(data["header"]))
     except (OSError, ValueError, KeyError) as error:
         raise ValueError(f"{path} is not a codes file written by `codec encode`: {error}") from None
-    if header.get("format") != CODES_FORMAT:
-        raise ValueError(f"{path}: unknown codes format {header.get('format')!r}")
+    if not isinstance(header, dict) or header.get("format") != CODES_FORMAT:
+        raise ValueError(f"{path}: not a `codec encode` header of format {CODES_FORMAT!r}")
+    missing = [k for k in ("kind", "codec", "samples") + (("window",) if header.get("kind") == "tokens" else ())
+               if k not in header]
+    if missing or header["kind"] not in ("tokens", "latents"):
+        raise ValueError(f"{path}: its header lacks {', '.join(missing) or 'a known kind'}")
     codec = codec or header["codec"]
     if header["kind"] == "tokens":
         model = _checkpoint_model(codec, TOKEN_CODEC, device)[0]

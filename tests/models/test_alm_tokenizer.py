@@ -189,6 +189,10 @@ def test_tokens_round_trip_through_encode_and_decode_files(tmp_path, arctic_wav)
     (tmp_path / "bad.npz").write_bytes(b"not a zip")
     with pytest.raises(ValueError, match="not a codes file"):
         pipelines.decode_file(tmp_path / "bad.npz")
+    damaged = {k: v for k, v in header.items() if k != "window"}
+    np.savez(tmp_path / "damaged.npz", codes=tokens, header=np.array(json.dumps(damaged)))
+    with pytest.raises(ValueError, match="header lacks window"):
+        pipelines.decode_file(tmp_path / "damaged.npz")
 
 
 def test_semantic_pool_averages_each_span():

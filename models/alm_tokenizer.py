@@ -3,7 +3,7 @@
     patchify      log-mel (80 x 86 Hz) -> strided convs -> frames e (T x dim) at 43 Hz
     encoder       a learnable [CLS] query token after every w frames (token interleaving); a bidirectional
                   transformer over the whole sequence; token retrieval keeps the T / w query outputs
-    RVQ           a linear map into the semantic space, then 3 residual VQ layers whose codebooks start
+    RVQ           a linear map into the semantic space (onto its sphere), then 3 residual VQ layers whose codebooks start
                   from k-means of semantic features at the query rate (the semantic prior) and stay frozen
     decoder       each quantized query followed by w learnable mask tokens; a bidirectional transformer;
                   retrieval of the mask positions -> unpatchify (transposed convs) -> log-mel -> the
@@ -53,6 +53,10 @@ class ALMTokenizerConfig:
     codebook_size: int = 1024
     vq_dim: int = 384  # the semantic features' dimension: the codebooks live in their space
     learnable_codebooks: bool = False  # the paper freezes its semantic-prior codebooks
+    # The VQ space is the sphere of radius sqrt(vq_dim) (ours; l2-normalized codes as in ViT-VQGAN): the query
+    # vectors are standardized (running statistics, as the prior's features were) and projected onto it, so
+    # assignment reads direction only. Without it all queries take one frozen codeword (docs/alm_tokenizer.md).
+    spherical: bool = True
     semantic_encoder: str | None = "whisper-tiny.en"  # the prior's features; None = no semantic prior
     # Training (models/training/alm_tokenizer.py)
     stage: int = 2  # 1: patchify/unpatchify as an autoencoder with the MAE encoder/decoder; 2: the codec
@@ -94,6 +98,11 @@ class ALMTokenizerConfig:
 
 
 # ------------------------------------------------------------------ token interleaving and retrieval
+
+
+def to_sphere(x: torch.Tensor) -> torch.Tensor:
+    """(..., dim) -> the same directions at radius sqrt(dim): per-dimension RMS 1, like standardized features."""
+    return F.normalize(x, dim=-1) * math.sqrt(x.shape[-1])
 
 
 def interleave(frames: torch.Tensor, token: torch.Tensor, window: int) -> torch.Tensor:
@@ -176,6 +185,28 @@ class UnPatchify(nn.Module):
         return self.net(frames)
 
 
+class RunningStandardize(nn.Module):
+    """Per-dimension standardization: statistics of the real positions of each training batch, running
+    averages of them at inference (BatchNorm without the affine part, with a mask)."""
+
+    def __init__(self, dim: int, momentum: float = 0.01):
+        super().__init__()
+        self.momentum = momentum
+        self.register_buffer("mean", torch.zeros(dim))
+        self.register_buffer("var", torch.ones(dim))
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        if self.training:
+            real = x.float()[mask] if mask is not None else x.float().reshape(-1, x.shape[-1])
+            mean, var = real.mean(0), real.var(0, unbiased=False)
+            with torch.no_grad():
+                self.mean.lerp_(mean, self.momentum)
+                self.var.lerp_(var, self.momentum)
+        else:
+            mean, var = self.mean, self.var
+        return ((x.float() - mean) * torch.rsqrt(var + 1e-5)).to(x.dtype)
+
+
 class ResidualVQ(nn.Module):
     """Residual vector quantization: layer l quantizes what layers 1..l-1 left, to its nearest codeword.
 
@@ -240,6 +271,7 @@ class ALMTokenizer(nn.Module):
         self.mask_token = nn.Parameter(torch.randn(c.dim) * 0.02)
         self.encoder = Transformer(c.dim, c.encoder_layers, c.heads, causal=False)
         self.to_vq = nn.Linear(c.dim, c.vq_dim)
+        self.standardize = RunningStandardize(c.vq_dim) if c.spherical else None
         self.rvq = ResidualVQ(c.codebooks, c.codebook_size, c.vq_dim, c.learnable_codebooks)
         self.from_vq = nn.Linear(c.vq_dim, c.dim)
         self.decoder = Transformer(c.dim, c.decoder_layers, c.heads, causal=False)
@@ -297,6 +329,13 @@ class ALMTokenizer(nn.Module):
         local = frames.reshape(batch, n, window, -1).mean(2)
         return retrieve_queries(h, window) + local, frames
 
+    def vq_input(self, queries: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        """Query outputs (batch, N, dim) -> vectors in the VQ space (batch, N, vq_dim); `mask`: the real queries."""
+        z = self.to_vq(queries)
+        if self.standardize is None:
+            return z
+        return to_sphere(self.standardize(z, mask).float()).to(z.dtype)
+
     def decode_queries(self, quantized: torch.Tensor, window: int, query_mask: torch.Tensor | None = None
                        ) -> torch.Tensor:
         """Quantized queries (batch, N, vq_dim) -> log-mel (batch, 80, N w downsample)."""
@@ -319,7 +358,7 @@ class ALMTokenizer(nn.Module):
         encoder_in = e if drop is None else e.masked_fill(drop[..., None], 0.0)
         queries, frame_out = self.encode_frames(encoder_in, window, valid)
         query_valid = valid.reshape(valid.shape[0], -1, window).any(-1)
-        z = self.to_vq(queries)  # (batch, N, vq_dim)
+        z = self.vq_input(queries, query_valid)  # (batch, N, vq_dim)
         vq = self.rvq(z, query_valid)
         return {"mel_hat": self.decode_queries(vq["quantized"], window, query_valid), "frames": e,
                 "frame_outputs": frame_out, "valid": valid, "query_valid": query_valid, "z": z, "vq": vq}
@@ -335,7 +374,7 @@ class ALMTokenizer(nn.Module):
         window = self.check_window(window)
         e = self.patchify(self.pad_mel(mel[None].to(self._device()), window)).transpose(1, 2)
         queries, _ = self.encode_frames(e, window)
-        return self.rvq.indices(self.to_vq(queries))[0].T
+        return self.rvq.indices(self.vq_input(queries))[0].T
 
     def encode_wav(self, wav: np.ndarray, window: int | None = None) -> np.ndarray:
         """(samples,) at 22.05 kHz -> int64 tokens (codebooks, N)."""

@@ -12,7 +12,8 @@ Stage 2 (`stage: 2`, `init_from` the stage-1 export, `init_modules: [patchify, u
         + lambda_semantic MSE(query vectors, standardized semantic features of their spans)
 
 the window w drawn per step from the config's windows. The semantic prior: before building, k-means
-of the corpus's semantic features (pooled to the default window's query rate, standardized) gives
+of the corpus's semantic features (pooled to the default window's query rate, standardized, on the VQ
+space's sphere when the codec is spherical) gives
 layer 1's codewords, k-means of what layer 1 leaves gives layer 2's, and so on; cached under the
 corpus cache. Learnable codebooks (the ablations) replace codewords unused for a while by current
 residuals, so no code stays dead.
@@ -31,7 +32,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from models import audio
-from models.alm_tokenizer import ALMTokenizer, ALMTokenizerConfig
+from models.alm_tokenizer import ALMTokenizer, ALMTokenizerConfig, to_sphere
 from models.data.dataset import SpeechDataset
 from models.data.manifest import resolve_audio
 from models.files import atomic_path
@@ -151,7 +152,7 @@ class ALMTokenizerTask(Task):
         the same codewords)."""
         c = self.config
         rate = c.patch_rate / c.window
-        key = f"v2|{c.semantic_encoder}|{rate:.4f}|{c.codebooks}x{c.codebook_size}|{PRIOR_UTTERANCES}|{len(train_set)}"
+        key = f"v3|{c.spherical}|{c.semantic_encoder}|{rate:.4f}|{c.codebooks}x{c.codebook_size}|{PRIOR_UTTERANCES}|{len(train_set)}"
         cached = (Path(train_set.cache) if train_set.cache else Path(train_set.manifest).parent / "cache") / \
             "alm_prior" / f"{hashlib.sha256(key.encode()).hexdigest()[:16]}.safetensors"
         if cached.is_file():
@@ -162,7 +163,7 @@ class ALMTokenizerTask(Task):
         x = torch.cat([pool(train_set.features(row, feature).T, feature.frames_per_second, rate)
                        for row in rows[:PRIOR_UTTERANCES]])
         mean, std = x.mean(0), x.std(0).clamp_min(1e-5)
-        x = (x - mean) / std
+        x = self.to_space((x - mean) / std)
         if x.shape[1] != c.vq_dim:
             raise ValueError(f"vq_dim {c.vq_dim} must equal the semantic features' dimension {x.shape[1]}")
         prior = {"codebooks": residual_kmeans(x, c.codebooks, c.codebook_size, seed=0), "mean": mean, "std": std}
@@ -170,8 +171,12 @@ class ALMTokenizerTask(Task):
             save_file({k: v.contiguous() for k, v in prior.items()}, str(tmp))
         return prior
 
+    def to_space(self, standardized: torch.Tensor) -> torch.Tensor:
+        """Standardized semantic features -> the VQ space (its sphere, when the codec is spherical)."""
+        return to_sphere(standardized) if self.config.spherical else standardized
+
     def semantic_targets(self, batch: dict, window: int, queries: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """The standardized semantic features averaged over each query's span of each (cropped) item:
+        """The standardized semantic features averaged over each query's span of each (cropped) item, in the VQ space:
         (batch, N, vq_dim) targets and a (batch, N) mask of the spans the features cover."""
         c = self.config
         mel_rate, rate = c.patch_rate * c.downsample, self.feature.frames_per_second
@@ -187,6 +192,7 @@ class ALMTokenizerTask(Task):
                 b = max(a + 1, int((start + (k + 1) * span) / mel_rate * rate))
                 if a < len(features):
                     targets[i, k], covered[i, k] = features[a:b].mean(0), True
+        targets = self.to_space(targets)
         device = batch["features"].device
         return targets.to(device), covered.to(device)
 

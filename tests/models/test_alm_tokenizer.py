@@ -334,7 +334,7 @@ def test_bench_tokens_times_encode_and_decode_per_window(tmp_path, arctic_path, 
 
 
 def test_semantic_targets_average_each_querys_span_of_the_crop():
-    task = ALMTokenizerTask(tiny(semantic_encoder="whisper-tiny.en", vq_dim=2, lambda_semantic=1.0))
+    task = ALMTokenizerTask(tiny(semantic_encoder="whisper-tiny.en", vq_dim=2, lambda_semantic=1.0, spherical=False))
     from models.data.dataset import Feature
 
     task.feature = Feature("semantic_test", lambda wav: None, 50.0)
@@ -353,3 +353,18 @@ def test_semantic_targets_average_each_querys_span_of_the_crop():
         b = max(a + 1, int((86 + 4 * (k + 1)) / mel_rate * 50))
         assert targets[0, k, 0] == pytest.approx(sum(range(a, b)) / (b - a))
     assert covered.all() and int(86 / mel_rate * 50) == 49  # the crop's first second is skipped
+
+
+def test_spherical_vq_space_reads_direction_only():
+    """Shrinking the query vectors (what an MSE-trained encoder does early) must not move their codes."""
+    torch.manual_seed(0)
+    model = ALMTokenizer(ALMTokenizerConfig.from_dict(tiny(spherical=True))).eval()
+    queries = torch.randn(1, 50, model.config.dim)
+    z = model.vq_input(queries)
+    assert torch.allclose(z.norm(dim=-1), torch.full((1, 50), model.config.vq_dim ** 0.5), atol=1e-4)
+    with torch.no_grad():
+        model.to_vq.bias.zero_()
+        assert torch.equal(model.rvq.indices(model.vq_input(queries)), model.rvq.indices(model.vq_input(0.01 * queries)))
+    task = ALMTokenizerTask(tiny(spherical=True))
+    targets = task.to_space(torch.randn(3, 7, model.config.vq_dim) * 0.1)
+    assert torch.allclose(targets.norm(dim=-1), torch.full((3, 7), model.config.vq_dim ** 0.5), atol=1e-4)

@@ -3,8 +3,9 @@
     patchify      log-mel (80 x 86 Hz) -> strided convs -> frames e (T x dim) at 43 Hz
     encoder       a learnable [CLS] query token after every w frames (token interleaving); a bidirectional
                   transformer over the whole sequence; token retrieval keeps the T / w query outputs
-    RVQ           a linear map into the semantic space (onto its sphere), then 3 residual VQ layers whose codebooks start
-                  from k-means of semantic features at the query rate (the semantic prior) and stay frozen
+    RVQ           a linear map into the semantic space (onto its sphere), then 3 residual VQ layers whose
+                  codebooks start from k-means of semantic features at the query rate (the semantic prior)
+                  and stay frozen
     decoder       each quantized query followed by w learnable mask tokens; a bidirectional transformer;
                   retrieval of the mask positions -> unpatchify (transposed convs) -> log-mel -> the
                   shared HiFi-GAN
@@ -22,7 +23,8 @@ transformer predicts layer 3's quantized vectors from layers 1-2) losses.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
+from typing import ClassVar
 
 import numpy as np
 import torch
@@ -30,7 +32,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from models import audio, registry
-from models.config import parse_config
+from models.config import ModelConfig
 from models.modules import Snake, Transformer, residual_stack
 from models.roles import TOKEN_CODEC
 from models.vocoder import get_vocoder
@@ -39,7 +41,9 @@ SILENCE = math.log(audio.MelConfig().clamp)  # log-mel of digital silence: pads 
 
 
 @dataclass
-class ALMTokenizerConfig:
+class ALMTokenizerConfig(ModelConfig):
+    label: ClassVar[str] = "ALMTokenizer"
+
     n_mels: int = 80
     dim: int = 256
     strides: tuple[int, ...] = (2,)  # mel frames per patch frame = product (86.1 Hz -> 43.1 Hz)
@@ -81,20 +85,14 @@ class ALMTokenizerConfig:
     def patch_rate(self) -> float:
         return audio.SAMPLE_RATE / audio.MelConfig().hop_length / self.downsample
 
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict, source: str = "ALMTokenizer config") -> "ALMTokenizerConfig":
-        config = parse_config(cls, data, source)
-        if config.window not in config.windows:
-            raise ValueError(f"{source}: window {config.window} is not among windows {list(config.windows)}")
-        if config.stage not in (1, 2):
-            raise ValueError(f"{source}: stage must be 1 or 2, not {config.stage}")
-        low, high = config.mask_rate
+    def check(self, source: str) -> None:
+        if self.window not in self.windows:
+            raise ValueError(f"{source}: window {self.window} is not among windows {list(self.windows)}")
+        if self.stage not in (1, 2):
+            raise ValueError(f"{source}: stage must be 1 or 2, not {self.stage}")
+        low, high = self.mask_rate
         if not 0 <= low <= high < 1:
-            raise ValueError(f"{source}: mask_rate must be [low, high] within [0, 1), not {list(config.mask_rate)}")
-        return config
+            raise ValueError(f"{source}: mask_rate must be [low, high] within [0, 1), not {list(self.mask_rate)}")
 
 
 # ------------------------------------------------------------------ token interleaving and retrieval

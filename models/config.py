@@ -13,7 +13,7 @@ from __future__ import annotations
 import dataclasses
 import typing
 from dataclasses import dataclass, field, fields
-from typing import TypeVar
+from typing import ClassVar, TypeVar
 
 T = TypeVar("T")
 FITTED = "fitted"
@@ -61,6 +61,29 @@ def move_to_fitted(data: dict, names: tuple[str, ...]) -> dict:
     return data
 
 
+class ModelConfig:
+    """The base of every model's config dataclass: `from_dict` reads a YAML section or a checkpoint's
+    config.json (parse_config) and runs `check`, the rules between settings; `to_dict` writes it back."""
+
+    label: ClassVar[str] = "model"  # how error messages name the source by default
+    legacy_fitted: ClassVar[tuple[str, ...]] = ()  # keys older checkpoints kept at the top level (move_to_fitted)
+
+    @classmethod
+    def from_dict(cls, data: dict, source: str | None = None):
+        source = source or f"{cls.label} config"
+        if cls.legacy_fitted and isinstance(data, dict):
+            data = move_to_fitted(data, cls.legacy_fitted)
+        config = parse_config(cls, data, source)
+        config.check(source)
+        return config
+
+    def check(self, source: str) -> None:
+        """Raise ValueError naming `source` and the problem when settings contradict each other."""
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
 @dataclass
 class LatentStatistics:
     """What a model of latent sequences (SLED, KALL-E) fits on its training data, never chosen:
@@ -72,7 +95,7 @@ class LatentStatistics:
 
 
 @dataclass
-class LatentLMConfig:
+class LatentLMConfig(ModelConfig):
     """The settings every language model over codec latents (SLED, KALL-E) has; a model's config adds its
     own (and may change a default by redeclaring the field)."""
 

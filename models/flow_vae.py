@@ -19,7 +19,8 @@ the closed-form Gaussian KL. SLED and KALL-E model sequences of these latents.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
+from typing import ClassVar
 
 import numpy as np
 import torch
@@ -27,7 +28,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from models import audio, registry
-from models.config import parse_config
+from models.config import ModelConfig
 from models.modules import (
     Snake,
     residual_stack,
@@ -40,7 +41,9 @@ SILENCE = math.log(audio.MelConfig().clamp)  # log-mel of digital silence: pads 
 
 
 @dataclass
-class FlowVAEConfig:
+class FlowVAEConfig(ModelConfig):
+    label: ClassVar[str] = "Flow-VAE"
+
     n_mels: int = 80
     channels: int = 192
     latent_dim: int = 64
@@ -69,12 +72,6 @@ class FlowVAEConfig:
     def frame_rate(self) -> float:
         return audio.SAMPLE_RATE / audio.MelConfig().hop_length / self.downsample
 
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict, source: str = "Flow-VAE config") -> "FlowVAEConfig":
-        return parse_config(cls, data, source)
 
 
 class Encoder(nn.Module):

@@ -33,15 +33,15 @@ from __future__ import annotations
 
 import contextlib
 import math
-from dataclasses import asdict, dataclass, field, replace
-from typing import Callable, Iterator
+from dataclasses import dataclass, field, replace
+from typing import Callable, ClassVar, Iterator
 
 import numpy as np
 import torch
 from torch import nn
 
 from models import registry
-from models.config import LatentLMConfig, parse_config
+from models.config import LatentLMConfig
 from models.modules import SPEAKER, LatentLanguageModel, layout, positions
 from models.roles import TTS, Control, TTSRequest
 
@@ -50,6 +50,8 @@ END_MEAN, END_LOG_STD = 1.0, 1.0  # N_end = N(1, e): log e = 1
 
 @dataclass
 class KALLEConfig(LatentLMConfig):
+    label: ClassVar[str] = "KALL-E"
+
     speaker_encoder: str = "speaker_encoder"  # the frozen encoder whose embedding gives S
     speaker_dim: int = 192  # its embedding size
     voice_dim: int = 64  # the speaker latent S
@@ -61,15 +63,9 @@ class KALLEConfig(LatentLMConfig):
     aligned_positions: bool = True
     model: str = field(default="kalle", init=False)
 
-    @classmethod
-    def from_dict(cls, data: dict, source: str = "KALL-E config") -> "KALLEConfig":
-        config = parse_config(cls, data, source)
-        if config.kl_direction not in ("forward", "reverse"):
-            raise ValueError(f"kl_direction must be forward or reverse, not {config.kl_direction!r}")
-        return config
-
-    def to_dict(self) -> dict:
-        return asdict(self)
+    def check(self, source: str) -> None:
+        if self.kl_direction not in ("forward", "reverse"):
+            raise ValueError(f"{source}: kl_direction must be forward or reverse, not {self.kl_direction!r}")
 
 
 def gaussian_kl(mu_q: torch.Tensor, log_sigma_q: torch.Tensor, mu_p: torch.Tensor, log_sigma_p: torch.Tensor,

@@ -14,15 +14,15 @@ padded ones (docs/alm_tokenizer.md).
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field
-from typing import Protocol
+from dataclasses import dataclass, field
+from typing import ClassVar, Protocol
 
 import numpy as np
 import torch
 from torch import nn
 
 from models import audio, registry
-from models.config import parse_config
+from models.config import ModelConfig
 from models.roles import SEMANTIC_TOKENIZER
 
 WHISPER = "whisper-tiny.en"
@@ -151,19 +151,15 @@ def pool(features: np.ndarray | torch.Tensor, source_rate: float, rate: float) -
 
 
 @dataclass
-class SemanticTokenizerConfig:
+class SemanticTokenizerConfig(ModelConfig):
+    label: ClassVar[str] = "semantic tokenizer"
+
     encoder: str = WHISPER
     rate: float = 25.0  # tokens per second (the encoder's 50 Hz, average-pooled)
     clusters: int = 1024
     dim: int = 384
     model: str = field(default="semantic_tokenizer", init=False)
 
-    @classmethod
-    def from_dict(cls, data: dict, source: str = "semantic tokenizer config") -> "SemanticTokenizerConfig":
-        return parse_config(cls, data, source)
-
-    def to_dict(self) -> dict:
-        return asdict(self)
 
 
 @registry.register("semantic_tokenizer", role=SEMANTIC_TOKENIZER, config=SemanticTokenizerConfig)

@@ -23,21 +23,24 @@ concatenates two utterances of one speaker (`prompt_pairs`) so continuation is i
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, fields
-from typing import Iterator
+from dataclasses import dataclass, field, fields
+from typing import ClassVar, Iterator
 
 import torch
 from torch import nn
 from torch.nn import functional as F
 
 from models import registry
-from models.config import LatentLMConfig, LatentStatistics, move_to_fitted, parse_config
+from models.config import LatentLMConfig, LatentStatistics
 from models.modules import EOT, TEXT, LatentLanguageModel, layout, positions
 from models.roles import TTS, Control, TTSRequest
 
 
 @dataclass
 class SLEDConfig(LatentLMConfig):
+    label: ClassVar[str] = "SLED"
+    legacy_fitted: ClassVar[tuple[str, ...]] = tuple(f.name for f in fields(LatentStatistics))
+
     head: str = "energy"  # "energy" (the paper) or "l2" (ablation)
     head_blocks: int = 3
     head_mult: int = 2
@@ -50,15 +53,9 @@ class SLEDConfig(LatentLMConfig):
     min_frames_per_phoneme: float = 0.5
     model: str = field(default="sled", init=False)
 
-    @classmethod
-    def from_dict(cls, data: dict, source: str = "SLED config") -> "SLEDConfig":
-        config = parse_config(cls, move_to_fitted(data, tuple(f.name for f in fields(LatentStatistics))), source)
-        if config.head not in ("energy", "l2"):
-            raise ValueError(f"head must be energy or l2, not {config.head!r}")
-        return config
-
-    def to_dict(self) -> dict:
-        return asdict(self)
+    def check(self, source: str) -> None:
+        if self.head not in ("energy", "l2"):
+            raise ValueError(f"{source}: head must be energy or l2, not {self.head!r}")
 
 
 def energy_distance(x: torch.Tensor, x_prime: torch.Tensor, y: torch.Tensor) -> torch.Tensor:

@@ -14,7 +14,8 @@ Kept apart from the evaluation's speaker model (Resemblyzer), so SIM never grade
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
+from typing import ClassVar
 
 import numpy as np
 import torch
@@ -22,12 +23,14 @@ from torch import nn
 from torch.nn import functional as F
 
 from models import audio, registry
-from models.config import parse_config
+from models.config import ModelConfig
 from models.roles import SPEAKER_ENCODER
 
 
 @dataclass
-class SpeakerEncoderConfig:
+class SpeakerEncoderConfig(ModelConfig):
+    label: ClassVar[str] = "speaker encoder"
+
     n_mels: int = 80
     channels: int = 256  # the paper's small model uses 512; CPU-sized here
     dilations: tuple[int, ...] = (2, 3, 4)
@@ -37,12 +40,6 @@ class SpeakerEncoderConfig:
     embedding_dim: int = 192
     model: str = field(default="speaker_encoder", init=False)
 
-    @classmethod
-    def from_dict(cls, data: dict, source: str = "speaker encoder config") -> "SpeakerEncoderConfig":
-        return parse_config(cls, data, source)
-
-    def to_dict(self) -> dict:
-        return asdict(self)
 
 
 class SqueezeExcitation(nn.Module):

@@ -152,7 +152,8 @@ class ALMTokenizerTask(Task):
         the same codewords)."""
         c = self.config
         rate = c.patch_rate / c.window
-        key = f"v3|{c.spherical}|{c.semantic_encoder}|{rate:.4f}|{c.codebooks}x{c.codebook_size}|{PRIOR_UTTERANCES}|{len(train_set)}"
+        key = (f"v3|{c.spherical}|{c.semantic_encoder}|{rate:.4f}|{c.codebooks}x{c.codebook_size}|"
+               f"{PRIOR_UTTERANCES}|{len(train_set)}")
         cached = (Path(train_set.cache) if train_set.cache else Path(train_set.manifest).parent / "cache") / \
             "alm_prior" / f"{hashlib.sha256(key.encode()).hexdigest()[:16]}.safetensors"
         if cached.is_file():

@@ -364,7 +364,8 @@ def test_spherical_vq_space_reads_direction_only():
     assert torch.allclose(z.norm(dim=-1), torch.full((1, 50), model.config.vq_dim ** 0.5), atol=1e-4)
     with torch.no_grad():
         model.to_vq.bias.zero_()
-        assert torch.equal(model.rvq.indices(model.vq_input(queries)), model.rvq.indices(model.vq_input(0.01 * queries)))
+        codes = model.rvq.indices(model.vq_input(queries))
+        assert torch.equal(codes, model.rvq.indices(model.vq_input(0.01 * queries)))
     task = ALMTokenizerTask(tiny(spherical=True))
     targets = task.to_space(torch.randn(3, 7, model.config.vq_dim) * 0.1)
     assert torch.allclose(targets.norm(dim=-1), torch.full((3, 7), model.config.vq_dim ** 0.5), atol=1e-4)

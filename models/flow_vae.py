@@ -73,7 +73,6 @@ class FlowVAEConfig(ModelConfig):
         return audio.SAMPLE_RATE / audio.MelConfig().hop_length / self.downsample
 
 
-
 class Encoder(nn.Module):
     def __init__(self, c: FlowVAEConfig):
         super().__init__()

@@ -161,7 +161,6 @@ class SemanticTokenizerConfig(ModelConfig):
     model: str = field(default="semantic_tokenizer", init=False)
 
 
-
 @registry.register("semantic_tokenizer", role=SEMANTIC_TOKENIZER, config=SemanticTokenizerConfig)
 class SemanticTokenizer(nn.Module):
     """k-means centroids over standardized semantic features; fitted by models/training/semantic.py."""

@@ -41,7 +41,6 @@ class SpeakerEncoderConfig(ModelConfig):
     model: str = field(default="speaker_encoder", init=False)
 
 
-
 class SqueezeExcitation(nn.Module):
     """Rescale channels by a gate computed from their mean over time (global context)."""
 

@@ -72,8 +72,8 @@ class ALMTokenizerConfig(ModelConfig):
     lambda_mae: float = 0.5
     lambda_ar: float = 0.5
     # Semantic alignment of the queries (ours, not the paper's): MSE between the query vectors in the VQ
-    # space and the standardized semantic features of their spans. Without it the queries collapse onto one
-    # frozen codeword within 50 steps at our scale (docs/alm_tokenizer.md); 0 turns it off.
+    # space and the standardized semantic features of their spans, so the queries learn the space the frozen
+    # codewords come from (docs/alm_tokenizer.md); 0 turns it off.
     lambda_semantic: float = 1.0
     model: str = field(default="alm_tokenizer", init=False)
 
@@ -194,8 +194,8 @@ class RunningStandardize(nn.Module):
         self.register_buffer("var", torch.ones(dim))
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
-        if self.training:
-            real = x.float()[mask] if mask is not None else x.float().reshape(-1, x.shape[-1])
+        real = x.float()[mask] if mask is not None else x.float().reshape(-1, x.shape[-1])
+        if self.training and len(real) > 1:  # fewer than two real positions have no variance to learn from
             mean, var = real.mean(0), real.var(0, unbiased=False)
             with torch.no_grad():
                 self.mean.lerp_(mean, self.momentum)

@@ -369,3 +369,21 @@ def test_spherical_vq_space_reads_direction_only():
     task = ALMTokenizerTask(tiny(spherical=True))
     targets = task.to_space(torch.randn(3, 7, model.config.vq_dim) * 0.1)
     assert torch.allclose(targets.norm(dim=-1), torch.full((3, 7), model.config.vq_dim ** 0.5), atol=1e-4)
+
+
+def test_running_standardization_learns_from_real_positions_only():
+    from models.alm_tokenizer import RunningStandardize
+
+    standardize = RunningStandardize(4, momentum=1.0).train()
+    x = torch.randn(2, 6, 4) * 3 + 5
+    mask = torch.tensor([[True] * 6, [True] * 3 + [False] * 3])
+    x[1, 3:] = 1e6  # padding: must not reach the statistics
+    out = standardize(x, mask)
+    real = out[mask]
+    assert torch.allclose(real.mean(0), torch.zeros(4), atol=1e-4)
+    assert torch.allclose(real.var(0, unbiased=False), torch.ones(4), atol=1e-3)
+    before = standardize.mean.clone()
+    standardize(x, torch.zeros(2, 6, dtype=torch.bool))  # no real position: statistics stay, nothing is NaN
+    assert torch.equal(standardize.mean, before) and torch.isfinite(standardize.var).all()
+    standardize.eval()
+    assert torch.allclose(standardize(x[:1]), out[:1], atol=1e-4)  # inference uses the running statistics

@@ -58,6 +58,9 @@ class KALLEConfig(LatentLMConfig):
     kl_direction: str = "forward"  # KL(q || p) (the paper); "reverse": KL(p || q), the ablation
     lambda_end: float = 0.02
     lambda_voice: float = 0.01
+    # Free bits (Kingma et al., 2016): the voice KL of each dimension is penalized only above this
+    # many nats (batch mean), so that S need not collapse onto its prior to save a small penalty.
+    voice_free_bits: float = 0.0
     min_log_sigma: float = -7.0  # floor on the predicted log std: keeps 1 / sigma^2 finite in bf16
     prompt_pairs: float = 0.3
     aligned_positions: bool = True
@@ -66,6 +69,8 @@ class KALLEConfig(LatentLMConfig):
     def check(self, source: str) -> None:
         if self.kl_direction not in ("forward", "reverse"):
             raise ValueError(f"{source}: kl_direction must be forward or reverse, not {self.kl_direction!r}")
+        if self.voice_free_bits < 0:
+            raise ValueError(f"{source}: voice_free_bits must be >= 0, not {self.voice_free_bits}")
 
 
 def gaussian_kl(mu_q: torch.Tensor, log_sigma_q: torch.Tensor, mu_p: torch.Tensor, log_sigma_p: torch.Tensor,
@@ -135,7 +140,9 @@ class KALLE(LatentLanguageModel):
         c = self.config
         mu_s, log_sigma_s = self.voice_distribution(speaker_embeddings)
         voices = mu_s + log_sigma_s.exp() * torch.randn_like(mu_s) if self.training else mu_s
-        voice_kl = gaussian_kl(mu_s, log_sigma_s, torch.zeros_like(mu_s), torch.zeros_like(mu_s)).sum(-1).mean()
+        voice_kl_dims = gaussian_kl(mu_s, log_sigma_s, torch.zeros_like(mu_s), torch.zeros_like(mu_s)).mean(0)
+        voice_kl = voice_kl_dims.sum()
+        voice_penalty = voice_kl_dims.clamp_min(c.voice_free_bits).sum()
         normalized = [self.normalize_posterior(mu, log_sigma) for mu, log_sigma in posteriors]
         history = [mu + log_sigma.exp() * torch.randn_like(mu) for mu, log_sigma in normalized]
         if self.training and c.history_noise:
@@ -155,7 +162,7 @@ class KALLE(LatentLanguageModel):
                           mu_end, log_sigma_end).sum(-1).mean()
         frame_kl = kl.sum(-1).mean()
         return {"kl": frame_kl, "end": end, "voice_kl": voice_kl,
-                "total": frame_kl + c.lambda_end * end + c.lambda_voice * voice_kl}
+                "total": frame_kl + c.lambda_end * end + c.lambda_voice * voice_penalty}
 
     forward = loss  # so DDP can wrap the model
 

@@ -139,6 +139,19 @@ def test_reverse_kl_is_the_other_direction():
     assert a.item() > 0 and b.item() > 0 and abs(a.item() - b.item()) > 1e-3
 
 
+def test_voice_free_bits_leave_small_voice_kls_unpenalized():
+    plain, free = tiny(lambda_voice=1.0), tiny(lambda_voice=1.0, voice_free_bits=100.0)
+    free.load_state_dict(plain.state_dict())
+    ids, embedding = torch.tensor(tokens(plain)), torch.randn(1, 12)
+    outs = []
+    for model in (plain, free):
+        torch.manual_seed(0)
+        outs.append(model.loss(embedding, [ids], [posterior()]))
+    a, b = outs
+    assert torch.allclose(a["voice_kl"], b["voice_kl"])  # the logged KL is the raw one
+    assert torch.allclose(a["total"] - a["voice_kl"], b["total"] - 100.0 * 4, atol=1e-4)  # 4 dims at the floor
+
+
 def test_training_fits_statistics_and_the_checkpoint_speaks_after_a_reference(kalle_run, arctic_wav):
     from models import pipelines
 

@@ -550,7 +550,9 @@ class Trainer:
 
     def export(self, run: Path, model: torch.nn.Module, state: dict) -> Path:
         """The model as a registry checkpoint, with a card recording how it was made."""
-        card = {"data": str(Path(self.data).resolve()), "steps": state["step"],
+        data = Path(self.data).resolve()  # relative to the project when inside it: cards leave the machine
+        shown = data.relative_to(Path.cwd()) if data.is_relative_to(Path.cwd()) else data
+        card = {"data": str(shown), "steps": state["step"],
                 "wall_time_s": round(state["wall_time_s"], 1), "device": _device_name(next(model.parameters())),
                 "metrics": {k: round(v, 4) for k, v in state.get("last_validation", {}).items()
                             if isinstance(v, float)},

@@ -19,7 +19,7 @@ speaks the item's text, continuing the enrollment clip (with its prompt_text) wh
 manifest gives one; a folder holds `<key>.wav` files made elsewhere. Generated systems
 take options after the source, `NAME=SOURCE:cfg=1.5:seed=3` (TTS: cfg, seed and the controls the
 model declares, e.g. SLED's stop_threshold, alias stop; and ttt=N, test-time training on N posterior
-samples of each item's enrollment clip, for a model that offers it).
+samples of each item's enrollment clip, with ttt_lr=its learning rate, for a model that offers it).
 Other generated systems are entries of `GENERATORS`: name -> a factory
 `factory(device) -> fn(item) -> (wav, sr)`.
 """
@@ -119,9 +119,10 @@ TTS_OPTIONS = {"cfg": float, "seed": int}  # plus the model's own controls (a fl
 OPTION_ALIASES = {"stop": "stop_threshold"}  # short names kept from earlier command lines
 
 
-def _speak(model: str, device: str, cfg: float = 2.0, seed: int = 0, ttt: int = 0, **controls: float) -> Generate:
+def _speak(model: str, device: str, cfg: float = 2.0, seed: int = 0, ttt: int = 0, ttt_lr: float | None = None,
+           **controls: float) -> Generate:
     """TTS of item.text; with an enrollment clip, its voice continued from prompt_text (after fitting
-    the model to it with `ttt` samples, when ttt > 0).
+    the model to it with `ttt` samples at learning rate `ttt_lr`, when ttt > 0).
 
     Each item's seed is `seed` + a hash of its key, so audio does not depend on the order,
     the shard or a resumed run. `controls` are the model's own sampling settings.
@@ -142,7 +143,7 @@ def _speak(model: str, device: str, cfg: float = 2.0, seed: int = 0, ttt: int = 
             raise ValueError("test-time training needs the item's enrollment clip")
         wav, _ = pipelines.tts(item.text, model, ref, audio.SAMPLE_RATE, item.prompt_text, cfg=cfg,
                                seed=seed + zlib.crc32(item.key.encode()) % 100_000, device=device,
-                               ttt_samples=ttt, **controls)
+                               ttt_samples=ttt, **({"ttt_lr": ttt_lr} if ttt_lr is not None else {}), **controls)
         return wav, audio.SAMPLE_RATE
 
     return generate
@@ -210,10 +211,10 @@ def builtin_testsets(root: Path | None = None) -> dict[str, Path]:
 
 def _options(spec: str, text: str, model: str) -> tuple[tuple[str, float], ...]:
     """`cfg=1.5:seed=3:stop_threshold=0.4` -> (("cfg", 1.5), ...), checked against cfg, seed, the
-    controls the model declares and, for a model with test-time training, ttt."""
+    controls the model declares and, for a model with test-time training, ttt and ttt_lr."""
     from models import pipelines
 
-    types = {**TTS_OPTIONS, **({"ttt": int} if pipelines.fits_voices(model) else {}),
+    types = {**TTS_OPTIONS, **({"ttt": int, "ttt_lr": float} if pipelines.fits_voices(model) else {}),
              **{name: float for name in pipelines.tts_controls(model)}}
     options = []
     for part in text.split(":") if text else []:

@@ -34,7 +34,8 @@ TTS_VOCODER_PRECISION = "bf16"  # 2x faster synthesis, same PESQ (see models.voc
 CFG_RANGE = (1.0, 10.0)  # 1 = no guidance; the papers' best scales are 2-3
 MAX_SEED = 2**32 - 1
 MAX_FITTED_VOICES = 8  # test-time-trained voices kept in memory (least recently used dropped)
-TTT_LR = 1e-5
+TTT_LR = 1e-5  # the default; the paper's 1e-6 barely moves our smaller model
+TTT_LR_RANGE = (1e-7, 1e-2)
 ROLE_NAMES = {LATENT_CODEC: "codec", TOKEN_CODEC: "token codec", TTS: "TTS model",
               SPEECH_TO_SPEECH: "speech-to-speech model"}
 
@@ -298,17 +299,20 @@ def fits_voices(model: str) -> bool:
 
 
 def fit_voice(model: str, ref: np.ndarray, ref_text: str, samples: int, device: str | None = None,
-              progress: Callable[[int, int], None] | None = None) -> tuple[dict, dict]:
-    """Test-time training of a TTS model on one reference clip (22.05 kHz) and its transcript: the
-    model's weight delta for that voice, kept in memory (MAX_FITTED_VOICES, least recently used go)
-    so the same reference is fitted once. Returns (delta, info)."""
+              progress: Callable[[int, int], None] | None = None, lr: float = TTT_LR) -> tuple[dict, dict]:
+    """Test-time training of a TTS model on one reference clip (22.05 kHz) and its transcript at
+    learning rate `lr`: the model's weight delta for that voice, kept in memory (MAX_FITTED_VOICES,
+    least recently used go) so the same reference is fitted once. Returns (delta, info)."""
     generator, _ = _checkpoint_model(model, TTS, device)
     if not hasattr(generator, "fit_voice"):
         raise ValueError(f"{model} has no test-time training (a backend offers it with fit_voice)")
     if not 1 <= samples <= 2000:
         raise ValueError(f"test-time training samples must be between 1 and 2000, not {samples}")
+    if not TTT_LR_RANGE[0] <= lr <= TTT_LR_RANGE[1]:
+        raise ValueError(f"test-time training learning rate must be between {TTT_LR_RANGE[0]:g} and "
+                         f"{TTT_LR_RANGE[1]:g}, not {lr:g}")
     key = hashlib.sha256(b"".join([model.encode(), ref.astype(np.float32).tobytes(), ref_text.encode(),
-                                   str(samples).encode()])).hexdigest()[:16]
+                                   str(samples).encode(), repr(lr).encode()])).hexdigest()[:16]
     with _FITTED_LOCK:
         if key in _FITTED:
             _FITTED.move_to_end(key)
@@ -317,8 +321,8 @@ def fit_voice(model: str, ref: np.ndarray, ref_text: str, samples: int, device: 
     mean, std = codec.encode_wav(ref)
     start = time.perf_counter()
     with registry.resident(("turn", id(generator)), threading.Lock):  # training moves the resident weights
-        delta = generator.fit_voice(ref, mean, std, ref_text, samples=samples, lr=TTT_LR, progress=progress)
-    info = {"voice": key, "cached": False, "samples": samples, "wall_seconds": round(time.perf_counter() - start, 2)}
+        delta = generator.fit_voice(ref, mean, std, ref_text, samples=samples, lr=lr, progress=progress)
+    info = {"voice": key, "cached": False, "samples": samples, "lr": lr, "wall_seconds": round(time.perf_counter() - start, 2)}
     with _FITTED_LOCK:
         _FITTED[key] = delta
         while len(_FITTED) > MAX_FITTED_VOICES:
@@ -366,7 +370,7 @@ def tts(
     ref_text: str | None = None, cfg: float = 2.0, seed: int | None = None, stream: bool = False,
     device: str | None = None, max_chars: int = MAX_TTS_CHARS,
     transcribe: Callable[[np.ndarray], str] | None = None, chunk_frames: tuple[int, int] = (20, 20),
-    ttt_samples: int = 0, ttt_progress: Callable[[int, int], None] | None = None,
+    ttt_samples: int = 0, ttt_progress: Callable[[int, int], None] | None = None, ttt_lr: float = TTT_LR,
     **controls: float,
 ) -> tuple[np.ndarray, dict] | tuple[Iterator[np.ndarray], dict]:
     """Text to speech at 22.05 kHz with any checkpoint of the TTS role; returns (audio, info), or
@@ -380,7 +384,7 @@ def tts(
     stop_threshold), each checked against its range. Streaming yields audio as frames are
     generated: the first chunk after chunk_frames[0] frames, then every chunk_frames[1]; `info`
     gains timings as it runs. With ttt_samples > 0 and a reference, a model that offers it is first
-    fitted to the reference's voice (`fit_voice`, cached per reference).
+    fitted to the reference's voice (`fit_voice` at learning rate ttt_lr, cached per reference).
     """
     check_sampling(cfg, seed)
     sentences = split_sentences(check_text(text, max_chars))
@@ -409,7 +413,7 @@ def tts(
     if ttt_samples:
         if ref is None:
             raise ValueError("test-time training needs a reference clip and its transcript")
-        delta, info["ttt"] = fit_voice(model, ref, prompt_text, ttt_samples, device, ttt_progress)
+        delta, info["ttt"] = fit_voice(model, ref, prompt_text, ttt_samples, device, ttt_progress, ttt_lr)
 
     # A backend that can be adapted (test-time training) changes its resident weights while adapted:
     # its generations take turns, so no request sees another's voice.

@@ -206,7 +206,8 @@ def _tts(args: argparse.Namespace) -> int:
     if args.file is None:
         _output(args.out, args.overwrite, args.ref)  # before any model is looked at
     pipelines.check_sampling(args.cfg, args.seed)
-    settings = {**_model_controls(args.model, args.extra), "cfg": args.cfg, "ttt_samples": args.ttt}
+    settings = {**_model_controls(args.model, args.extra), "cfg": args.cfg, "ttt_samples": args.ttt,
+                "ttt_lr": args.ttt_lr}
     transcriber = None
 
     def transcribe(wav):
@@ -400,7 +401,7 @@ def _probe(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from models.pipelines import CFG_RANGE, MAX_SEED
+    from models.pipelines import CFG_RANGE, MAX_SEED, TTT_LR, TTT_LR_RANGE
 
     parser = _Parser(prog="speech-studio", description=__doc__)
     parser.add_argument("--device", help="cuda, mps or cpu (default: the best available)")
@@ -518,6 +519,8 @@ def build_parser() -> argparse.ArgumentParser:
     tts.add_argument("--ttt", type=_number(int, 1, 2000), nargs="?", const=200, default=0, metavar="N",
                      help="fit the model to the reference's voice first (test-time training on N posterior "
                           "samples, default 200; models that offer it)")
+    tts.add_argument("--ttt-lr", type=_number(float, *TTT_LR_RANGE), default=TTT_LR, metavar="LR",
+                     help=f"the test-time training's learning rate (default {TTT_LR:g})")
     tts.add_argument("--out", help="output .wav, .flac or .ogg (22.05 kHz)")
     tts.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
     tts.set_defaults(run=_tts, takes_model_options=True)

@@ -169,6 +169,8 @@ def test_training_fits_statistics_and_the_checkpoint_speaks_after_a_reference(ka
 def test_cli_voice_seed_temperature_and_test_time_training(kalle_run, tmp_path, arctic_path, capsys):
     import json
 
+    import pytest
+
     from studio.cli import main
 
     def speak(name, *options):
@@ -182,9 +184,14 @@ def test_cli_voice_seed_temperature_and_test_time_training(kalle_run, tmp_path, 
     assert info["voice_seed"] == 11 and info["temperature"] == 0.7
     assert speak("b.wav", "--voice-seed", "11", "--temperature", "0.7")[0] == a
     assert speak("c.wav", "--voice-seed", "12", "--temperature", "0.7")[0] != a
-    _, fitted, err = speak("d.wav", "--ref", str(arctic_path), "--ref-text", "and you always want to see it",
-                           "--ttt", "16")
-    assert fitted["ttt"]["samples"] == 16 and "test-time training: step 2 / 2" in err
+    reference = ("--ref", str(arctic_path), "--ref-text", "and you always want to see it")
+    d, fitted, err = speak("d.wav", *reference, "--ttt", "16")
+    assert fitted["ttt"]["samples"] == 16 and fitted["ttt"]["lr"] == 1e-5 and "test-time training: step 2 / 2" in err
+    f, refitted, _ = speak("f.wav", *reference, "--ttt", "16", "--ttt-lr", "1e-2")
+    assert refitted["ttt"]["lr"] == 1e-2 and not refitted["ttt"]["cached"] and f != d  # another rate, another fit
+    with pytest.raises(SystemExit):
+        main(["tts", "--model", str(kalle_run), "--text", "Hi.", "--ttt-lr", "1", "--out", str(tmp_path / "g.wav")])
+    assert "--ttt-lr: must be between" in capsys.readouterr().err
     assert main(["tts", "--model", str(kalle_run), "--text", "Hi.", "--ttt", "--out", str(tmp_path / "e.wav")]) == 2
     assert "needs a reference" in capsys.readouterr().err
 
@@ -213,5 +220,8 @@ def test_evaluation_systems_take_test_time_training_where_a_model_offers_it(kall
     from evaluation.systems import parse_system
 
     assert dict(parse_system(f"fitted={kalle_run}:ttt=20:cfg=2").options) == {"ttt": 20, "cfg": 2.0}
+    assert dict(parse_system(f"fast={kalle_run}:ttt=20:ttt_lr=1e-4").options) == {"ttt": 20, "ttt_lr": 1e-4}
     with pytest.raises(ValueError, match="options are"):
         parse_system(f"s={sled_run}:ttt=20")
+    with pytest.raises(ValueError, match="options are"):
+        parse_system(f"s={sled_run}:ttt_lr=1e-4")

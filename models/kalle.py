@@ -238,7 +238,7 @@ class KALLE(LatentLanguageModel):
     # ------------------------------------------------------------------ test-time training
 
     def test_time_train(self, posterior: tuple[torch.Tensor, torch.Tensor], text: list[int],
-                        speaker_embedding: torch.Tensor, samples: int = 200, lr: float = 1e-5, batch: int = 8,
+                        speaker_embedding: torch.Tensor, samples: int = 200, lr: float = 3e-5, batch: int = 8,
                         seed: int = 0, progress: Callable[[int, int], None] | None = None,
                         ) -> dict[str, torch.Tensor]:
         """Fit the language model to one voice on `samples` posterior samples of one reference clip
@@ -268,7 +268,7 @@ class KALLE(LatentLanguageModel):
             self.train(was_training)
 
     def fit_voice(self, reference: np.ndarray, mean: np.ndarray, std: np.ndarray, transcript: str,
-                  samples: int = 200, lr: float = 1e-5, seed: int = 0,
+                  samples: int = 200, lr: float = 3e-5, seed: int = 0,
                   progress: Callable[[int, int], None] | None = None) -> dict[str, torch.Tensor]:
         """Test-time training on one reference clip (22.05 kHz) given its codec posterior (mean, std,
         each (frames, latent_dim)) and transcript: the language model's weight delta for `adapted`."""

@@ -171,6 +171,7 @@ def test_cli_voice_seed_temperature_and_test_time_training(kalle_run, tmp_path, 
 
     import pytest
 
+    from models.pipelines import TTT_LR
     from studio.cli import main
 
     def speak(name, *options):
@@ -186,7 +187,7 @@ def test_cli_voice_seed_temperature_and_test_time_training(kalle_run, tmp_path, 
     assert speak("c.wav", "--voice-seed", "12", "--temperature", "0.7")[0] != a
     reference = ("--ref", str(arctic_path), "--ref-text", "and you always want to see it")
     d, fitted, err = speak("d.wav", *reference, "--ttt", "16")
-    assert fitted["ttt"]["samples"] == 16 and fitted["ttt"]["lr"] == 1e-5 and "test-time training: step 2 / 2" in err
+    assert fitted["ttt"]["samples"] == 16 and fitted["ttt"]["lr"] == TTT_LR and "test-time training: step 2 / 2" in err
     f, refitted, _ = speak("f.wav", *reference, "--ttt", "16", "--ttt-lr", "1e-2")
     assert refitted["ttt"]["lr"] == 1e-2 and not refitted["ttt"]["cached"] and f != d  # another rate, another fit
     with pytest.raises(SystemExit):

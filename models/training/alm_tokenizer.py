@@ -22,7 +22,9 @@ residuals, so no code stays dead.
 from __future__ import annotations
 
 import hashlib
+import json
 import random
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -35,7 +37,7 @@ from models import audio
 from models.alm_tokenizer import ALMTokenizer, ALMTokenizerConfig, to_sphere
 from models.data.dataset import SpeechDataset
 from models.data.manifest import resolve_audio
-from models.files import atomic_path
+from models.files import atomic_path, write_text_atomic
 from models.modules import Transformer, sequence_mask
 from models.semantic_tokenizer import pool
 from models.training import Scorers, Task, task
@@ -43,6 +45,7 @@ from models.training.semantic import semantic_feature
 from models.vocoder import get_vocoder
 
 PRIOR_UTTERANCES = 1500
+PRIOR_CHECK_UTTERANCES = 300  # validation utterances the prior's usage is measured on
 DEAD_CODE_USAGE = 1e-2  # learnable codebooks: a codeword used less than this (EMA share) is replaced
 
 
@@ -127,6 +130,18 @@ def residual_kmeans(x: torch.Tensor, layers: int, size: int, seed: int) -> torch
     return torch.from_numpy(np.stack(codebooks))
 
 
+def residual_usage(x: torch.Tensor, codebooks: torch.Tensor) -> list[dict]:
+    """How residual codebooks (layers, size, dim) quantize x (n, dim): per layer, the perplexity and
+    number of codewords used, and the share of x's energy left after it (1.0: the layer removed nothing)."""
+    residual, energy, out = x.float(), x.float().pow(2).sum(), []
+    for codebook in codebooks.float():
+        ids = torch.cdist(residual, codebook).argmin(-1)
+        residual = residual - codebook[ids]
+        out.append({"perplexity": round(perplexity(ids, len(codebook)), 1), "used": int(ids.unique().numel()),
+                    "energy_left": round(float(residual.pow(2).sum() / energy), 4)})
+    return out
+
+
 @task("alm_tokenizer")
 class ALMTokenizerTask(Task):
     def __init__(self, model_config: dict):
@@ -156,20 +171,34 @@ class ALMTokenizerTask(Task):
                f"{PRIOR_UTTERANCES}|{len(train_set)}")
         cached = (Path(train_set.cache) if train_set.cache else Path(train_set.manifest).parent / "cache") / \
             "alm_prior" / f"{hashlib.sha256(key.encode()).hexdigest()[:16]}.safetensors"
-        if cached.is_file():
-            return load_file(str(cached))
         feature = semantic_feature(c.semantic_encoder)
-        rows = list(train_set.rows)
-        random.Random(0).shuffle(rows)
-        x = torch.cat([pool(train_set.features(row, feature).T, feature.frames_per_second, rate)
-                       for row in rows[:PRIOR_UTTERANCES]])
-        mean, std = x.mean(0), x.std(0).clamp_min(1e-5)
-        x = self.to_space((x - mean) / std)
-        if x.shape[1] != c.vq_dim:
-            raise ValueError(f"vq_dim {c.vq_dim} must equal the semantic features' dimension {x.shape[1]}")
-        prior = {"codebooks": residual_kmeans(x, c.codebooks, c.codebook_size, seed=0), "mean": mean, "std": std}
-        with atomic_path(cached) as tmp:
-            save_file({k: v.contiguous() for k, v in prior.items()}, str(tmp))
+
+        def space(rows: list[dict]) -> torch.Tensor:
+            return torch.cat([pool(train_set.features(row, feature).T, feature.frames_per_second, rate) for row in rows])
+
+        if cached.is_file():
+            prior = load_file(str(cached))
+        else:
+            rows = list(train_set.rows)
+            random.Random(0).shuffle(rows)
+            x = space(rows[:PRIOR_UTTERANCES])
+            mean, std = x.mean(0), x.std(0).clamp_min(1e-5)
+            x = self.to_space((x - mean) / std)
+            if x.shape[1] != c.vq_dim:
+                raise ValueError(f"vq_dim {c.vq_dim} must equal the semantic features' dimension {x.shape[1]}")
+            prior = {"codebooks": residual_kmeans(x, c.codebooks, c.codebook_size, seed=0), "mean": mean, "std": std}
+            with atomic_path(cached) as tmp:
+                save_file({k: v.contiguous() for k, v in prior.items()}, str(tmp))
+        usage = cached.with_suffix(".json")  # how the prior quantizes the true features of unseen utterances
+        if not usage.is_file():
+            valid = SpeechDataset(train_set.manifest, ("valid",), feature=feature, cache_dir=train_set.cache,
+                                  max_seconds=None).rows[:PRIOR_CHECK_UTTERANCES]
+            if valid:
+                x = self.to_space((space(valid) - prior["mean"]) / prior["std"])
+                write_text_atomic(usage, json.dumps({"utterances": len(valid), "queries": len(x),
+                                                     "layers": residual_usage(x, prior["codebooks"])}, indent=1))
+        if usage.is_file():
+            print(f"semantic prior on validation features: {usage.read_text()}", file=sys.stderr)
         return prior
 
     def to_space(self, standardized: torch.Tensor) -> torch.Tensor:

@@ -19,7 +19,7 @@ from models.alm_tokenizer import (
     spread,
 )
 from models.training import load_config
-from models.training.alm_tokenizer import ALMTokenizerTask, ALMTraining, residual_kmeans
+from models.training.alm_tokenizer import ALMTokenizerTask, ALMTraining, residual_kmeans, residual_usage
 from tests.conftest import REPO
 
 TINY = load_config(REPO / "models" / "configs" / "alm_tokenizer_tiny.yaml")
@@ -108,6 +108,16 @@ def test_residual_kmeans_codebooks_quantize_better_layer_by_layer():
     layers = rvq(x[None])["layers"][0]  # (n, layers, dim)
     errors = [float((x - layers[:, : k + 1].sum(1)).pow(2).mean()) for k in range(3)]
     assert errors[0] > errors[1] > errors[2]
+
+
+def test_residual_usage_shows_a_layer_that_removes_nothing():
+    x = torch.eye(4) * 3  # four points, each one of layer 1's codewords
+    degenerate = torch.cat([torch.zeros(1, 4), torch.full((3, 4), 50.0)])  # nearest is always the zero vector
+    usage = residual_usage(x, torch.stack([x, degenerate]))
+    assert usage[0] == {"perplexity": 4.0, "used": 4, "energy_left": 0.0}
+    assert usage[1] == {"perplexity": 1.0, "used": 1, "energy_left": 0.0}
+    usage = residual_usage(x, torch.stack([degenerate, x]))
+    assert usage[0]["used"] == 1 and usage[0]["energy_left"] == 1.0 and usage[1]["energy_left"] == 0.0
 
 
 def test_stage_two_and_the_losses_run_at_every_window():

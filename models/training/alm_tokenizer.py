@@ -118,12 +118,16 @@ def perplexity(ids: torch.Tensor, size: int) -> float:
 
 
 def residual_kmeans(x: torch.Tensor, layers: int, size: int, seed: int) -> torch.Tensor:
-    """(n, dim) -> (layers, size, dim): k-means of x, then of what each layer's centroids leave."""
-    from sklearn.cluster import MiniBatchKMeans
+    """(n, dim) -> (layers, size, dim): k-means of x, then of what each layer's centroids leave.
+
+    Full-batch Lloyd iterations: on the near-isotropic residuals after layer 1, mini-batch k-means left
+    most centroids where k-means++ put them (on data points), so few were ever nearest
+    (docs/alm_tokenizer.md)."""
+    from sklearn.cluster import KMeans
 
     residual, codebooks = x.numpy(), []
     for layer in range(layers):
-        kmeans = MiniBatchKMeans(n_clusters=size, batch_size=8192, n_init=3, max_iter=100, random_state=seed + layer)
+        kmeans = KMeans(n_clusters=size, n_init=1, max_iter=50, random_state=seed + layer)
         labels = kmeans.fit_predict(residual)
         codebooks.append(kmeans.cluster_centers_.astype(np.float32))
         residual = residual - kmeans.cluster_centers_[labels]
@@ -167,7 +171,7 @@ class ALMTokenizerTask(Task):
         the same codewords)."""
         c = self.config
         rate = c.patch_rate / c.window
-        key = (f"v3|{c.spherical}|{c.semantic_encoder}|{rate:.4f}|{c.codebooks}x{c.codebook_size}|"
+        key = (f"v4|{c.spherical}|{c.semantic_encoder}|{rate:.4f}|{c.codebooks}x{c.codebook_size}|"
                f"{PRIOR_UTTERANCES}|{len(train_set)}")
         cached = (Path(train_set.cache) if train_set.cache else Path(train_set.manifest).parent / "cache") / \
             "alm_prior" / f"{hashlib.sha256(key.encode()).hexdigest()[:16]}.safetensors"

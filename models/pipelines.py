@@ -322,7 +322,8 @@ def fit_voice(model: str, ref: np.ndarray, ref_text: str, samples: int, device: 
     start = time.perf_counter()
     with registry.resident(("turn", id(generator)), threading.Lock):  # training moves the resident weights
         delta = generator.fit_voice(ref, mean, std, ref_text, samples=samples, lr=lr, progress=progress)
-    info = {"voice": key, "cached": False, "samples": samples, "lr": lr, "wall_seconds": round(time.perf_counter() - start, 2)}
+    info = {"voice": key, "cached": False, "samples": samples, "lr": lr,
+            "wall_seconds": round(time.perf_counter() - start, 2)}
     with _FITTED_LOCK:
         _FITTED[key] = delta
         while len(_FITTED) > MAX_FITTED_VOICES:

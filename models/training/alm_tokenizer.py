@@ -178,7 +178,8 @@ class ALMTokenizerTask(Task):
         feature = semantic_feature(c.semantic_encoder)
 
         def space(rows: list[dict]) -> torch.Tensor:
-            return torch.cat([pool(train_set.features(row, feature).T, feature.frames_per_second, rate) for row in rows])
+            return torch.cat([pool(train_set.features(row, feature).T, feature.frames_per_second, rate)
+                              for row in rows])
 
         if cached.is_file():
             prior = load_file(str(cached))

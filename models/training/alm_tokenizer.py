@@ -94,7 +94,7 @@ class ALMTraining(ALMTokenizer):
     def replace_dead_codes(self, z: torch.Tensor, ids: torch.Tensor, query_valid: torch.Tensor) -> int:
         """Learnable codebooks: track each codeword's usage (EMA) and re-seed unused ones with residuals
         of this batch. Returns how many were replaced."""
-        residuals = z[query_valid]  # (n, vq_dim)
+        residuals = z[query_valid].to(self.rvq.codebooks.dtype)  # (n, vq_dim); z is bf16 under autocast
         chosen = ids[query_valid]  # (n, layers)
         replaced = 0
         for layer, codebook in enumerate(self.rvq.codebooks):

@@ -96,6 +96,17 @@ def test_frozen_codebooks_never_update():
     assert any(p is learnable.rvq.codebooks for p in learnable.parameters())
 
 
+def test_dead_codewords_are_reseeded_from_bf16_residuals():
+    model = ALMTokenizerTask(tiny(learnable_codebooks=True)).build()
+    c = model.config
+    model.usage.zero_()  # every codeword unused but codeword 0, which this batch picks: the rest are re-seeded
+    z = torch.randn(2, 5, c.vq_dim).to(torch.bfloat16)  # what the training step passes under bf16 autocast
+    ids = torch.zeros(2, 5, c.codebooks, dtype=torch.long)
+    replaced = model.replace_dead_codes(z, ids, torch.ones(2, 5, dtype=torch.bool))
+    assert replaced == c.codebooks * (c.codebook_size - 1) and model.rvq.codebooks.dtype == torch.float32
+    assert torch.isin(model.rvq.codebooks[0, 1:, 0], z[..., 0].float().reshape(-1)).all()  # layer 1: the vectors
+
+
 def test_residual_kmeans_codebooks_quantize_better_layer_by_layer():
     torch.manual_seed(0)
     x = torch.randn(600, 4)

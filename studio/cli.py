@@ -473,7 +473,8 @@ def build_parser() -> argparse.ArgumentParser:
     fit.set_defaults(run=_semantic_fit)
     cache = semantic_commands.add_parser("cache", help="cache the corpus's semantic features, or with --tokenizer "
                                                        "its tokens (resumable)")
-    cache.add_argument("--corpus", required=True, help="folder with the corpus manifest.jsonl")
+    cache.add_argument("--corpus", required=True, help="folder with the corpus manifest.jsonl, or a task-set folder "
+                                                       "(speech-studio corpus tasks): every audio file of its sets")
     cache.add_argument("--encoder", default="whisper-tiny.en", help="the semantic encoder (as for fit)")
     cache.add_argument("--tokenizer", help="a semantic tokenizer checkpoint: cache its tokens")
     cache.set_defaults(run=_semantic_cache)

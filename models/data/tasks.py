@@ -253,3 +253,44 @@ def _vc_item(index, pool, split, rng, folder):
             "source_speaker": source["speaker"], "target_speaker": reference["speaker"],
             "source": _rel(source["abs_path"], folder), "reference": _rel(reference["abs_path"], folder),
             "ground_truth": _rel(same_text[0]["abs_path"], folder) if same_text else None}
+
+
+# Each audio field of a task row, and the row field naming whose voice it is.
+AUDIO_FIELDS = {"clean": "speaker", "noisy": "speaker", "mixture": "target_speaker", "target": "target_speaker",
+                "enrollment": "target_speaker", "source": "source_speaker", "reference": "target_speaker",
+                "ground_truth": "target_speaker"}
+
+
+def audio_manifest(tasks_dir: str | Path) -> Path:
+    """tasks_dir/audio.jsonl: one corpus-style row per distinct audio file of the task sets, so that the
+    feature caches built for a corpus (models.data.dataset.SpeechDataset) serve task audio too. The id is
+    the file's path from the data folder without its suffix (`task_audio_id`); rebuilt when a task
+    manifest is newer."""
+    import soundfile
+
+    folder = Path(tasks_dir)
+    manifests = sorted(folder.glob("*/*.jsonl"))
+    if not manifests:
+        raise FileNotFoundError(f"no task manifests under {folder} (run: speech-studio corpus tasks)")
+    out = folder / "audio.jsonl"
+    if out.is_file() and out.stat().st_mtime >= max(m.stat().st_mtime for m in manifests):
+        return out
+    rows: dict[str, dict] = {}
+    for task_manifest in manifests:
+        for row in mf.read_jsonl(task_manifest):
+            for field, voice in AUDIO_FIELDS.items():
+                if not row.get(field):
+                    continue
+                path = (task_manifest.parent / row[field]).resolve()
+                key = task_audio_id(folder, path)
+                if key not in rows:
+                    rows[key] = {"id": key, "split": row["split"], "speaker": row.get(voice) or "unknown",
+                                 "path": _rel(path, folder), "duration": round(soundfile.info(path).duration, 3)}
+    mf.write_jsonl(out, rows.values())
+    return out
+
+
+def task_audio_id(tasks_dir: str | Path, path: str | Path) -> str:
+    """The id of a task-set audio file in `audio_manifest`: its path from the data folder, without suffix."""
+    relative = Path(os.path.relpath(Path(path).resolve(), Path(tasks_dir).resolve().parent)).with_suffix("")
+    return "/".join("parent" if part == ".." else part for part in relative.parts)

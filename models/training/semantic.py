@@ -15,6 +15,7 @@ import torch
 
 from models import audio, registry
 from models.data import manifest as mf
+from models.data import tasks
 from models.data.dataset import Feature, SpeechDataset
 from models.semantic_tokenizer import (
     WHISPER,
@@ -47,8 +48,12 @@ def token_feature(tokenizer: str, model: SemanticTokenizer) -> Feature:
 
 
 def dataset(corpus: str | Path, feature: Feature, splits: tuple[str, ...]) -> SpeechDataset:
+    """A corpus folder's utterances, or a task-set folder's (tasks.json) distinct audio files."""
     manifest = Path(corpus)
-    manifest = manifest / "manifest.jsonl" if manifest.is_dir() else manifest
+    if manifest.is_dir() and (manifest / "tasks.json").is_file():
+        manifest = tasks.audio_manifest(manifest)
+    elif manifest.is_dir():
+        manifest = manifest / "manifest.jsonl"
     return SpeechDataset(manifest, splits, feature=feature, cache_dir=manifest.parent / "cache", max_seconds=None)
 
 

@@ -95,3 +95,39 @@ def test_missing_corpus_and_bad_sizes_are_clear_errors(tmp_path):
         tasks.build_tasks(tmp_path / "nothing", tmp_path / "out")
     with pytest.raises(ValueError, match="must not be negative"):
         tasks.build_tasks(tmp_path / "nothing", tmp_path / "out", sizes=tasks.TaskSizes(train=-1))
+
+
+def test_audio_manifest_lists_every_task_file_once(task_dir):
+    manifest = tasks.audio_manifest(task_dir)
+    rows = mf.read_jsonl(manifest)
+    files = {mf.resolve_audio(m, row[field]).resolve()
+             for m in task_dir.glob("*/*.jsonl") for row in mf.read_jsonl(m)
+             for field in ("clean", "noisy", "mixture", "target", "enrollment", "source", "reference", "ground_truth")
+             if row.get(field)}
+    assert len({r["id"] for r in rows}) == len(rows) == len(files)
+    assert {mf.resolve_audio(manifest, r["path"]).resolve() for r in rows} == files
+    assert all(r["duration"] > 0 and r["split"] in ("train", "valid", "test") for r in rows)
+    stamp = manifest.stat().st_mtime_ns
+    assert tasks.audio_manifest(task_dir) == manifest and manifest.stat().st_mtime_ns == stamp  # not rebuilt
+
+
+def test_semantic_tokens_cached_for_every_task_file(task_dir, tmp_path):
+    import torch
+
+    from models import registry
+    from models.data.dataset import SpeechDataset
+    from models.semantic_tokenizer import SemanticTokenizer, SemanticTokenizerConfig
+    from models.training.semantic import cache_tokens
+
+    torch.manual_seed(0)
+    tokenizer = SemanticTokenizer(SemanticTokenizerConfig(clusters=8))
+    tokenizer.centroids.copy_(torch.randn(8, 384))
+    card = {"data": "random centroids", "steps": 0, "wall_time_s": 0.0, "device": "cpu", "metrics": {}}
+    folder = registry.save_checkpoint(tokenizer, tokenizer.config.to_dict(), card, tmp_path / "semantic")
+    count = cache_tokens(task_dir, str(folder))
+    rows = SpeechDataset(task_dir / "audio.jsonl", ("train", "valid", "test"), max_seconds=None).rows
+    assert count == len(rows)
+    for row in rows:
+        cached = task_dir / "cache" / "semantic_tokens_semantic" / f"{row['id']}.npy"
+        tokens = np.load(cached, allow_pickle=False)
+        assert tokens.shape[0] == 1 and abs(tokens.shape[1] - 25 * row["duration"]) <= 1 and tokens.max() < 8

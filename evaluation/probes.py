@@ -5,7 +5,8 @@ compared (same utterances, steps and seeds), and scored on held-out utterances w
                layer-1 codewords and is scored by phoneme error rate (PER) on the validation split
     tokens     how predictable the upper layers are (the AR loss's aim): a small causal transformer predicts
                layer k's token at each frame from the lower layers' tokens up to that frame and layer k's
-               before it, scored in bits per token and accuracy
+               before it, scored in bits per token and accuracy, beside the bits of the layer's token
+               frequencies alone (the no-context baseline) and the difference: what the context explains
 
 `speech-studio probe phonemes|tokens --codec A --codec B --corpus DIR --window W --out JSON`.
 """
@@ -170,6 +171,14 @@ def token_probe(train: list[dict], test: list[dict], layer: int, size: int, step
     return {"bits": bits, "accuracy": accuracy}
 
 
+def unigram_bits(train: list[dict], test: list[dict], layer: int, size: int) -> dict[str, float]:
+    """The no-context baseline: bits per token of a layer's held-out tokens under its training-token frequencies
+    (add-one smoothed), so that a layer which merely uses fewer codewords does not pass for a more predictable one."""
+    counts = torch.bincount(torch.cat([u["tokens"][layer] for u in train]), minlength=size).double() + 1
+    log_p = (counts / counts.sum()).log2()
+    return {u["id"]: float(-log_p[u["tokens"][layer]].mean()) for u in test}
+
+
 def _summary(values: dict[str, float], seed: int) -> dict:
     array = np.array(list(values.values()))
     low, high = bootstrap_ci(array, seed)
@@ -205,9 +214,14 @@ def run_probe(kind: str, codecs: dict[str, str], corpus: str, window: int | None
             scores[label] = {}
             for layer in range(1, model.num_codebooks):
                 out = token_probe(train, test, layer, model.codebook_size, steps, seed)
-                scores[label][f"layer{layer + 1}_bits"] = out["bits"]
-                entry[f"layer{layer + 1}_bits"] = _summary(out["bits"], seed)
-                entry[f"layer{layer + 1}_accuracy"] = _summary(out["accuracy"], seed)
+                unigram = unigram_bits(train, test, layer, model.codebook_size)
+                gain = {k: unigram[k] - out["bits"][k] for k in out["bits"]}  # what the context explains
+                name = f"layer{layer + 1}"
+                scores[label].update({f"{name}_bits": out["bits"], f"{name}_context_gain_bits": gain})
+                entry.update({f"{name}_bits": _summary(out["bits"], seed),
+                              f"{name}_unigram_bits": _summary(unigram, seed),
+                              f"{name}_context_gain_bits": _summary(gain, seed),
+                              f"{name}_accuracy": _summary(out["accuracy"], seed)})
         result["codecs"][label] = entry
         log(f"{label}: " + ", ".join(f"{k} {v['mean']:.3f}" for k, v in entry.items() if isinstance(v, dict)))
     labels = list(codecs)

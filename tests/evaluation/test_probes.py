@@ -7,7 +7,7 @@ import random
 import pytest
 import torch
 
-from evaluation.probes import PHONES, edit_distance, phone_ids, phoneme_probe, token_probe
+from evaluation.probes import PHONES, edit_distance, phone_ids, phoneme_probe, token_probe, unigram_bits
 
 
 def test_phone_targets_and_edit_distance():
@@ -50,3 +50,10 @@ def test_the_token_lm_predicts_a_layer_the_lower_ones_determine():
     mean = lambda d: sum(d.values()) / len(d)  # noqa: E731
     assert mean(determined["bits"]) < 0.3 and mean(determined["accuracy"]) > 0.9
     assert mean(independent["bits"]) > 0.8 * math.log2(8)  # nothing to learn: near uniform
+
+
+def test_the_unigram_baseline_charges_each_token_its_training_frequency():
+    train = [{"id": "a", "tokens": torch.tensor([[0, 0, 0, 1]])}]  # with add-one over 4 codewords: 4/8, 2/8, 1/8, 1/8
+    test = [{"id": "t", "tokens": torch.tensor([[0, 1]])}, {"id": "u", "tokens": torch.tensor([[3, 3]])}]
+    bits = unigram_bits(train, test, layer=0, size=4)
+    assert bits["t"] == pytest.approx((1 + 2) / 2) and bits["u"] == pytest.approx(3.0)

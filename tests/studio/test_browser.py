@@ -115,7 +115,7 @@ def test_ab_vote_after_both_plays_updates_the_leaderboard(page, artifacts):
         for side in ("a", "b"):
             page.locator(f"#ab-{side}").get_by_role("button", name="Play", exact=True).click()
         vote.wait_for(state="visible")
-        page.wait_for_function("() => !document.querySelector('#ab-vote-A').disabled", timeout=30_000)
+        page.wait_for_function("() => !document.querySelector('#ab-vote-A').disabled", timeout=60_000)
         vote.click()
         page.wait_for_function("() => document.querySelector('#ab-status').innerText.includes('Vote stored')",
                                timeout=30_000)

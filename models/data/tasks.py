@@ -282,6 +282,9 @@ def audio_manifest(tasks_dir: str | Path) -> Path:
                 if not row.get(field):
                     continue
                 path = (task_manifest.parent / row[field]).resolve()
+                if not path.is_file():
+                    raise FileNotFoundError(f"{task_manifest}: {row.get('id')}'s {field} {row[field]} is missing "
+                                            "(rerun: speech-studio corpus tasks)")
                 key = task_audio_id(folder, path)
                 if key not in rows:
                     rows[key] = {"id": key, "split": row["split"], "speaker": row.get(voice) or "unknown",

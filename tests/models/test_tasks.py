@@ -111,6 +111,17 @@ def test_audio_manifest_lists_every_task_file_once(task_dir):
     assert tasks.audio_manifest(task_dir) == manifest and manifest.stat().st_mtime_ns == stamp  # not rebuilt
 
 
+def test_audio_manifest_names_a_missing_task_file(task_dir, tmp_path):
+    import shutil
+
+    copy = tmp_path / "tasks"
+    shutil.copytree(task_dir / "enhancement", copy / "enhancement")
+    row = mf.read_jsonl(copy / "enhancement" / "valid.jsonl")[0]
+    (copy / "enhancement" / row["noisy"]).unlink()
+    with pytest.raises(FileNotFoundError, match=f"{row['id']}'s noisy .* is missing"):
+        tasks.audio_manifest(copy)
+
+
 def test_semantic_tokens_cached_for_every_task_file(task_dir, tmp_path):
     import torch
 

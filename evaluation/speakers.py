@@ -108,6 +108,14 @@ def distinct_speakers(corpus: str | Path, per_speaker: int = 8, separation: floa
     apart = told_apart(np.stack([embeddings[n] for n in names]), separation)
     distinct = distinct_set(names, apart)
     confused = [[names[i], names[j]] for i, j in zip(*np.nonzero(np.triu(~apart, 1)))]
+    speaker_family = {r["speaker"]: r.get("family", "engine") for r in rows}
+    by_family = {}
+    for voice_family in sorted(set(speaker_family.values())):  # counted within the family, on its own
+        members = [i for i, n in enumerate(names) if speaker_family[n] == voice_family]
+        chosen = distinct_set([names[i] for i in members], apart[np.ix_(members, members)])
+        by_family[voice_family] = {"speakers": len(members), "distinct": len(chosen),
+                                   "distinct_seen": sum(speaker_split[n] == "test" for n in chosen),
+                                   "distinct_heldout": sum(speaker_split[n] == "heldout" for n in chosen)}
     report = {
         "corpus": str(corpus), "speaker_model": model_name, "utterances_per_speaker": per_speaker,
         "separation": separation, "speakers": len(names), "distinct": len(distinct),
@@ -118,6 +126,7 @@ def distinct_speakers(corpus: str | Path, per_speaker: int = 8, separation: floa
         "heldout_utterance_eer": None if heldout_eer is None else round(heldout_eer, 4),
         "same_speaker_sim_mean": round(float(same.mean()), 4),
         "different_speaker_sim_mean": round(float(different.mean()), 4),
+        "by_family": by_family,
         "pairs_not_told_apart": confused,
     }
     if out:

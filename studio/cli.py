@@ -329,9 +329,19 @@ def _corpus_build(args: argparse.Namespace) -> int:
     from models.data import corpus
 
     voices = [v for item in args.voices or [] for v in item.split(",") if v]
+    engines = [e for item in args.engines or [] for e in item.split(",") if e]
     report = corpus.build(args.out, profile=args.profile, train_hours=args.hours, voices=voices or None,
-                          workers=args.workers, seed=args.seed)
+                          workers=args.workers, seed=args.seed, engines=engines or None,
+                          natural_hours=args.kokoro_hours)
     return 0 if report["finished"] else 1
+
+
+def _corpus_export(args: argparse.Namespace) -> int:
+    from models.data import corpus
+
+    count = corpus.export_testset(args.corpus, args.list, args.out, per_speaker=args.per_speaker)
+    print(f"wrote {args.out}: {count} items")
+    return 0
 
 
 def _corpus_tasks(args: argparse.Namespace) -> int:
@@ -355,6 +365,9 @@ def _corpus_speakers(args: argparse.Namespace) -> int:
           f"{report['utterance_eer']:.3f} (held-out speakers only: "
           f"{'n/a' if heldout is None else format(heldout, '.3f')}); "
           f"{len(report['pairs_not_told_apart'])} pairs not told apart")
+    for voice_family, count in report["by_family"].items():
+        print(f"  {voice_family} voices: {count['distinct']} of {count['speakers']} told apart within the family "
+              f"({count['distinct_seen']} seen, {count['distinct_heldout']} held out)")
     print(f"wrote {out}")
     return 0
 
@@ -436,9 +449,14 @@ def build_parser() -> argparse.ArgumentParser:
     corpus_commands = corpus.add_subparsers(dest="corpus_command", required=True, metavar="ACTION")
     build = corpus_commands.add_parser("build", help="synthesize a multi-speaker corpus (resumable)")
     build.add_argument("--out", required=True, help="corpus folder (created; an existing one is resumed)")
-    build.add_argument("--profile", choices=["mini", "default"], default="default")
+    build.add_argument("--profile", default="default",
+                       help="default: corpus v3 (engine voices and Kokoro); v2: the engine voices only; mini: tests")
     build.add_argument("--hours", type=_number(float, 0.01, 1000),
-                       help="training hours over seen speakers (overrides the profile)")
+                       help="training hours over the engine voices' seen speakers (overrides the profile)")
+    build.add_argument("--kokoro-hours", type=_number(float, 0.01, 1000),
+                       help="training hours over the Kokoro voices' seen speakers (overrides the profile)")
+    build.add_argument("--engines", nargs="+", help="build only these engines' voices (e.g. kokoro); a later "
+                                                    "build without it finishes the rest")
     build.add_argument("--voices", nargs="+", help="voice names, engines or speakers (default: all installed)")
     build.add_argument("--workers", type=_number(int, 1, 256), help="processes (default: one per core)")
     build.add_argument("--seed", type=_number(int, 0, MAX_SEED), default=0)
@@ -451,6 +469,13 @@ def build_parser() -> argparse.ArgumentParser:
         task_sets.add_argument(f"--{split}", type=_number(int, 0), default=default,
                                help=f"items per task in {split}")
     task_sets.set_defaults(run=_corpus_tasks)
+    export = corpus_commands.add_parser("export", help="a shippable copy of a corpus zero-shot list (FLAC + JSONL)")
+    export.add_argument("--corpus", required=True, help="folder with the corpus manifest.jsonl")
+    export.add_argument("--list", required=True, help="the list under CORPUS/eval, without .lst (e.g. tts_kokoro)")
+    export.add_argument("--out", required=True, help="JSONL manifest to write; the audio goes in the folder "
+                                                     "of the same name beside it")
+    export.add_argument("--per-speaker", type=_number(int, 2, 1000), default=3, help="clips per speaker")
+    export.set_defaults(run=_corpus_export)
     count = corpus_commands.add_parser("speakers", help="how many speakers a speaker model tells apart (JSON)")
     count.add_argument("--corpus", required=True, help="folder with the corpus manifest.jsonl")
     count.add_argument("--per-speaker", type=_number(int, 2, 1000), default=8, help="test utterances per speaker")

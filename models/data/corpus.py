@@ -27,12 +27,13 @@ import soundfile as sf
 from models import audio
 from models.data import manifest as mf
 from models.data import speakers
-from models.data.voices import ENGINES, INSTALL, VOICES, Job, Voice, select_voices
+from models.data.voices import ENGINES, INSTALL, LICENCES, VOICES, Job, Voice, family, select_voices
 from models.registry import ASSETS
 from models.text import TextFrontend, normalize_text
 
 TEXTS = ASSETS / "text"
 CHARS_PER_SECOND = 17.0  # measured over all engines (mini build), to plan hours before synthesis
+CHARS_PER_SECOND_BY_ENGINE = {"kokoro": 14.1}  # its training sentences, v3 build; others use the above
 TARGET_LUFS = -23.0
 RATE_RANGE = (0.9, 1.15)  # duration stretch per utterance
 PITCH_RANGE = (-1.5, 1.5)  # semitones, where the engine can shift pitch
@@ -42,7 +43,7 @@ BATCH = 24
 @dataclass(frozen=True)
 class Profile:
     name: str
-    train_hours: float | None  # spread evenly over seen speakers; None: train_sentences each
+    train_hours: float | None  # spread evenly over the engine voices' seen speakers; None: train_sentences each
     train_sentences: int
     valid_sentences: int
     test_sentences: int
@@ -52,16 +53,32 @@ class Profile:
     # Voices beyond the core ones read fewer validation and test sentences: many voices, short lists.
     extra_valid_sentences: int = 5
     extra_test_sentences: int = 20
+    natural_hours: float | None = None  # training hours of the natural-voice family (Kokoro), over its seen speakers
+    natural_seen_test_sentences: int = 8  # test sentences of its seen voices beyond the core ones (speaker count: 8)
+    # Kokoro's five voices blend into few distinct people (docs/corpus.md): pseudo-speakers do most of the spreading.
+    natural_pseudo_per_voice: int = 4
+    engines: tuple[str, ...] | None = None  # only these engines' voices (None: all)
 
     def voices(self) -> list[Voice]:
-        base = [v for v in VOICES if self.all_voices or v.core]
-        return base + speakers.pseudo_voices(base, self.pseudo_per_voice, self.pseudo_sources)
+        base = [v for v in VOICES if (self.all_voices or v.core) and (self.engines is None or v.engine in self.engines)]
+        engine_voices = [v for v in base if family(v.engine) == "engine"]
+        natural = [v for v in base if family(v.engine) == "natural"]
+        return (base + speakers.pseudo_voices(engine_voices, self.pseudo_per_voice, self.pseudo_sources)
+                + speakers.pseudo_voices(natural, self.natural_pseudo_per_voice))
+
+    def hours(self, voice_family: str) -> float | None:
+        return self.natural_hours if voice_family == "natural" else self.train_hours
 
 
+ENGINE_VOICES = ("flite", "festival", "piper", "espeak", "rhvoice", "pico")
 PROFILES = {
     "mini": Profile("mini", None, train_sentences=3, valid_sentences=1, test_sentences=2, all_voices=False,
-                    pseudo_per_voice=1, pseudo_sources=3, extra_valid_sentences=1, extra_test_sentences=2),
-    "default": Profile("default", 20.0, train_sentences=0, valid_sentences=40, test_sentences=120),
+                    pseudo_per_voice=1, pseudo_sources=3, extra_valid_sentences=1, extra_test_sentences=2,
+                    natural_pseudo_per_voice=0),
+    # Corpus v3: the engine voices of v2 and 8 h of Kokoro's blended voices.
+    "default": Profile("default", 20.0, train_sentences=0, valid_sentences=40, test_sentences=120,
+                       natural_hours=8.0),
+    "v2": Profile("v2", 20.0, train_sentences=0, valid_sentences=40, test_sentences=120, engines=ENGINE_VOICES),
 }
 
 
@@ -85,16 +102,23 @@ def _rng(seed: int, *keys: str) -> random.Random:
     return random.Random(zlib.crc32("/".join([str(seed), *keys]).encode()))
 
 
-def plan(profile: Profile, voices: list[Voice], seed: int = 0, train_hours: float | None = None) -> list[dict]:
-    """Manifest rows (without duration and phonemes) for every utterance to synthesize."""
+def plan(profile: Profile, voices: list[Voice], seed: int = 0, train_hours: float | None = None,
+         natural_hours: float | None = None) -> list[dict]:
+    """Manifest rows (without duration and phonemes) for every utterance to synthesize. Each family (engine
+    voices, natural voices) shares its own training hours among its seen speakers."""
     pools = sentence_pools()
-    hours = train_hours if train_hours is not None else profile.train_hours
-    seen_speakers = sorted({v.speaker for v in voices if not v.held_out})
+    given = {"engine": train_hours, "natural": natural_hours}
     rows = []
     for voice in voices:
+        voice_family = family(voice.engine)
+        hours = given[voice_family] if given[voice_family] is not None else profile.hours(voice_family)
+        seen_speakers = {v.speaker for v in voices if not v.held_out and family(v.engine) == voice_family}
+        chars_per_second = CHARS_PER_SECOND_BY_ENGINE.get(voice.engine, CHARS_PER_SECOND)
         rng = _rng(seed, voice.name)
         n_test = profile.test_sentences if voice.core else profile.extra_test_sentences
         n_valid = profile.valid_sentences if voice.core else profile.extra_valid_sentences
+        if voice_family == "natural" and not voice.core and not voice.held_out:  # many seen speakers: fewer each
+            n_test, n_valid = min(n_test, profile.natural_seen_test_sentences), min(n_valid, 2)
         if voice.held_out:
             chosen = [("heldout", t) for t in pools["test"][:n_test]]
         else:
@@ -112,7 +136,7 @@ def plan(profile: Profile, voices: list[Voice], seed: int = 0, train_hours: floa
                     if budget <= 0:
                         break
                     chosen.append(("train", (text_id, text)))
-                    budget -= len(text) / CHARS_PER_SECOND
+                    budget -= len(text) / chars_per_second
         for split, (text_id, text) in chosen:
             rows.append({
                 "id": f"{voice.name}_{text_id}", "speaker": voice.speaker, "engine": voice.engine,
@@ -120,7 +144,8 @@ def plan(profile: Profile, voices: list[Voice], seed: int = 0, train_hours: floa
                 "path": f"wavs/{voice.name}/{text_id}.wav", "split": split,
                 "rate": round(rng.uniform(*RATE_RANGE), 3),
                 "pitch": round(rng.uniform(*PITCH_RANGE), 2) if ENGINES[voice.engine].pitch else 0.0,
-                **speakers.describe(voice),
+                "family": voice_family, "licence": LICENCES[voice.engine],
+                **ENGINES[voice.engine].describe(voice), **speakers.describe(voice),
             })
     return rows
 
@@ -164,31 +189,41 @@ def _synthesize_batch(task: tuple[list[dict], str, Voice]) -> list[tuple[str, st
 def build(
     out_dir: str | Path, profile: str = "default", train_hours: float | None = None,
     voices: list[str] | None = None, workers: int | None = None, seed: int = 0, log=print,
+    engines: list[str] | None = None, natural_hours: float | None = None,
 ) -> dict:
-    """Synthesize (or finish) a corpus in out_dir; returns the build report (also build.json)."""
+    """Synthesize (or finish) a corpus in out_dir; returns the build report (also build.json). `engines`
+    builds part of the profile (a later build without it finishes the rest, keeping what is done)."""
     from tqdm import tqdm
 
     if profile not in PROFILES:
         raise ValueError(f"unknown profile {profile!r} (choose from {', '.join(PROFILES)})")
     if train_hours is not None and train_hours <= 0:
         raise ValueError(f"--hours must be positive, got {train_hours}")
+    if natural_hours is not None and natural_hours <= 0:
+        raise ValueError(f"--kokoro-hours must be positive, got {natural_hours}")
+    if engines and (unknown := sorted(set(engines) - set(ENGINES))):
+        raise ValueError(f"unknown engines: {', '.join(unknown)} (known: {', '.join(ENGINES)})")
     if workers is not None and workers < 1:
         raise ValueError(f"--workers must be at least 1, got {workers}")
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
         raise ValueError(f"output {out} exists and is not a folder")
     (out / ".tmp").mkdir(parents=True, exist_ok=True)
-    wanted = select_voices(voices, tuple(PROFILES[profile].voices()))
+    wanted = [v for v in select_voices(voices, tuple(PROFILES[profile].voices())) if not engines or v.engine in engines]
     missing = sorted({v.engine for v in wanted if not ENGINES[v.engine].available()})
     for engine in missing:
         log(f"engine {engine} is not installed; skipping its voices. Install: {INSTALL[engine]}")
+    for engine in sorted({v.engine for v in wanted} - set(missing)):
+        if problem := ENGINES[engine].problem():
+            log(f"engine {engine} cannot run; skipping its voices: {problem}")
+            missing.append(engine)
     usable = [v for v in wanted if v.engine not in missing]
     if not any(not v.held_out for v in usable):
         raise ValueError("no voice for training is available: install at least one engine (see above)")
 
     for voice in usable:
         _forget_stale_pseudo_speaker(out, voice, log)
-    rows = plan(PROFILES[profile], usable, seed, train_hours)
+    rows = plan(PROFILES[profile], usable, seed, train_hours, natural_hours)
     todo = [r for r in rows if not (out / r["path"]).is_file()]
     log(f"{len(rows)} utterances planned from {len(usable)} voices; {len(rows) - len(todo)} already done")
     batches, by_speaker = [], {v.speaker: v for v in usable if v.transform}
@@ -320,10 +355,13 @@ def _write_speaker_lists(out: Path, rows: list[dict]) -> None:
 
 def _write_eval_lists(out: Path, rows: list[dict]) -> None:
     """seed-tts-eval lists for zero-shot TTS: each test sentence, prompted by another
-    test utterance of the same voice; ground truth is that voice reading the sentence."""
-    for split, name in (("test", "tts_seen.lst"), ("heldout", "tts_heldout.lst")):
+    test utterance of the same voice; ground truth is that voice reading the sentence. Held-out
+    speakers make two lists: the engine voices' (tts_heldout) and the natural family's (tts_kokoro)."""
+    for split, families, name in (("test", ("engine", "natural"), "tts_seen.lst"),
+                                  ("heldout", ("engine",), "tts_heldout.lst"),
+                                  ("heldout", ("natural",), "tts_kokoro.lst")):
         entries = []
-        in_split = [r for r in rows if r["split"] == split]
+        in_split = [r for r in rows if r["split"] == split and r["family"] in families]
         for voice_rows in _group(in_split, key=lambda r: r["id"].rsplit("_", 1)[0]).values():
             voice_rows.sort(key=lambda r: r["id"])
             if len(voice_rows) < 2:
@@ -333,7 +371,10 @@ def _write_eval_lists(out: Path, rows: list[dict]) -> None:
                 entries.append({"utt": row["id"], "prompt_text": prompt["normalized_text"],
                                 "prompt_wav": f"../{prompt['path']}", "target_text": row["normalized_text"],
                                 "gt_wav": f"../{row['path']}"})
-        mf.write_seed_tts(out / "eval" / name, entries)
+        if entries:
+            mf.write_seed_tts(out / "eval" / name, entries)
+        else:  # a list with no speakers (no natural voices built) is no test set
+            (out / "eval" / name).unlink(missing_ok=True)
 
 
 ALSA_SOUNDS = Path("/usr/share/sounds/alsa")  # Debian alsa-utils: one person naming the speaker channels
@@ -373,6 +414,42 @@ def _write_real_tts(out: Path, rows: list[dict]) -> None:
             prompt = speaker_rows[(i + 1) % len(speaker_rows)]
             entries.append({**row, "prompt_wav": prompt["gt_wav"], "prompt_text": prompt["text"]})
     mf.write_jsonl(out / "eval" / "tts_real.jsonl", entries)
+
+
+def export_testset(corpus_dir: str | Path, list_name: str, out_manifest: str | Path, per_speaker: int = 3,
+                   rate: int = 16000) -> int:
+    """A compact, self-contained copy of a corpus zero-shot list (eval/<list_name>.lst) for shipping: the first
+    `per_speaker` sentences of each speaker as 16-bit FLAC at `rate` beside the new JSONL manifest, each
+    prompted by the speaker's next chosen clip. Rows keep their speaker, engine voice and licence."""
+    corpus_dir, out_manifest = Path(corpus_dir), Path(out_manifest)
+    source = corpus_dir / "eval" / f"{list_name}.lst"
+    if not source.is_file():
+        raise ValueError(f"no list {source} (lists: {', '.join(p.stem for p in sorted(source.parent.glob('*.lst')))})")
+    if per_speaker < 2:
+        raise ValueError(f"--per-speaker must be at least 2 (a clip is prompted by another), got {per_speaker}")
+    rows = {r["id"]: r for r in mf.read_jsonl(corpus_dir / "manifest.jsonl")}
+    listed = [rows[entry["utt"]] for entry in mf.read_seed_tts(source)]
+    entries = []
+    for speaker_rows in _group(listed, key=lambda r: r["speaker"]).values():
+        chosen = sorted(speaker_rows, key=lambda r: r["id"])[:per_speaker]
+        if len(chosen) < 2:
+            continue
+        clips = {}
+        for row in chosen:
+            target = out_manifest.parent / out_manifest.stem / row["speaker"] / f"{Path(row['path']).stem}.flac"
+            wav = audio.load_audio(corpus_dir / row["path"], rate, max_seconds=None)
+            audio.save_audio(target, wav, rate)
+            clips[row["id"]] = target.relative_to(out_manifest.parent).as_posix()
+        for i, row in enumerate(chosen):
+            prompt = chosen[(i + 1) % len(chosen)]
+            entries.append({"id": row["id"], "text": row["normalized_text"], "gt_wav": clips[row["id"]],
+                            "prompt_wav": clips[prompt["id"]], "prompt_text": prompt["normalized_text"],
+                            "speaker": row["speaker"], "voice": f"{row['engine']}:{row['voice']}",
+                            **({"blend": row["blend"]} if "blend" in row else {}),
+                            **({"transform": row["transform"]} if "transform" in row else {}),
+                            "licence": row.get("licence", LICENCES[row["engine"]])})
+    mf.write_jsonl(out_manifest, entries)
+    return len(entries)
 
 
 def summary_table(report: dict) -> str:

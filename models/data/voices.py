@@ -4,7 +4,8 @@ Each engine turns a batch of `Job`s into raw wav files at its native rate; the c
 builder then trims, resamples and levels them. Voices of one person reached through
 several engines (slt in flite, festival and RHVoice; kal in flite and festival; RHVoice
 alan and flite awb) share a speaker id, so seen / held-out splits stay honest.
-Licences: see LICENCES below (MBROLA voices, festlex-oald voices and RHVoice's
+Kokoro-82M's blended voices are the natural-voice family (`family`), reported apart from the engine
+voices. Licences: see LICENCES below (MBROLA voices, festlex-oald voices and RHVoice's
 evgeniy-eng / lyubov are left out on purpose: non-free or non-commercial terms).
 """
 
@@ -16,6 +17,8 @@ import wave
 from dataclasses import dataclass
 from pathlib import Path
 from xml.sax.saxutils import escape
+
+from models.data import kokoro
 
 
 @dataclass(frozen=True)
@@ -99,6 +102,24 @@ ESPEAK_VOICES = tuple(
 )
 VOICES = VOICES + ESPEAK_VOICES
 
+# Kokoro-82M (the natural-voice family, models/data/kokoro.py): its five base voices and blends of them.
+# The held-out family is one base voice and every blend containing it; two voices are in the mini profile.
+KOKORO_TRAIN_BLENDS = 16
+KOKORO_HELD_OUT_BLENDS = 3
+KOKORO_CORE = {"jf_tebukuro", kokoro.HELD_OUT_BASE}
+KOKORO_VOICES = tuple(
+    Voice("kokoro", name, f"kokoro-{name}", kokoro.blend_gender(name), held_out=kokoro.in_held_out_family(name),
+          core=name in KOKORO_CORE)
+    for name in (*kokoro.BASE_VOICES, *(f"mix{k}" for k in range(1, KOKORO_TRAIN_BLENDS + 1)),
+                 *(f"mixh{k}" for k in range(1, KOKORO_HELD_OUT_BLENDS + 1)))
+)
+VOICES = VOICES + KOKORO_VOICES
+NATURAL_ENGINES = ("kokoro",)  # the natural-voice family: its held-out speakers are a test set of their own
+
+
+def family(engine: str) -> str:
+    return "natural" if engine in NATURAL_ENGINES else "engine"
+
 NONFREE_APT = (
     "D=/tmp/apt-nonfree; mkdir -p $D/parts $D/lists/partial; sed 's/^Components: main$/Components: main "
     "contrib non-free/' /etc/apt/sources.list.d/debian.sources > $D/parts/debian.sources; "
@@ -112,6 +133,7 @@ INSTALL = {
     "espeak": "apt-get install -y espeak-ng",
     "rhvoice": NONFREE_APT.format(packages="rhvoice rhvoice-english"),
     "pico": NONFREE_APT.format(packages="libttspico-utils"),
+    "kokoro": kokoro.INSTALL,
 }
 LICENCES = {
     "flite": "flite (Debian main): BSD-like; CMU ARCTIC voices, free use with notice",
@@ -120,6 +142,7 @@ LICENCES = {
     "espeak": "espeak-ng (Debian main): GPL-3.0",
     "rhvoice": "RHVoice (Debian non-free): LGPL-2.1; voices alan, bdl, clb, slt",
     "pico": "SVOX pico (Debian non-free): Apache-2.0 code, voice data under its own terms",
+    "kokoro": kokoro.LICENCE,
 }
 
 
@@ -140,6 +163,14 @@ class Engine:
 
     def available(self) -> bool:
         raise NotImplementedError
+
+    def problem(self) -> str | None:
+        """Why an installed engine cannot run (a corrupt model file, say), in one line; None when it can."""
+        return None
+
+    def describe(self, voice: Voice) -> dict:
+        """What a manifest row records of the voice beyond its engine and id."""
+        return {}
 
     def synthesize(self, jobs: list[Job], workdir: Path) -> dict[str, Path | str]:
         """Raw wav path per job id, or an error message for the jobs that failed."""
@@ -280,7 +311,38 @@ class Piper(Engine):
         return self._voices[name]
 
 
-ENGINES: dict[str, Engine] = {e.name: e for e in (Flite(), Festival(), Piper(), Espeak(), RHVoice(), Pico())}
+class Kokoro(Engine):
+    """Kokoro-82M int8 ONNX in-process: the project's espeak-ng IPA mapped to Kokoro's phonemes, the voice's
+    blended style; one ONNX session (one thread) per worker process."""
+
+    name = "kokoro"
+
+    def available(self) -> bool:
+        return kokoro.available()
+
+    def problem(self) -> str | None:
+        try:
+            kokoro.model_file()
+        except kokoro.KokoroError as error:
+            return str(error)
+        return None
+
+    def describe(self, voice: Voice) -> dict:
+        return {"blend": kokoro.blend_weights(voice.voice)}
+
+    def synthesize_one(self, job, out):
+        import soundfile as sf
+
+        from models.text import phonemize
+
+        wav = kokoro.model().synthesize(phonemize([job.text])[0], job.voice.voice, speed=1.0 / job.rate)
+        tmp = out.with_name(f".{out.name}")
+        sf.write(tmp, wav, kokoro.SAMPLE_RATE, subtype="PCM_16", format="WAV")
+        tmp.replace(out)
+
+
+ENGINES: dict[str, Engine] = {e.name: e for e in (Flite(), Festival(), Piper(), Espeak(), RHVoice(), Pico(),
+                                                  Kokoro())}
 
 
 def select_voices(names: list[str] | None = None, voices: tuple[Voice, ...] = VOICES) -> list[Voice]:

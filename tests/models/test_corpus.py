@@ -9,7 +9,7 @@ from models.data.voices import ENGINES, VOICES, CommandEngine, Job, Voice, selec
 pytestmark = pytest.mark.voices  # every test here synthesizes with the installed engines
 
 # CI installs these (Makefile: APT_TEST and the `corpus` extra); the mini build must use them.
-REQUIRED_ENGINES = {"flite", "espeak", "piper"}
+REQUIRED_ENGINES = {"flite", "espeak", "piper", "kokoro"}
 TEST_SENTENCES = {f"harvard-{i:03d}" for i in range(601, 721)}
 
 
@@ -53,7 +53,11 @@ def test_held_out_speakers_never_train(mini):
 
 def test_eval_lists_resolve(mini):
     out = mini[0]
-    for name in ("tts_seen.lst", "tts_heldout.lst"):
+    rows = {r["id"]: r for r in mf.read_jsonl(out / "manifest.jsonl")}
+    families = {name: {rows[e["utt"]]["family"] for e in mf.read_seed_tts(out / "eval" / name)}
+               for name in ("tts_heldout.lst", "tts_kokoro.lst")}
+    assert families == {"tts_heldout.lst": {"engine"}, "tts_kokoro.lst": {"natural"}}
+    for name in ("tts_seen.lst", "tts_heldout.lst", "tts_kokoro.lst"):
         entries = mf.read_seed_tts(out / "eval" / name)
         assert entries
         for entry in entries:
@@ -136,6 +140,9 @@ def test_plan_is_seeded_and_sized():
 
 
 @pytest.mark.parametrize("kwargs, message", [({"train_hours": 0}, "--hours must be positive"),
+                                             ({"natural_hours": -1}, "--kokoro-hours must be positive"),
+                                             ({"engines": ["kokoro", "nobody"]}, "unknown engines: nobody"),
+                                             ({"profile": "v9"}, "unknown profile 'v9'"),
                                              ({"workers": 0}, "--workers must be at least 1")])
 def test_bad_build_options(tmp_path, kwargs, message):
     with pytest.raises(ValueError, match=message):

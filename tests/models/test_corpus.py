@@ -142,11 +142,12 @@ def test_plan_is_seeded_and_sized():
 @pytest.mark.parametrize("kwargs, message", [({"train_hours": 0}, "--hours must be positive"),
                                              ({"natural_hours": -1}, "--kokoro-hours must be positive"),
                                              ({"engines": ["kokoro", "nobody"]}, "unknown engines: nobody"),
-                                             ({"profile": "v9"}, "unknown profile 'v9'"),
                                              ({"workers": 0}, "--workers must be at least 1")])
 def test_bad_build_options(tmp_path, kwargs, message):
     with pytest.raises(ValueError, match=message):
         corpus.build(tmp_path / "c", profile="mini", log=lambda _: None, **kwargs)
+    with pytest.raises(ValueError, match="unknown profile 'v9'"):
+        corpus.build(tmp_path / "c", profile="v9", log=lambda _: None)
 
 
 def test_output_that_is_a_file_is_refused(tmp_path):

@@ -26,8 +26,8 @@ test: setup-test
 	$(PY) -m ruff check .
 	$(PY) -m pytest -q $(PYTEST_ARGS)
 
-# The default training corpus (v3: the engine voices, about 25 h in 14 min, and 9 h of Kokoro voices, about
-# 3.3 h more on 2 cores; `--engines kokoro` builds that part alone) and its task sets, under data/.
+# The default training corpus (v3: the engine voices, about 25 h in 14 min, and 9.65 h of Kokoro voices, about
+# 3.5 h more on 2 cores; `--engines kokoro` builds that part alone) and its task sets, under data/.
 corpus: system-packages-corpus $(VENV)/.corpus-installed
 	$(PY) -m studio corpus build --out data/corpus --profile default
 	$(PY) -m studio corpus tasks --corpus data/corpus --out data/tasks

@@ -36,6 +36,10 @@ MAX_SEED = 2**32 - 1
 MAX_FITTED_VOICES = 8  # test-time-trained voices kept in memory (least recently used dropped)
 TTT_LR = 3e-5  # the test-time training sweep's choice (docs/kalle.md); the paper's 1e-6 barely moves our model
 TTT_LR_RANGE = (1e-7, 1e-2)
+# A fitted voice must speak this check sentence (prompted by its reference) at a length within this ratio of
+# the unfitted model's, or the fit is refused: fitting can break the model's sense of where speech ends.
+TTT_CHECK_TEXT = "The birch canoe slid on the smooth planks."
+TTT_CHECK_RATIO = (0.8, 1.2)
 ROLE_NAMES = {LATENT_CODEC: "codec", TOKEN_CODEC: "token codec", TTS: "TTS model",
               SPEECH_TO_SPEECH: "speech-to-speech model"}
 
@@ -289,7 +293,7 @@ def cut_reference(ref: np.ndarray, ref_text: str | None, transcribe: Callable[[n
                         "kept_seconds": round(end / audio.SAMPLE_RATE, 2), "transcript_given": bool(ref_text)}
 
 
-_FITTED: OrderedDict[str, dict] = OrderedDict()
+_FITTED: OrderedDict[tuple[str, str], tuple[dict, dict]] = OrderedDict()  # (owner, voice) -> (weight delta, info)
 _FITTED_LOCK = threading.RLock()
 
 
@@ -299,10 +303,14 @@ def fits_voices(model: str) -> bool:
 
 
 def fit_voice(model: str, ref: np.ndarray, ref_text: str, samples: int, device: str | None = None,
-              progress: Callable[[int, int], None] | None = None, lr: float = TTT_LR) -> tuple[dict, dict]:
+              progress: Callable[[int, int], None] | None = None, lr: float = TTT_LR,
+              owner: str = "") -> tuple[dict, dict]:
     """Test-time training of a TTS model on one reference clip (22.05 kHz) and its transcript at
     learning rate `lr`: the model's weight delta for that voice, kept in memory (MAX_FITTED_VOICES,
-    least recently used go) so the same reference is fitted once. Returns (delta, info)."""
+    least recently used go) so the same reference is fitted once per `owner` (a studio visitor's
+    session: one visitor never uses or clears another's fit). A fit that changes the length of a check
+    sentence beyond TTT_CHECK_RATIO is refused: an empty delta, and info["refused"] says why.
+    Returns (delta, info)."""
     generator, _ = _checkpoint_model(model, TTS, device)
     if not hasattr(generator, "fit_voice"):
         raise ValueError(f"{model} has no test-time training (a backend offers it with fit_voice)")
@@ -314,56 +322,46 @@ def fit_voice(model: str, ref: np.ndarray, ref_text: str, samples: int, device: 
     key = hashlib.sha256(b"".join([model.encode(), ref.astype(np.float32).tobytes(), ref_text.encode(),
                                    str(samples).encode(), repr(lr).encode()])).hexdigest()[:16]
     with _FITTED_LOCK:
-        if key in _FITTED:
-            _FITTED.move_to_end(key)
-            return _FITTED[key], {"voice": key, "cached": True}
+        if (owner, key) in _FITTED:
+            _FITTED.move_to_end((owner, key))
+            delta, info = _FITTED[owner, key]
+            return delta, {**info, "cached": True}
     codec = _codec_model(generator.codec, device)
     mean, std = codec.encode_wav(ref)
     start = time.perf_counter()
     with registry.resident(("turn", id(generator)), threading.Lock):  # training moves the resident weights
         delta = generator.fit_voice(ref, mean, std, ref_text, samples=samples, lr=lr, progress=progress)
-    info = {"voice": key, "cached": False, "samples": samples, "lr": lr,
+        ratio = _fit_length_ratio(generator, torch.from_numpy(mean), ref_text, ref, delta)
+    info = {"voice": key, "cached": False, "samples": samples, "lr": lr, "check_length_ratio": round(ratio, 3),
             "wall_seconds": round(time.perf_counter() - start, 2)}
+    if not TTT_CHECK_RATIO[0] <= ratio <= TTT_CHECK_RATIO[1]:
+        info["refused"] = (f"fitting did not help this voice: the fitted model spoke a check sentence {ratio:.1f}x "
+                           "as long as the unfitted one, so synthesis keeps the unfitted model for this clip")
+        delta = {}
     with _FITTED_LOCK:
-        _FITTED[key] = delta
+        _FITTED[owner, key] = (delta, info)
         while len(_FITTED) > MAX_FITTED_VOICES:
             _FITTED.popitem(last=False)
     return delta, info
 
 
-def saved_voices(folder: str | os.PathLike) -> dict[str, int]:
-    """Voices a user named (name -> voice seed), kept in `folder`/voices.json."""
-    import json
-    from pathlib import Path
-
-    path = Path(folder) / "voices.json"
-    return json.loads(path.read_text()) if path.is_file() else {}
-
-
-def save_voice(folder: str | os.PathLike, name: str, voice_seed: int) -> dict[str, int]:
-    """Name a voice seed (replacing a voice of that name); the file is rewritten atomically."""
-    import json
-    from pathlib import Path
-
-    from models.files import write_text_atomic
-
-    name = " ".join(str(name).split())
-    if not name or len(name) > 60:
-        raise ValueError("a saved voice needs a name of 1-60 characters")
-    if not (float(voice_seed).is_integer() and 0 <= int(voice_seed) <= MAX_SEED):
-        raise ValueError(f"a voice seed is a whole number from 0 to {MAX_SEED}, not {voice_seed}")
-    voices = {**saved_voices(folder), name: int(voice_seed)}
-    Path(folder).mkdir(parents=True, exist_ok=True)
-    write_text_atomic(Path(folder) / "voices.json", json.dumps(voices, indent=1, sort_keys=True) + "\n")
-    return voices
+def _fit_length_ratio(generator, prompt: torch.Tensor, prompt_text: str, ref: np.ndarray, delta: dict) -> float:
+    """Frames of TTT_CHECK_TEXT spoken with the fitted voice over frames without it (same prompt and seed)."""
+    settings = {name: control.default for name, control in getattr(generator, "CONTROLS", {}).items()}
+    request = TTSRequest(TTT_CHECK_TEXT, prompt, prompt_text, 2.0, 0, settings, reference=ref)
+    plain = sum(1 for _ in generator.frames(request))
+    with generator.adapted(delta):
+        fitted = sum(1 for _ in generator.frames(request))
+    return fitted / max(plain, 1)
 
 
-def clear_fitted_voices() -> int:
-    """Forget every test-time-trained voice; returns how many there were."""
+def clear_fitted_voices(owner: str | None = None) -> int:
+    """Forget the test-time-trained voices of one owner (None: everyone's); returns how many there were."""
     with _FITTED_LOCK:
-        count = len(_FITTED)
-        _FITTED.clear()
-    return count
+        gone = [key for key in _FITTED if owner is None or key[0] == owner]
+        for key in gone:
+            del _FITTED[key]
+    return len(gone)
 
 
 def tts(
@@ -372,7 +370,7 @@ def tts(
     device: str | None = None, max_chars: int = MAX_TTS_CHARS,
     transcribe: Callable[[np.ndarray], str] | None = None, chunk_frames: tuple[int, int] = (20, 20),
     ttt_samples: int = 0, ttt_progress: Callable[[int, int], None] | None = None, ttt_lr: float = TTT_LR,
-    **controls: float,
+    owner: str = "", **controls: float,
 ) -> tuple[np.ndarray, dict] | tuple[Iterator[np.ndarray], dict]:
     """Text to speech at 22.05 kHz with any checkpoint of the TTS role; returns (audio, info), or
     with stream=True (chunk iterator, info).
@@ -385,7 +383,7 @@ def tts(
     stop_threshold), each checked against its range. Streaming yields audio as frames are
     generated: the first chunk after chunk_frames[0] frames, then every chunk_frames[1]; `info`
     gains timings as it runs. With ttt_samples > 0 and a reference, a model that offers it is first
-    fitted to the reference's voice (`fit_voice` at learning rate ttt_lr, cached per reference).
+    fitted to the reference's voice (`fit_voice` at learning rate ttt_lr, cached per reference and owner).
     """
     check_sampling(cfg, seed)
     sentences = split_sentences(check_text(text, max_chars))
@@ -414,7 +412,8 @@ def tts(
     if ttt_samples:
         if ref is None:
             raise ValueError("test-time training needs a reference clip and its transcript")
-        delta, info["ttt"] = fit_voice(model, ref, prompt_text, ttt_samples, device, ttt_progress, ttt_lr)
+        delta, info["ttt"] = fit_voice(model, ref, prompt_text, ttt_samples, device, ttt_progress, ttt_lr,
+                                           owner)
 
     # A backend that can be adapted (test-time training) changes its resident weights while adapted:
     # its generations take turns, so no request sees another's voice.

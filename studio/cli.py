@@ -66,6 +66,8 @@ def _serve(args: argparse.Namespace) -> int:
     if args.system:
         config.systems = args.system
     config.model_roots = args.model_folder or []
+    if args.voice_library:
+        config.voice_library = Path(args.voice_library)
     launch(build_app(config), host=args.host, port=args.port, share=args.share)
     return 0
 
@@ -435,6 +437,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--model-folder", action="append", metavar="DIR",
                        help="a folder (beyond assets/) whose checkpoint folders visitors may type as a model "
                        "(repeatable)")
+    serve.add_argument("--voice-library", metavar="JSON",
+                       help="a shared, read-only library of named voice seeds ({\"name\": seed}) for every visitor, "
+                       "beside each visitor's own saved voices (default: $STUDIO_VOICE_LIBRARY, or none)")
     serve.set_defaults(run=_serve)
 
     vocode = commands.add_parser("vocode", help="analysis-resynthesis through the shared HiFi-GAN vocoder")

@@ -51,6 +51,12 @@ def user_errors(fn: Callable) -> Callable:
     return wrapper
 
 
+def visitor(request: gr.Request | None) -> str:
+    """Whose state a request touches: the visitor's session (a page load, or one gradio_client); "" when a
+    handler is called directly, outside a served app."""
+    return getattr(request, "session_hash", None) or ""
+
+
 SERVED_MAX_AGE_S = 24 * 3600  # served copies (and Gradio's cached ones, see studio.app) older than this go
 
 
@@ -69,6 +75,13 @@ def served_copy(path: str | Path) -> str:
     target = folder / f"{uuid.uuid4().hex}{source.suffix.lower()}"
     shutil.copyfile(source, target)
     return str(target)
+
+
+def served_audio(wav: np.ndarray, sr: int) -> str:
+    """Audio the studio made, written under an opaque name in the served folder (as served_copy)."""
+    from models import audio
+
+    return str(audio.save_audio(_served_folder() / f"{uuid.uuid4().hex}.wav", wav, sr))
 
 
 @functools.lru_cache(maxsize=1)

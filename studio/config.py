@@ -37,13 +37,36 @@ class StudioConfig:
     # `speech-studio eval --system` specs: the A/B test's systems and the Evaluate tab's menu.
     systems: list[str] = field(default_factory=default_systems)
     eval_max_items: int = 50  # the Evaluate tab refuses larger runs (the CLI has no limit)
+    # The A/B test's rules, checked on the server: a vote counts once both clips were played and this share of
+    # their total length has passed since the first play; one vote per visitor every arena_vote_gap_s, and at
+    # most arena_votes_per_hour from one network address (TTS Arena limits per visitor and per address too).
+    arena_min_listen: float = 0.5
+    arena_vote_gap_s: float = 3.0
+    arena_votes_per_hour: int = 120
     # Uploads above this are refused by the server before anything decodes them.
     max_upload_mb: float = 50.0
     # Folders beyond assets/ where a visitor may name a checkpoint folder (the model boxes).
     model_roots: list[str] = field(default_factory=list)
+    # A shared, read-only library of named voice seeds (JSON name -> seed) offered to every visitor beside the
+    # voices each saves in their own browser; none unless the operator gives one.
+    voice_library: Path | None = field(default_factory=lambda: os.environ.get("STUDIO_VOICE_LIBRARY") or None)
 
     def __post_init__(self):
         self.data_dir = Path(self.data_dir)
+
+    def browser_secret(self) -> str:
+        """The key that seals what the studio keeps in visitors' browsers (saved voices), made once per data
+        folder so a restart can still read them."""
+        import secrets
+
+        from models.files import write_text_atomic
+
+        path = self.data_dir / "browser_secret"
+        if not path.is_file():
+            self.data_dir.mkdir(parents=True, exist_ok=True)
+            write_text_atomic(path, secrets.token_hex(32))
+            path.chmod(0o600)
+        return path.read_text().strip()
 
     def readable_roots(self) -> list[Path]:
         """The allow-list of folders a visitor's manifest, system folder or checkpoint path may name:

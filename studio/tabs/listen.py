@@ -5,7 +5,10 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 import uuid
+from collections import deque
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import gradio as gr
@@ -16,13 +19,34 @@ from evaluation.arena import OUTCOMES, VoteStore, choose_pair, leaderboard
 from evaluation.systems import Item, System, parse_system, read_items
 from models import audio
 from models.registry import pick_device
-from studio.common import gpu, served_copy, user_errors
+from studio.common import gpu, served_audio, served_copy, user_errors, visitor
 from studio.config import StudioConfig
 
 log = logging.getLogger(__name__)
 RANDOM = "(random prompt)"
 BUTTONS = {"A": "A is better", "B": "B is better", "tie": "Tie", "both_bad": "Both bad"}
 BOARD_COLUMNS = ["rank", "system", "score", "ci_low", "ci_high", "win_rate", "votes", "provisional"]
+SERVED_GAIN_DB = 0.5  # each serving of a clip gets its own gain within +-this (and dither): never the same bytes
+MATCH_TTL_S = 3600.0  # an unvoted pair is forgotten after this
+
+
+@dataclass
+class Listening:
+    """The server's record of one pair shown to one visitor: what the page's state cannot vouch for."""
+
+    visitor: str
+    seconds: float  # the two clips' total length
+    played: dict[str, float] = field(default_factory=dict)  # side -> when it was first played
+    voted: str | None = None
+    created: float = 0.0
+
+
+def vary(wav: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """The clip as served once: a random gain within +-SERVED_GAIN_DB and triangular dither of one 16-bit
+    step, both below audibility, so no two servings share bytes (or a cache name derived from them)."""
+    gain = 10 ** (rng.uniform(-SERVED_GAIN_DB, SERVED_GAIN_DB) / 20)
+    dither = (rng.random(len(wav)) - rng.random(len(wav))) / 32768
+    return (wav * gain + dither).astype(np.float32)
 
 
 class Arena:
@@ -39,6 +63,10 @@ class Arena:
         self.lock = threading.Lock()  # numpy generators are not thread-safe
         self.items: dict[str, list[Item]] = {}
         self.failed: set[tuple[str, str, str]] = set()  # (test set, system, key) that gave no audio
+        self.matches: dict[str, Listening] = {}
+        self.last_vote: dict[str, float] = {}  # visitor -> time of their last vote
+        self.address_votes: dict[str, deque] = {}  # network address -> times of its votes in the last hour
+        self.clock = time.time
 
     def testset_items(self, testset: str) -> list[Item]:
         if testset not in self.config.testsets:
@@ -62,9 +90,9 @@ class Arena:
             wav, sr = audio.load_audio(system.audio_path(item, self.clips), max_seconds=None), audio.SAMPLE_RATE
         return audio.save_audio(path, wav, sr)
 
-    def new_match(self, testset: str, prompt: str | None) -> dict:
-        """A hidden pair on a prompt, both clips made before it is shown; the order is random and
-        under-compared pairs come first. A system that fails on the prompt is logged and left out
+    def new_match(self, testset: str, prompt: str | None, visitor: str = "") -> dict:
+        """A hidden pair on a prompt for one visitor, both clips made before it is shown; the order is random
+        and under-compared pairs come first. A system that fails on the prompt is logged and left out
         of this pair; a random prompt where fewer than two systems succeed gives way to another."""
         items = self.testset_items(testset)
         if prompt and prompt != RANDOM:
@@ -96,24 +124,74 @@ class Arena:
                         names.remove(name)
                         break
                 if len(clips) == 2:
-                    match = uuid.uuid4().hex
-                    return {"match": match, "testset": testset, "key": item.key, "text": item.text, "a": a, "b": b,
-                            "paths": [served_copy(clips[a]), served_copy(clips[b])], "played": [], "voted": None}
+                    return self._serve(testset, item, a, b, clips, visitor)
         raise ValueError("no pair could be made: fewer than two systems gave audio ("
                          + "; ".join(failures[:3]) + ")")
 
-    def vote(self, match: dict | None, outcome: str) -> dict:
-        """Record the listener's verdict once both clips were played; the match then reveals its pair."""
+    def _serve(self, testset: str, item: Item, a: str, b: str, clips: dict[str, Path], visitor: str) -> dict:
+        wavs = {name: audio.load_audio(clips[name], audio.SAMPLE_RATE, max_seconds=None) for name in (a, b)}
+        with self.lock:
+            paths = [served_audio(vary(wavs[name], self.rng), audio.SAMPLE_RATE) for name in (a, b)]
+            now = self.clock()
+            for old in [m for m, record in self.matches.items() if now - record.created > MATCH_TTL_S]:
+                del self.matches[old]
+            match = uuid.uuid4().hex
+            seconds = sum(len(w) for w in wavs.values()) / audio.SAMPLE_RATE
+            self.matches[match] = Listening(visitor, seconds, created=now)
+        return {"match": match, "testset": testset, "key": item.key, "text": item.text, "a": a, "b": b,
+                "paths": paths, "played": [], "voted": None}
+
+    def _record(self, match: dict | None, visitor: str) -> Listening:
         if not match:
             raise ValueError("Start a comparison first (New pair)")
+        record = self.matches.get(match["match"])
+        if record is None or record.visitor != visitor:
+            raise ValueError("This pair has expired or was not served to you: press New pair")
+        return record
+
+    def play(self, match: dict | None, side: str, visitor: str = "") -> dict | None:
+        """The server notes when this visitor first played a side of their pair."""
+        if not match:
+            return match
+        record = self._record(match, visitor)
+        with self.lock:
+            record.played.setdefault(side, self.clock())
+        return {**match, "played": sorted(record.played)}
+
+    def ready(self, match: dict | None, visitor: str = "") -> bool:
+        record = self.matches.get(match["match"]) if match else None
+        return bool(record) and record.visitor == visitor and set(record.played) == {"A", "B"} and not record.voted
+
+    def vote(self, match: dict | None, outcome: str, visitor: str = "", address: str = "") -> dict:
+        """Record the visitor's verdict on their pair once both clips were played and listened to (the
+        server's clock), within the vote rate limits; the match then reveals its pair. A second vote
+        on a pair changes nothing and says so."""
         if outcome not in OUTCOMES:
             raise ValueError(f"unknown outcome {outcome!r}")
-        if set(match["played"]) != {"A", "B"}:
-            raise ValueError("Play both clips before voting")
-        if match["voted"] is None:
-            self.store.add(match["match"], match["a"], match["b"], outcome, match["testset"], match["key"])
-            match = {**match, "voted": outcome}
-        return match
+        record = self._record(match, visitor)
+        if record.voted is not None:
+            return {**match, "voted": record.voted, "repeat": True}
+        rules, now = self.config, self.clock()
+        with self.lock:
+            if set(record.played) != {"A", "B"}:
+                raise ValueError("Play both clips before voting")
+            listened = now - min(record.played.values())
+            if listened < rules.arena_min_listen * record.seconds:
+                raise ValueError(f"Listen to both clips before voting ({listened:.1f} s since the first play; "
+                                 f"the two last {record.seconds:.1f} s)")
+            if now - self.last_vote.get(visitor, -np.inf) < rules.arena_vote_gap_s:
+                raise ValueError(f"One vote every {rules.arena_vote_gap_s:g} s, please: try again in a moment")
+            recent = self.address_votes.setdefault(address, deque())
+            while recent and now - recent[0] > 3600:
+                recent.popleft()
+            if len(recent) >= rules.arena_votes_per_hour:
+                raise ValueError(f"This network has cast {rules.arena_votes_per_hour} votes in the last hour, the "
+                                 "most the arena takes: please come back later")
+            record.voted = outcome
+            self.last_vote[visitor] = now
+            recent.append(now)
+        self.store.add(match["match"], match["a"], match["b"], outcome, match["testset"], match["key"])
+        return {**match, "voted": outcome}
 
     def board(self) -> pd.DataFrame:
         return pd.DataFrame(leaderboard(self.store.votes(), bootstrap=100), columns=BOARD_COLUMNS)
@@ -124,12 +202,9 @@ class Arena:
         return served_copy(path)
 
 
-def played(match: dict | None, side: str) -> tuple:
-    """Mark a clip as heard; the vote buttons unlock once both were (and stay locked after a vote)."""
-    if match and side not in match["played"]:
-        match = {**match, "played": match["played"] + [side]}
-    ready = bool(match) and set(match["played"]) == {"A", "B"} and match["voted"] is None
-    return match, *[gr.update(interactive=ready) for _ in BUTTONS]
+def lock_state(ready: bool) -> list:
+    """The vote buttons: unlocked once both clips were played (and locked again after the vote)."""
+    return [gr.update(interactive=ready) for _ in BUTTONS]
 
 
 def reveal(match: dict | None) -> str:
@@ -139,7 +214,8 @@ def reveal(match: dict | None) -> str:
     if match["voted"] is None:
         return prompt + "\n\nSystems are hidden until you vote. Play both clips to unlock voting."
     verdict = {"A": "you preferred A", "B": "you preferred B", "tie": "a tie", "both_bad": "both bad"}[match["voted"]]
-    return prompt + f"\n\n**A** was `{match['a']}`, **B** was `{match['b']}` ({verdict}). Vote stored."
+    stored = ("You already voted on this pair: the first vote stands." if match.get("repeat") else "Vote stored.")
+    return prompt + f"\n\n**A** was `{match['a']}`, **B** was `{match['b']}` ({verdict}). {stored}"
 
 
 def build(config: StudioConfig) -> Arena:
@@ -147,14 +223,23 @@ def build(config: StudioConfig) -> Arena:
     testsets = list(config.testsets)
 
     @gpu
-    def start(testset, prompt):
-        match = arena.new_match(testset, prompt)
-        return (*match["paths"], match, reveal(match), *[gr.update(interactive=False) for _ in BUTTONS])
+    def start(testset, prompt, request: gr.Request):
+        match = arena.new_match(testset, prompt, visitor(request))
+        return (*match["paths"], match, reveal(match), *lock_state(False))
+
+    def heard(side):
+        def handler(match, request: gr.Request):
+            match = arena.play(match, side, visitor(request))
+            return match, *lock_state(arena.ready(match, visitor(request)))
+
+        handler.__name__ = f"played_{side.lower()}"
+        return handler
 
     def cast(outcome):
-        def handler(match):
-            match = arena.vote(match, outcome)
-            return match, reveal(match), arena.board(), *[gr.update(interactive=False) for _ in BUTTONS]
+        def handler(match, request: gr.Request):
+            address = getattr(getattr(request, "client", None), "host", None) or ""
+            match = arena.vote(match, outcome, visitor(request), address)
+            return match, reveal(match), arena.board(), *lock_state(False)
 
         handler.__name__ = f"vote_{outcome}"
         return handler
@@ -187,8 +272,8 @@ def build(config: StudioConfig) -> Arena:
                        [prompt], api_name="ab_prompts")
         new.click(user_errors(start), [testset, prompt], [clip_a, clip_b, match, status, *buttons],
                   api_name="ab_new_pair")
-        clip_a.play(lambda m: played(m, "A"), [match], [match, *buttons], api_name="ab_played_a")
-        clip_b.play(lambda m: played(m, "B"), [match], [match, *buttons], api_name="ab_played_b")
+        clip_a.play(user_errors(heard("A")), [match], [match, *buttons], api_name="ab_played_a")
+        clip_b.play(user_errors(heard("B")), [match], [match, *buttons], api_name="ab_played_b")
         for outcome, button in zip(BUTTONS, buttons):
             button.click(user_errors(cast(outcome)), [match], [match, status, board, *buttons],
                          api_name=f"ab_vote_{outcome}")

@@ -11,7 +11,8 @@ import numpy as np
 
 from models import audio, pipelines
 from models.registry import ASSETS, pick_device
-from studio.common import gpu, mel_figure, reference_voice, to_gradio_audio, tts_model_menu, user_errors
+from studio import voices
+from studio.common import gpu, mel_figure, reference_voice, to_gradio_audio, tts_model_menu, user_errors, visitor
 from studio.config import StudioConfig
 
 EXAMPLE_TEXTS = [
@@ -60,25 +61,28 @@ def _settings(values: tuple) -> tuple[dict, int]:
 
 @gpu
 def synthesize(model: str | None, text: str, reference: str | None = None, reference_text: str | None = None,
-               cfg: float = 2.0, seed=None, randomize: bool = False, *values, progress=gr.Progress()):
+               cfg: float = 2.0, seed=None, randomize: bool = False, *values, owner: str = "",
+               progress=gr.Progress()):
     """-> (audio, mel figure, settings JSON, the seed used). `values`: one per `sampling_names()`, then
-    optionally (use the fitted voice, its test-time-training samples)."""
+    optionally (use the fitted voice, its test-time-training samples); `owner`: whose fitted voices."""
     sampling, ttt = _settings(values)
     request = _request(model, text, reference, reference_text, seed, randomize, sampling)
-    wav, info = pipelines.tts(cfg=float(cfg), ttt_samples=ttt, ttt_progress=_fit_progress(progress), **request)
+    wav, info = pipelines.tts(cfg=float(cfg), ttt_samples=ttt, ttt_progress=_fit_progress(progress), owner=owner,
+                              **request)
     return to_gradio_audio(wav, audio.SAMPLE_RATE), _mel(wav), info, info["seed"]
 
 
 @gpu
 def synthesize_stream(model: str | None, text: str, reference: str | None = None, reference_text: str | None = None,
-                      cfg: float = 2.0, seed=None, randomize: bool = False, *values) -> Iterator[tuple]:
+                      cfg: float = 2.0, seed=None, randomize: bool = False, *values,
+                      owner: str = "") -> Iterator[tuple]:
     """Yields (audio chunk, None, None, None) as frames are decoded, then the mel, settings and seed."""
     if shutil.which("ffmpeg") is None:  # Gradio encodes streamed audio with it
         raise ValueError("streamed playback needs ffmpeg on the server (apt-get install ffmpeg; packages.txt lists "
                          "it for a Space); the Synthesize button works without it")
     sampling, ttt = _settings(values)
     request = _request(model, text, reference, reference_text, seed, randomize, sampling)
-    chunks, info = pipelines.tts(cfg=float(cfg), stream=True, ttt_samples=ttt, **request)
+    chunks, info = pipelines.tts(cfg=float(cfg), stream=True, ttt_samples=ttt, owner=owner, **request)
     pieces = []
     for chunk in chunks:
         if len(chunk):
@@ -95,21 +99,24 @@ def _fit_progress(progress):
 
 
 @gpu
-def fit_voice(model: str | None, reference: str | None, reference_text: str | None, samples: int,
+def fit_voice(model: str | None, reference: str | None, reference_text: str | None, samples: int, owner: str = "",
               progress=gr.Progress()) -> tuple[str, bool]:
-    """Test-time training on the reference clip: -> (status line, use the fitted voice)."""
+    """Test-time training on the reference clip, for one visitor (`owner`): -> (status line, use the fitted voice)."""
     if not reference:
         raise ValueError("Fitting to a voice needs a reference clip (and its transcript, or the ASR makes one)")
     request = _request(model, "-", reference, reference_text, 0, False, {})
     ref, ref_text, _ = pipelines.cut_reference(request["ref_wav"], request["ref_text"], request.get("transcribe"))
-    _, info = pipelines.fit_voice(model, ref, ref_text, int(samples), progress=_fit_progress(progress))
+    _, info = pipelines.fit_voice(model, ref, ref_text, int(samples), progress=_fit_progress(progress), owner=owner)
+    if "refused" in info:  # the fit made this clip's voice worse: the box stays off
+        return f"Voice {info['voice']}: {info['refused']}.", False
     how = "already fitted" if info["cached"] else f"fitted in {info['wall_seconds']:.1f} s"
     return f"Voice {info['voice']}: {how} on {int(samples)} samples. Synthesis now uses it.", True
 
 
-def clear_fitted() -> tuple[str, bool]:
-    count = pipelines.clear_fitted_voices()
-    return f"Cleared {count} fitted voice{'s' * (count != 1)}.", False
+def clear_fitted(owner: str = "") -> tuple[str, bool]:
+    """Forget this visitor's fitted voices (no one else's)."""
+    count = pipelines.clear_fitted_voices(owner)
+    return f"Cleared your {count} fitted voice{'s' * (count != 1)}.", False
 
 
 def sampling_names() -> list[str]:
@@ -146,19 +153,21 @@ def random_voice() -> int:
     return random.randrange(1_000_000)
 
 
-def save_named_voice(folder, name: str, voice_seed) -> gr.Dropdown:
-    voices = pipelines.save_voice(folder, name, voice_seed)
-    return gr.update(choices=sorted(voices), value=" ".join(str(name).split()))
+def save_named_voice(saved: dict | None, library: dict[str, int], name: str, voice_seed) -> tuple[dict, dict]:
+    """-> (the visitor's saved voices with this one, the menu showing it)."""
+    saved = voices.save(saved, name, voice_seed)
+    return saved, gr.update(choices=voices.menu(saved, library), value=voices.clean_name(name))
 
 
-def pick_saved_voice(folder, name: str | None):
-    voices = pipelines.saved_voices(folder)
-    return voices[name] if name in voices else gr.skip()
+def pick_saved_voice(saved: dict | None, library: dict[str, int], choice: str | None):
+    return voices.pick(saved, library, choice) if choice else gr.skip()
 
 
 def build(config: StudioConfig) -> None:
     specs = pipelines.all_tts_controls()
+    library = voices.read_library(config.voice_library)
     with gr.Tab("Synthesize"):
+        saved_here = gr.BrowserState({}, storage_key="speech-studio-saved-voices", secret=config.browser_secret())
         gr.Markdown("Text to speech with a trained TTS checkpoint. A reference clip makes the output continue "
                     "its voice (its transcript is produced by the ASR when left blank). The seed shown "
                     "reproduces the output; CFG 1 turns guidance off.")
@@ -181,8 +190,8 @@ def build(config: StudioConfig) -> None:
                 with gr.Group(visible="voice_seed" in declared) as voice_tools:
                     with gr.Row():
                         dice = gr.Button("Random voice", size="sm")
-                        saved = gr.Dropdown(sorted(pipelines.saved_voices(config.data_dir)), value=None,
-                                            label="Saved voices", allow_custom_value=False)
+                        saved = gr.Dropdown(voices.menu({}, library), value=None, label="Saved voices",
+                                            allow_custom_value=True)  # checked by voices.pick, listing nothing
                     with gr.Row():
                         voice_name = gr.Textbox(label="Name this voice", max_lines=1)
                         save = gr.Button("Save voice", size="sm")
@@ -203,15 +212,16 @@ def build(config: StudioConfig) -> None:
                 settings = gr.JSON(label="Settings used (seed, RTF, ...)")
         mel = gr.Plot(label="Mel spectrogram")
         inputs = [model, text, reference, reference_text, cfg, seed, randomize, *sliders, use_fitted, fit_samples]
+        # Gradio passes the request only to a positional parameter, hence first, before the inputs.
         @user_errors
-        def speak(model, *rest, progress=gr.Progress()):
+        def speak(request: gr.Request, model, *rest, progress=gr.Progress()):
             config.check_model(model)
-            return synthesize(model, *rest, progress=progress)
+            return synthesize(model, *rest, owner=visitor(request), progress=progress)
 
         @user_errors
-        def speak_streamed(model, *rest):
+        def speak_streamed(request: gr.Request, model, *rest):
             config.check_model(model)
-            yield from synthesize_stream(model, *rest)
+            yield from synthesize_stream(model, *rest, owner=visitor(request))
 
         run.click(speak, inputs, [result, mel, settings, seed], api_name="synthesize")
         stream.click(speak_streamed, inputs, [streamed, mel, settings, seed],
@@ -227,16 +237,32 @@ def build(config: StudioConfig) -> None:
         if "voice_seed" in sampling_names():
             voice_seed = sliders[sampling_names().index("voice_seed")]
             dice.click(random_voice, None, voice_seed, api_name="random_voice")
-            save.click(user_errors(lambda name, value: save_named_voice(config.data_dir, name, value)),
-                       [voice_name, voice_seed], saved, api_name="save_voice")
-            saved.change(lambda name: pick_saved_voice(config.data_dir, name), [saved], voice_seed,
-                         api_name="pick_voice")
+            # An API client holds its saved voices itself (the page keeps them in the browser): it passes
+            # them in and gets them back.
+            @user_errors
+            def save_voice(name, voice_seed, saved_voices):
+                return save_named_voice(saved_voices, library, name, voice_seed)
+
+            @user_errors
+            def pick_voice(choice, saved_voices):
+                return pick_saved_voice(saved_voices, library, choice)
+
+            save.click(save_voice, [voice_name, voice_seed, saved_here], [saved_here, saved], api_name="save_voice")
+            saved.change(pick_voice, [saved, saved_here], voice_seed, api_name="pick_voice")
+            def saved_menu(saved_voices):
+                return gr.update(choices=voices.menu(saved_voices, library))
+
+            # On page load (the browser's saved voices) and after each save:
+            gr.on(None, saved_menu, [saved_here], [saved], api_visibility="private")
 
         @user_errors
-        def fit_to_voice(model, reference, reference_text, samples, progress=gr.Progress()):
+        def fit_to_voice(model, reference, reference_text, samples, request: gr.Request, progress=gr.Progress()):
             config.check_model(model)
-            return fit_voice(model, reference, reference_text, samples, progress=progress)
+            return fit_voice(model, reference, reference_text, samples, owner=visitor(request), progress=progress)
 
         fit.click(fit_to_voice, [model, reference, reference_text, fit_samples], [fit_status, use_fitted],
                   api_name="fit_voice")
-        clear.click(clear_fitted, None, [fit_status, use_fitted], api_name="clear_fitted_voices")
+        def clear_mine(request: gr.Request):
+            return clear_fitted(visitor(request))
+
+        clear.click(clear_mine, None, [fit_status, use_fitted], api_name="clear_fitted_voices")

@@ -143,10 +143,13 @@ def test_voice_seed_tools_and_test_time_training_in_the_synthesize_tab(kalle_run
     *_, voice_tools, fit_tools = tab.visible_controls(str(sled_run))
     assert not voice_tools["visible"] and not fit_tools["visible"]
 
-    assert tab.save_named_voice(tmp_path, "  Deep   narrator ", 4242)["value"] == "Deep narrator"
-    assert tab.pick_saved_voice(tmp_path, "Deep narrator") == 4242 == pipelines.saved_voices(tmp_path)["Deep narrator"]
+    here, menu = tab.save_named_voice({}, {"Library voice": 7}, "  Deep   narrator ", 4242)
+    assert here == {"Deep narrator": 4242} and menu["value"] == "Deep narrator"
+    assert menu["choices"] == ["Deep narrator", "Library voice (shared)"]
+    assert tab.pick_saved_voice(here, {"Library voice": 7}, "Deep narrator") == 4242
+    assert tab.pick_saved_voice(here, {"Library voice": 7}, "Library voice (shared)") == 7
     with pytest.raises(gr.Error, match="name"):
-        user_errors(tab.save_named_voice)(tmp_path, "", 1)
+        user_errors(tab.save_named_voice)({}, {}, "", 1)
 
     def speak(voice_seed, *fit):
         row = [{**values, "voice_seed": voice_seed}[name] for name in names]
@@ -157,10 +160,37 @@ def test_voice_seed_tools_and_test_time_training_in_the_synthesize_tab(kalle_run
     assert not np.array_equal(speak(7)[0][1], a)
 
     pipelines.clear_fitted_voices()
-    status, use = tab.fit_voice(str(kalle_run), str(arctic_path), "and you always want to see it", 16)
+    monkeypatch.setattr(pipelines, "TTT_CHECK_RATIO", (0.0, float("inf")))  # the tiny model's lengths are noise
+    status, use = tab.fit_voice(str(kalle_run), str(arctic_path), "and you always want to see it", 16, owner="a")
     assert use and "fitted in" in status
     row = [values[name] for name in names]
     _, _, info, _ = tab.synthesize(str(kalle_run), "Hello there.", str(arctic_path), "and you always want to see it",
-                                   2.0, 0, False, *row, True, 16)
+                                   2.0, 0, False, *row, True, 16, owner="a")
     assert info["ttt"]["cached"]  # the fitted voice is reused, not fitted again
-    assert tab.clear_fitted()[1] is False and pipelines.clear_fitted_voices() == 0
+    assert tab.clear_fitted("b")[0] == "Cleared your 0 fitted voices."  # another visitor's clear keeps a's fit
+    _, _, info, _ = tab.synthesize(str(kalle_run), "Hello there.", str(arctic_path), "and you always want to see it",
+                                   2.0, 0, False, *row, True, 16, owner="a")
+    assert info["ttt"]["cached"]
+    assert tab.clear_fitted("a") == ("Cleared your 1 fitted voice.", False) and pipelines.clear_fitted_voices() == 0
+
+
+def test_a_fit_that_changes_the_check_sentence_length_is_refused(kalle_run, arctic_path, monkeypatch):
+    """Test-time training that makes the model speak the check sentence too long or too short is not used:
+    the status says so, the box stays off, and synthesis is the unfitted model's."""
+    from models import pipelines
+    from models.kalle import KALLE
+    from studio.tabs import synthesize as tab
+
+    monkeypatch.setattr(pipelines, "all_tts_controls", lambda: dict(KALLE.CONTROLS))
+    monkeypatch.setattr(pipelines, "TTT_CHECK_RATIO", (50.0, 60.0))  # no fit passes
+    pipelines.clear_fitted_voices()
+    transcript = "and you always want to see it"
+    status, use = tab.fit_voice(str(kalle_run), str(arctic_path), transcript, 16)
+    assert not use and "fitting did not help this voice" in status and "x as long" in status
+    row = [control.default for _, control in sorted(KALLE.CONTROLS.items())]
+    (_, fitted), _, info, _ = tab.synthesize(str(kalle_run), "Hello there.", str(arctic_path), transcript,
+                                             2.0, 0, False, *row, True, 16)
+    (_, plain), _, _, _ = tab.synthesize(str(kalle_run), "Hello there.", str(arctic_path), transcript,
+                                         2.0, 0, False, *row)
+    assert info["ttt"]["refused"] and info["ttt"]["cached"] and np.array_equal(fitted, plain)
+    pipelines.clear_fitted_voices()

@@ -2,6 +2,7 @@
 it serves, what it reads, how it refuses, and that a refusal keeps the visitor's state."""
 
 import re
+import time
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -94,7 +95,10 @@ def test_errors_reach_api_clients_and_keep_the_pair(studio, client):
         client.predict(api_name="/ab_vote_A")
     client.predict(api_name="/ab_played_a")
     client.predict(api_name="/ab_played_b")
-    status = client.predict(api_name="/ab_vote_B")[0]  # ...and the pair survived the refusal
+    with pytest.raises(Exception, match="Listen to both clips"):  # two 1 s tones: played, but not heard yet
+        client.predict(api_name="/ab_vote_B")
+    time.sleep(1.1)
+    status = client.predict(api_name="/ab_vote_B")[0]  # ...and the pair survived the refusals
     assert "Vote stored" in status and "u2" in status
 
 

@@ -18,29 +18,86 @@ def ab_config(tmp_path):
     return config
 
 
+class Clock:
+    def __init__(self):
+        self.now = 1000.0
+
+    def __call__(self):
+        return self.now
+
+
 def test_ab_match_unlocks_after_both_plays_and_stores_one_vote(ab_config):
-    from studio.tabs.listen import RANDOM, Arena, played, reveal
+    from studio.tabs.listen import RANDOM, Arena, reveal
 
     arena = Arena(ab_config)
+    arena.clock = clock = Clock()
     assert arena.prompts("set")[0] == RANDOM and len(arena.prompts("set")) == 4
-    match = arena.new_match("set", "u1 | tone 1")
+    match = arena.new_match("set", "u1 | tone 1", "ann")
     assert match["key"] == "u1" and {match["a"], match["b"]} == {"gt", "other"}
     assert "gt" not in reveal(match) and "other" not in reveal(match)  # hidden until the vote
     with pytest.raises(ValueError, match="Play both clips"):
-        arena.vote(match, "A")
-    match, *buttons = played(match, "A")
-    assert not any(b["interactive"] for b in buttons)
-    match, *buttons = played(match, "B")
-    assert all(b["interactive"] for b in buttons)
-    match = arena.vote(match, "A")
-    assert arena.vote(match, "B")["voted"] == "A"  # a second click changes nothing
-    assert f"**A** was `{match['a']}`" in reveal(match)
-    assert not any(b["interactive"] for b in played(match, "B")[1:])  # locked after the vote
+        arena.vote(match, "A", "ann")
+    match = arena.play(match, "A", "ann")
+    assert not arena.ready(match, "ann")
+    match = arena.play(match, "B", "ann")
+    assert arena.ready(match, "ann") and not arena.ready(match, "bob")
+    with pytest.raises(ValueError, match="Listen to both clips"):  # two 1 s clips: 1 s of listening first
+        arena.vote(match, "A", "ann")
+    clock.now += 1.0
+    match = arena.vote(match, "A", "ann")
+    again = arena.vote(match, "B", "ann")  # a second click changes nothing, and says so
+    assert again["voted"] == "A" and "the first vote stands" in reveal(again)
+    assert f"**A** was `{match['a']}`" in reveal(match) and "Vote stored" in reveal(match)
+    assert not arena.ready(match, "ann")  # locked after the vote
     board = Arena(ab_config).board()  # a new instance (a restart) reads the stored vote
     assert sorted(board["system"]) == ["gt", "other"] and board["votes"].tolist() == [1, 1]
     winner = board.loc[board["system"] == match["a"]].iloc[0]
     assert winner["win_rate"] == 1.0
     assert open(arena.export()).read().count("\n") == 2  # header + one vote
+
+
+def test_ab_the_server_checks_plays_votes_and_rates_per_visitor(ab_config):
+    """The play lock, the vote and its rate limits hold against a client that calls the endpoints itself."""
+    import soundfile as sf
+
+    from studio.tabs.listen import Arena
+
+    ab_config.arena_vote_gap_s, ab_config.arena_votes_per_hour = 5.0, 2
+    arena = Arena(ab_config)
+    arena.clock = clock = Clock()
+
+    def listened(visitor):
+        match = arena.new_match("set", "u0 | tone 0", visitor)
+        for side in "AB":
+            match = arena.play(match, side, visitor)
+        clock.now += 1.0
+        return match
+
+    first = arena.new_match("set", "u0 | tone 0", "ann")
+    second = arena.new_match("set", "u0 | tone 0", "ann")
+    servings = [{m[side]: sf.read(path)[0] for side, path in zip("ab", m["paths"])} for m in (first, second)]
+    assert len(set(first["paths"] + second["paths"])) == 4
+    for system in ("gt", "other"):  # the same system's clip differs in bytes per serving, but not audibly
+        once, twice = servings[0][system], servings[1][system]
+        assert once.tobytes() != twice.tobytes() and abs(once - twice).max() < 0.02
+
+    with pytest.raises(ValueError, match="not served to you"):
+        arena.play(first, "A", "bob")  # another visitor cannot unlock or vote on ann's pair
+    match = listened("ann")
+    with pytest.raises(ValueError, match="not served to you"):
+        arena.vote(match, "A", "bob", "10.0.0.2")
+    arena.vote(match, "A", "ann", "10.0.0.1")
+    match = listened("ann")
+    with pytest.raises(ValueError, match="One vote every 5 s"):
+        arena.vote(match, "A", "ann", "10.0.0.1")
+    clock.now += 5.0
+    arena.vote(match, "B", "ann", "10.0.0.1")
+    with pytest.raises(ValueError, match="This network has cast 2 votes"):  # a new session, the same address
+        arena.vote(listened("carl"), "A", "carl", "10.0.0.1")
+    arena.vote(listened("dora"), "A", "dora", "10.0.0.3")
+    clock.now += 3601
+    arena.vote(listened("carl"), "A", "carl", "10.0.0.1")  # the hour has passed
+    assert len(arena.store.rows()) == 4
 
 
 def test_ab_refuses_what_it_cannot_compare(ab_config):
@@ -55,6 +112,8 @@ def test_ab_refuses_what_it_cannot_compare(ab_config):
         arena.new_match("nope", None)
     with pytest.raises(ValueError, match="Start a comparison"):
         arena.vote(None, "A")
+    with pytest.raises(ValueError, match="expired"):
+        arena.vote({"match": "0" * 32}, "A")
 
 
 @pytest.mark.slow

@@ -31,7 +31,7 @@ from evaluation.bench import hardware
 from evaluation.metrics import MetricError, MetricUnavailable, Sample, get_metric
 from evaluation.metrics.base import free_device_memory
 from evaluation.results import RTF, ResultWriter, latest_rows, read_results
-from evaluation.systems import Item, System, read_items
+from evaluation.systems import AUDIO_FIELDS, Item, System, read_items
 from models import audio
 from models.files import write_text_atomic
 from models.registry import REPO_ROOT, pick_device
@@ -223,6 +223,12 @@ def run_eval(config: RunConfig, argv: list[str] | None = None) -> dict:
     items = select_items(read_items(config.manifest, config.split), config.limit, config.per_speaker)
     if not items:
         raise ValueError("no items to evaluate (check --limit and --per-speaker)")
+    for item in items:  # a missing clip is the manifest's fault: said before any work, not scored as n/a
+        for field_name in AUDIO_FIELDS:
+            path = getattr(item, field_name)
+            if path is not None and not Path(path).is_file():
+                raise ValueError(f"{Path(config.manifest).name}: item {item.key!r}: its {field_name} audio "
+                                 f"{Path(path).name} does not exist")
     for system in config.systems:  # a system none of the items applies to would report a mean of nothing
         if all(system.missing(item) for item in items):
             raise ValueError(f"system {system.name!r} cannot run on this test set: none of its {len(items)} "

@@ -223,9 +223,15 @@ def _options(spec: str, text: str, model: str) -> tuple[tuple[str, float], ...]:
         if not sep or key not in types:
             raise ValueError(f"system {spec!r}: options are {', '.join(k + '=' for k in types)}, not {part!r}")
         try:
-            options.append((key, types[key](value)))
+            number = types[key](value)
         except ValueError:
             raise ValueError(f"system {spec!r}: {key} must be a {types[key].__name__}, not {value!r}") from None
+        control = pipelines.SETTINGS.get(key) or pipelines.tts_controls(model)[key]
+        try:  # the range the studio's widget and the CLI's flag share: refused before the run starts
+            control.check(key, number)
+        except ValueError as error:
+            raise ValueError(f"system {spec!r}: {error}") from None
+        options.append((key, number))
     return tuple(options)
 
 

@@ -44,7 +44,9 @@ def load_audio(
     if path.is_dir():
         raise AudioError(f"{path.name} is a folder, not an audio file")
     if not path.is_file():
-        raise AudioError(f"Audio file not found: {path}")
+        raise AudioError(f"Audio file not found: {path.name}")
+    if path.stat().st_size == 0:
+        raise AudioError(f"{path.name} is empty (0 bytes)")
     try:
         header = sf.info(path)
     except RuntimeError:  # not a format soundfile knows (LibsndfileError); librosa gets its turn below
@@ -64,7 +66,8 @@ def load_audio(
                 wav, native_sr = librosa.load(path, sr=None, mono=False)
             wav = np.atleast_2d(wav).T  # librosa gives (channels, time)
         except Exception as error:
-            raise AudioError(f"Could not read audio file {path.name}: {sf_error}") from error
+            reason = str(sf_error).replace(f"Error opening {str(path)!r}: ", "").replace(str(path), path.name)
+            raise AudioError(f"Could not read audio file {path.name}: {reason}") from error
     promised = _wav_header_frames(path)
     if promised is not None and len(wav) < promised - native_sr // 100:
         raise AudioError(f"{path.name} is truncated: its header promises {promised / native_sr:.2f} s, the file "

@@ -31,11 +31,19 @@ MAX_REFERENCE_SECONDS = 20.0  # a voice prompt longer than this is cut at a paus
 MAX_REFERENCE_UPLOAD_SECONDS = 600.0
 PAUSE_SECONDS = 0.2  # silence between sentences
 TTS_VOCODER_PRECISION = "bf16"  # 2x faster synthesis, same PESQ (see models.vocoder.PRECISIONS)
-CFG_RANGE = (1.0, 10.0)  # 1 = no guidance; the papers' best scales are 2-3
 MAX_SEED = 2**32 - 1
-MAX_FITTED_VOICES = 8  # test-time-trained voices kept in memory (least recently used dropped)
 TTT_LR = 3e-5  # the test-time training sweep's choice (docs/kalle.md); the paper's 1e-6 barely moves our model
-TTT_LR_RANGE = (1e-7, 1e-2)
+# The settings every TTS request takes, beside a backend's own CONTROLS: one declared range each, shared by the
+# studio's widgets, the CLI's flags and the evaluation system specs (`name=model:cfg=2:seed=3:ttt=50`).
+SETTINGS = {
+    "cfg": Control("Classifier-free guidance scale", 1.0, 10.0, 2.0, 0.1),  # 1 = none; the papers' best: 2-3
+    "seed": Control("Seed", 0, MAX_SEED, 0, 1),
+    "ttt": Control("Test-time training samples (N)", 1, 2000, 200, 1),
+    "ttt_lr": Control("Test-time training learning rate", 1e-7, 1e-2, TTT_LR, 1e-7),
+}
+CFG_RANGE = (SETTINGS["cfg"].minimum, SETTINGS["cfg"].maximum)
+TTT_LR_RANGE = (SETTINGS["ttt_lr"].minimum, SETTINGS["ttt_lr"].maximum)
+MAX_FITTED_VOICES = 8  # test-time-trained voices kept in memory (least recently used dropped)
 # A fitted voice must speak this check sentence (prompted by its reference) at a length within this ratio of
 # the unfitted model's, or the fit is refused: fitting can break the model's sense of where speech ends.
 TTT_CHECK_TEXT = "The birch canoe slid on the smooth planks."
@@ -46,11 +54,20 @@ ROLE_NAMES = {LATENT_CODEC: "codec", TOKEN_CODEC: "token codec", TTS: "TTS model
 
 def check_sampling(cfg: float, seed: int | None) -> None:
     """One clear line for a guidance scale or seed out of range (NaN included)."""
-    low, high = CFG_RANGE
-    if not (isinstance(cfg, (int, float)) and low <= cfg <= high):  # NaN fails every comparison
-        raise ValueError(f"the guidance scale (cfg) must be between {low:g} and {high:g}, not {cfg}")
-    if seed is not None and not (isinstance(seed, int) and 0 <= seed <= MAX_SEED):
-        raise ValueError(f"the seed must be a whole number from 0 to {MAX_SEED}, not {seed}")
+    SETTINGS["cfg"].check("the guidance scale (cfg)", cfg)
+    if seed is not None:
+        check_seed(seed)
+
+
+def check_seed(seed) -> int:
+    """A seed as typed (3, 3.0, "3") -> int; 3.7, "abc", NaN or one out of range is one line, never rounded."""
+    try:
+        number = float(seed)
+    except (TypeError, ValueError):
+        number = float("nan")
+    if isinstance(seed, bool) or not (number.is_integer() and 0 <= number <= MAX_SEED):
+        raise ValueError(f"the seed must be a whole number from 0 to {MAX_SEED}, not {seed!r}")
+    return int(number)
 
 
 def available_codecs() -> list[str]:
@@ -220,18 +237,26 @@ def decode_file(path: str | os.PathLike, device: str | None = None,
                 codec: str | None = None) -> tuple[np.ndarray, dict]:
     """The audio (22.05 kHz) of an .npz written by encode_file, through the codec it names (or `codec`)."""
     import json
+    import zipfile
+    from pathlib import Path
 
+    name = Path(path).name  # messages name the file, never the folder it was uploaded to
+    if not Path(path).is_file():
+        raise ValueError(f"codes file {name} not found")
+    if not zipfile.is_zipfile(path):  # np.load would call any other bytes "pickled data"
+        raise ValueError(f"{name} is not a codes file written by `codec encode` (an .npz archive)"
+                         + (": it is empty (0 bytes)" if Path(path).stat().st_size == 0 else ""))
     try:
         with np.load(path, allow_pickle=False) as data:
             codes, header = data["codes"], json.loads(str(data["header"]))
-    except (OSError, ValueError, KeyError) as error:
-        raise ValueError(f"{path} is not a codes file written by `codec encode`: {error}") from None
+    except (OSError, ValueError, KeyError, zipfile.BadZipFile) as error:
+        raise ValueError(f"{name} is not a codes file written by `codec encode`: {error}") from None
     if not isinstance(header, dict) or header.get("format") != CODES_FORMAT:
-        raise ValueError(f"{path}: not a `codec encode` header of format {CODES_FORMAT!r}")
+        raise ValueError(f"{name}: not a `codec encode` header of format {CODES_FORMAT!r}")
     missing = [k for k in ("kind", "codec", "samples") + (("window",) if header.get("kind") == "tokens" else ())
                if k not in header]
     if missing or header["kind"] not in ("tokens", "latents"):
-        raise ValueError(f"{path}: its header lacks {', '.join(missing) or 'a known kind'}")
+        raise ValueError(f"{name}: its header lacks {', '.join(missing) or 'a known kind'}")
     codec = codec or header["codec"]
     if header["kind"] == "tokens":
         model = _checkpoint_model(codec, TOKEN_CODEC, device)[0]
@@ -314,11 +339,8 @@ def fit_voice(model: str, ref: np.ndarray, ref_text: str, samples: int, device: 
     generator, _ = _checkpoint_model(model, TTS, device)
     if not hasattr(generator, "fit_voice"):
         raise ValueError(f"{model} has no test-time training (a backend offers it with fit_voice)")
-    if not 1 <= samples <= 2000:
-        raise ValueError(f"test-time training samples must be between 1 and 2000, not {samples}")
-    if not TTT_LR_RANGE[0] <= lr <= TTT_LR_RANGE[1]:
-        raise ValueError(f"test-time training learning rate must be between {TTT_LR_RANGE[0]:g} and "
-                         f"{TTT_LR_RANGE[1]:g}, not {lr:g}")
+    SETTINGS["ttt"].check("test-time training samples", samples)
+    SETTINGS["ttt_lr"].check("test-time training learning rate", lr)
     key = hashlib.sha256(b"".join([model.encode(), ref.astype(np.float32).tobytes(), ref_text.encode(),
                                    str(samples).encode(), repr(lr).encode()])).hexdigest()[:16]
     with _FITTED_LOCK:

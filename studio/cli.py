@@ -416,7 +416,7 @@ def _probe(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from models.pipelines import CFG_RANGE, MAX_SEED, TTT_LR, TTT_LR_RANGE
+    from models.pipelines import CFG_RANGE, MAX_SEED, SETTINGS, TTT_LR, TTT_LR_RANGE
 
     parser = _Parser(prog="speech-studio", description=__doc__)
     parser.add_argument("--device", help="cuda, mps or cpu (default: the best available)")
@@ -547,7 +547,9 @@ def build_parser() -> argparse.ArgumentParser:
                      help=f"classifier-free guidance scale, {CFG_RANGE[0]:g}-{CFG_RANGE[1]:g} (1 = none)")
     tts.add_argument("--seed", type=_number(int, 0, MAX_SEED), help="random seed (default: drawn and printed)")
     tts.add_argument("--stream", action="store_true", help="generate and decode chunk by chunk")
-    tts.add_argument("--ttt", type=_number(int, 1, 2000), nargs="?", const=200, default=0, metavar="N",
+    ttt = SETTINGS["ttt"]
+    tts.add_argument("--ttt", type=_number(int, int(ttt.minimum), int(ttt.maximum)), nargs="?", const=int(ttt.default),
+                     default=0, metavar="N",
                      help="fit the model to the reference's voice first (test-time training on N posterior "
                           "samples, default 200; models that offer it)")
     tts.add_argument("--ttt-lr", type=_number(float, *TTT_LR_RANGE), default=TTT_LR, metavar="LR",

@@ -68,10 +68,12 @@ class StudioConfig:
             path.chmod(0o600)
         return path.read_text().strip()
 
-    def readable_roots(self) -> list[Path]:
+    def readable_roots(self, data: bool = True) -> list[Path]:
         """The allow-list of folders a visitor's manifest, system folder or checkpoint path may name:
-        the studio's data folder, the shipped assets, and the folders of the configured test sets."""
-        return [self.data_dir.resolve(), ASSETS.resolve(), *(Path(root).resolve() for root in self.model_roots),
+        the studio's data folder (unless `data` is False), the shipped assets, and the folders of the
+        configured test sets."""
+        return [*([self.data_dir.resolve()] if data else []), ASSETS.resolve(),
+                *(Path(root).resolve() for root in self.model_roots),
                 *(testset_root(manifest) for manifest in self.testsets.values())]
 
     def check_model(self, model: str | None) -> None:
@@ -81,13 +83,14 @@ class StudioConfig:
         if model and model not in registry.list_checkpoints():
             self.check_readable(model, "model folder")
 
-    def check_readable(self, path: str | os.PathLike, what: str) -> Path:
-        """`path` resolved, if it lies under `readable_roots`; otherwise one line that is the same
+    def check_readable(self, path: str | os.PathLike, what: str, data: bool = True) -> Path:
+        """`path` resolved, if it lies under `readable_roots(data)`; otherwise one line that is the same
         whether or not the path exists (a visitor must not learn what is on the server)."""
         resolved = Path(os.path.realpath(os.path.join(self.data_dir, path)))
-        if not any(resolved.is_relative_to(root) for root in self.readable_roots()):
-            raise ValueError(f"{what} {str(path)!r} is outside the folders this studio reads (its data folder "
-                             "and its test sets): upload the audio, or ask the operator to add a test set")
+        private = not data and resolved.is_relative_to(self.data_dir.resolve())  # even inside a test set's folder
+        if private or not any(resolved.is_relative_to(root) for root in self.readable_roots(data)):
+            raise ValueError(f"{what} {Path(path).name!r} is outside the folders this studio reads (its test "
+                             "sets and shipped assets): upload the audio, or ask the operator to add a test set")
         return resolved
 
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from models.pipelines import MAX_SEED
+from models import pipelines
 
 MAX_SAVED_VOICES = 50  # per visitor
 MAX_LIBRARY_VOICES = 200
@@ -26,12 +26,9 @@ def clean_name(name) -> str:
 
 def check_seed(voice_seed) -> int:
     try:
-        number = float(voice_seed)
-    except (TypeError, ValueError):
-        number = float("nan")
-    if not (number.is_integer() and 0 <= number <= MAX_SEED):
-        raise ValueError(f"a voice seed is a whole number from 0 to {MAX_SEED}, not {voice_seed!r}")
-    return int(number)
+        return pipelines.check_seed(voice_seed)
+    except ValueError:
+        raise ValueError(f"a voice seed is a whole number from 0 to {pipelines.MAX_SEED}, not {voice_seed!r}") from None
 
 
 def save(voices: dict | None, name, voice_seed) -> dict[str, int]:

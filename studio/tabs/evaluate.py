@@ -51,13 +51,21 @@ def visitor_systems(config: StudioConfig, specs: list[str]) -> list[System]:
     return systems
 
 
+AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".mp3")
+
+
 def check_manifest_audio(config: StudioConfig, manifest: Path) -> None:
-    """Every audio path of an uploaded manifest must lie under the studio's readable folders."""
+    """Every audio path of an uploaded manifest must be an audio file under the test sets' or the shipped
+    assets' folders: never the studio's data folder (votes, saved state, runs), whatever exists there."""
     for item in read_items(manifest):
         for field_name in AUDIO_FIELDS:
             path = getattr(item, field_name)
-            if path is not None:
-                config.check_readable(path, f"item {item.key!r}: {field_name} audio")
+            if path is None:
+                continue
+            what = f"item {item.key!r}: {field_name} audio"
+            if Path(path).suffix.lower() not in AUDIO_SUFFIXES:
+                raise ValueError(f"{what} {Path(path).name!r} is not an audio file ({', '.join(AUDIO_SUFFIXES)})")
+            config.check_readable(path, what, data=False)
 
 
 def applicable_systems(config: StudioConfig, testset: str | None) -> list[str]:
@@ -118,15 +126,18 @@ def plan(config: StudioConfig, testset: str | None, upload: str | None, systems:
         suffix = Path(upload).suffix
         if suffix not in (".lst", ".jsonl"):
             raise ValueError(f"the manifest must be a seed-tts-eval .lst or a .jsonl file, not {suffix or 'no suffix'}")
+        fresh = not out.exists()
         out.mkdir(parents=True, exist_ok=True)
         manifest = out / f"manifest{suffix}"
         shutil.copyfile(upload, manifest)
         try:
             check_manifest_audio(config, manifest)  # paths resolve from where the manifest now lies
-        except ValueError:
+        except Exception as error:  # nothing of a refused upload stays; the message names the upload only
             manifest.unlink()
-            if not any(out.iterdir()):
-                out.rmdir()
+            if fresh:
+                shutil.rmtree(out, ignore_errors=True)
+            if isinstance(error, (ValueError, OSError)):
+                raise ValueError(str(error).replace(str(manifest), Path(upload).name)) from None
             raise
     elif testset in config.testsets:
         manifest = Path(config.testsets[testset])

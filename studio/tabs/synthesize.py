@@ -31,7 +31,9 @@ def _request(model: str | None, text: str, reference: str | None, reference_text
         raise ValueError("No TTS model: publish a trained checkpoint to assets/checkpoints, or type a checkpoint "
                          "folder (see docs/sled.md)")
     declared = pipelines.tts_controls(model)
-    request = {"text": text, "model": model, "seed": None if randomize or seed in (None, "") else int(seed),
+    if not randomize and seed in (None, ""):
+        raise ValueError(f"Seed: type a whole number from 0 to {pipelines.MAX_SEED}, or tick Randomize seed")
+    request = {"text": text, "model": model, "seed": None if randomize else pipelines.check_seed(seed),
                **{name: value for name, value in sampling.items() if name in declared}}
     if reference:
         request["ref_wav"] = audio.load_audio(reference, audio.SAMPLE_RATE,
@@ -163,6 +165,12 @@ def pick_saved_voice(saved: dict | None, library: dict[str, int], choice: str | 
     return voices.pick(saved, library, choice) if choice else gr.skip()
 
 
+def setting_slider(control, **options) -> gr.Slider:
+    """The widget of a declared setting (models.roles.Control): its range, step, default and label."""
+    return gr.Slider(control.minimum, control.maximum, value=control.default, step=control.step, label=control.label,
+                     **options)
+
+
 def build(config: StudioConfig) -> None:
     specs = pipelines.all_tts_controls()
     library = voices.read_library(config.voice_library)
@@ -179,14 +187,13 @@ def build(config: StudioConfig) -> None:
                 reference, reference_text = reference_voice("Reference voice (optional)")
                 gr.Examples([[str(EXAMPLE_REFERENCE), EXAMPLE_REFERENCE_TEXT]], inputs=[reference, reference_text],
                             label="Example reference (CMU ARCTIC, slt)")
-                cfg = gr.Slider(1.0, 4.0, value=2.0, step=0.1, label="Classifier-free guidance scale")
+                cfg = setting_slider(pipelines.SETTINGS["cfg"])
                 with gr.Row():
-                    seed = gr.Number(value=0, precision=0, label="Seed")
+                    seed = gr.Number(value=0, minimum=0, maximum=pipelines.MAX_SEED, label="Seed")  # no rounding:
+                    # a fraction is refused with a message (pipelines.check_seed), not silently changed
                     randomize = gr.Checkbox(value=False, label="Randomize seed")
                 declared = declared_controls(model.value)
-                sliders = [gr.Slider(specs[name].minimum, specs[name].maximum, value=specs[name].default,
-                                     step=specs[name].step, label=specs[name].label, visible=name in declared)
-                           for name in sampling_names()]
+                sliders = [setting_slider(specs[name], visible=name in declared) for name in sampling_names()]
                 with gr.Group(visible="voice_seed" in declared) as voice_tools:
                     with gr.Row():
                         dice = gr.Button("Random voice", size="sm")
@@ -196,7 +203,7 @@ def build(config: StudioConfig) -> None:
                         voice_name = gr.Textbox(label="Name this voice", max_lines=1)
                         save = gr.Button("Save voice", size="sm")
                 with gr.Group(visible=fits_voices(model.value)) as fit_tools:
-                    fit_samples = gr.Slider(20, 400, value=200, step=10, label="Test-time training samples (N)")
+                    fit_samples = setting_slider(pipelines.SETTINGS["ttt"])
                     with gr.Row():
                         fit = gr.Button("Fit to this voice (TTT)", size="sm")
                         clear = gr.Button("Clear fitted voices", size="sm")

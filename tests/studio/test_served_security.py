@@ -62,14 +62,16 @@ def test_a_manifest_or_system_naming_server_paths_is_refused_alike(studio, clien
 
     _, _, secret = studio
     messages = []
-    for target in (secret, secret.parent / "missing.wav", Path("/etc/shadow")):
+    for target, refusal in ((secret, "outside the folders"), (secret.parent / "missing.wav", "outside the folders"),
+                            (Path("/etc/shadow.wav"), "outside the folders"), (Path("/etc/shadow"), "not an audio file")):
         manifest = tmp_path / f"leak-{len(messages)}.lst"
         manifest.write_text(f"x|a|{target}|some words|{target}\n")
-        with pytest.raises(Exception, match="outside the folders this studio reads") as error:
+        with pytest.raises(Exception, match=refusal) as error:
             client.predict(None, handle_file(str(manifest)), studio[1].systems, "", ["stoi"], 1, "", False,
                            api_name="/evaluate")
-        messages.append(str(error.value).replace(str(target), "PATH"))
-    assert len(set(messages)) == 1  # whether the file exists, is missing or unreadable: the same line
+        assert str(target.parent) not in str(error.value)  # the file's name only, never its folder
+        messages.append(str(error.value).replace(target.name, "NAME"))
+    assert len(set(messages[:3])) == 1  # whether the file exists, is missing or unreadable: the same line
     with pytest.raises(Exception, match="outside the folders this studio reads"):
         client.predict("tones", None, ["gt"], f"leak={secret.parent}", ["stoi"], 1, "", False, api_name="/evaluate")
 

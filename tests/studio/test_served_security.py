@@ -62,8 +62,9 @@ def test_a_manifest_or_system_naming_server_paths_is_refused_alike(studio, clien
 
     _, _, secret = studio
     messages = []
-    for target, refusal in ((secret, "outside the folders"), (secret.parent / "missing.wav", "outside the folders"),
-                            (Path("/etc/shadow.wav"), "outside the folders"), (Path("/etc/shadow"), "not an audio file")):
+    outside = "outside the folders"
+    for target, refusal in ((secret, outside), (secret.parent / "missing.wav", outside),
+                            (Path("/etc/shadow.wav"), outside), (Path("/etc/shadow"), "not an audio file")):
         manifest = tmp_path / f"leak-{len(messages)}.lst"
         manifest.write_text(f"x|a|{target}|some words|{target}\n")
         with pytest.raises(Exception, match=refusal) as error:

@@ -574,9 +574,12 @@ def tts_batch(rows: list[dict], out_dir: str, model: str = "sled", seed: int | N
               progress: Callable[[Iterator], Iterator] | None = None, **settings) -> dict:
     """Synthesize every row into out_dir/<id><fmt>, the model loaded once; each finished utterance
     appends its settings, seed and timings to out_dir/synthesis.jsonl. Run again, it resumes: rows
-    whose audio and record exist are skipped. Row i's seed is its own `seed`, else seed + i."""
+    whose audio and record exist are skipped. Row i's seed is its own `seed`, else seed + i; without
+    `seed`, a base seed is drawn once and kept in out_dir/batch_seed, so a resumed batch goes on with it."""
     import json
     from pathlib import Path
+
+    from models.files import write_text_atomic
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -588,7 +591,12 @@ def tts_batch(rows: list[dict], out_dir: str, model: str = "sled", seed: int | N
                 done.add(json.loads(line)["id"])
             except (json.JSONDecodeError, KeyError, TypeError):
                 continue
-    base = random.randrange(2**31) if seed is None else seed
+    kept = out / "batch_seed"
+    if seed is None and kept.is_file():
+        base = check_seed(kept.read_text().strip())
+    else:
+        base = random.randrange(2**31) if seed is None else seed
+        write_text_atomic(kept, f"{base}\n")
     todo = [(i, r) for i, r in enumerate(rows) if not (str(r["id"]) in done and (out / f"{r['id']}{fmt}").is_file())]
     for index, row in (progress or iter)(todo):
         ref = None

@@ -351,6 +351,14 @@ def test_cli_batch_synthesis_records_settings_and_resumes(sled_run, tmp_path, ca
     assert main(command[:-2] + ["--temperature", "0.5"]) == 2  # another model's setting
     assert "unknown option --temperature" in capsys.readouterr().err
     assert main(["tts", "--model", str(sled_run), "--file", str(lines), "--out", str(tmp_path / "x.wav")]) == 2
+    drawn = tmp_path / "drawn"  # without --seed: the drawn base seed is kept, and a resumed batch goes on with it
+    assert main(command[:5] + ["--out-dir", str(drawn)]) == 0
+    base = json.loads(capsys.readouterr().out)["seed"]
+    (drawn / "0002.wav").unlink()
+    assert main(command[:5] + ["--out-dir", str(drawn)]) == 0
+    assert json.loads(capsys.readouterr().out)["seed"] == base
+    records = [json.loads(line) for line in (drawn / "synthesis.jsonl").read_text().splitlines()]
+    assert [r["seed"] for r in records] == [base, base + 1, base + 1]
 
 
 def test_a_tts_checkpoint_is_an_eval_system_with_options(sled_run, mini, tmp_path, monkeypatch):

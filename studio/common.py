@@ -60,19 +60,25 @@ def visitor(request: gr.Request | None) -> str:
 SERVED_MAX_AGE_S = 24 * 3600  # served copies (and Gradio's cached ones, see studio.app) older than this go
 
 
-def served_copy(path: str | Path) -> str:
+def served_copy(path: str | Path, name: str | None = None) -> str:
     """A copy of a file the studio made, under an opaque name in a private temp folder, for a
-    component to serve. The studio's data folder is never served itself (votes, metadata and
-    system-named clips stay private), so every file shown to a visitor goes through here."""
+    component to serve; `name` gives a download its readable name instead (in a folder of its own).
+    The studio's data folder is never served itself (votes, metadata and system-named clips stay
+    private), so every file shown to a visitor goes through here."""
     source = Path(path)
     folder = _served_folder()
     for old in folder.iterdir():  # Gradio has long since copied these into its own cache
         try:
             if time.time() - old.stat().st_mtime > SERVED_MAX_AGE_S:
-                old.unlink()
+                shutil.rmtree(old) if old.is_dir() else old.unlink()
         except FileNotFoundError:  # another worker removed it first
             pass
-    target = folder / f"{uuid.uuid4().hex}{source.suffix.lower()}"
+    if name:
+        own = folder / uuid.uuid4().hex
+        own.mkdir()
+        target = own / name
+    else:
+        target = folder / f"{uuid.uuid4().hex}{source.suffix.lower()}"
     shutil.copyfile(source, target)
     return str(target)
 

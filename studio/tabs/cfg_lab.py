@@ -24,6 +24,7 @@ from studio.tabs.synthesize import EXAMPLE_TEXTS
 
 DEFAULT_SCALES = "1.0, 1.5, 2.0, 2.5, 3.0"
 METRIC_CHOICES = ["wer", "sim", "dnsmos"]
+DEFAULT_METRICS = ["wer", "dnsmos"]  # the default has no reference voice, so no SIM
 
 
 def run_sweep(config: StudioConfig, model: str | None, text: str, reference: str | None, reference_text: str | None,
@@ -35,6 +36,8 @@ def run_sweep(config: StudioConfig, model: str | None, text: str, reference: str
     pipelines.tts_kind(model)  # a clear error for anything else
     if not metrics:
         raise ValueError("Choose at least one metric")
+    if "sim" in metrics and not reference:
+        raise ValueError("SIM compares each output with a reference voice: add a reference clip, or untick sim")
     check_text(text)
     values = sweep.parse_scales(scales)
     out = config.data_dir / "cfg_lab" / f"{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
@@ -64,8 +67,9 @@ def run_sweep(config: StudioConfig, model: str | None, text: str, reference: str
     failed = len(values) * int(seeds) - len(made)
     shown = [{**row, "audio": served_copy(row["audio"])} for row in made]
     yield (f"Done: {len(values)} CFG values x {seeds} seeds, {len(made)} outputs"
-           + (f", {failed} generations failed" if failed else "") + ".", shown, pd.DataFrame(points), figure,
-           [served_copy(table), served_copy(out / "report.csv")])
+           + (f", {failed} generations failed" if failed else "") + ".", shown, pd.DataFrame(points).round(3), figure,
+           [served_copy(table, name=f"cfg_lab-{out.name}.csv"), served_copy(out / "report.csv",
+                                                                          name=f"cfg_lab-{out.name}-means.csv")])
 
 
 def cell_label(row: dict) -> str:
@@ -85,7 +89,8 @@ def build(config: StudioConfig) -> None:
             with gr.Column():
                 scales = gr.Textbox(value=DEFAULT_SCALES, label="CFG values")
                 seeds = gr.Slider(1, 10, value=3, step=1, label="Seeds per value")
-                metrics = gr.CheckboxGroup(METRIC_CHOICES, value=METRIC_CHOICES, label="Metrics")
+                metrics = gr.CheckboxGroup(METRIC_CHOICES, value=DEFAULT_METRICS, label="Metrics",
+                                           info="sim needs a reference voice")
                 start = gr.Button("Run sweep", variant="primary")
         status = gr.Markdown(elem_id="cfg-status")
         figure = gr.Plot(label="Metrics against CFG")
@@ -98,7 +103,9 @@ def build(config: StudioConfig) -> None:
             for cfg in sorted({row["cfg"] for row in rows}):
                 with gr.Row():
                     for row in (r for r in rows if r["cfg"] == cfg):
-                        gr.Audio(row["audio"], label=cell_label(row), interactive=False)
+                        with gr.Column(min_width=160):  # the label above the player: its icons would cover it
+                            gr.Markdown(cell_label(row))
+                            gr.Audio(row["audio"], show_label=False, interactive=False)
 
         @user_errors
         def run(model, text, reference, reference_text, scales, seeds, metrics, progress=gr.Progress()):

@@ -159,14 +159,15 @@ def evaluate(config: StudioConfig, testset, upload, systems, extra, metrics, lim
         yield results_table(out), status, gr.skip(), gr.skip(), gr.skip(), gr.skip(), name
     table = results_table(out)
     columns = [c for c in table.columns if c != "system"]
-    reports = [served_copy(out / "report.csv"), served_copy(out / "report.html")]
+    reports = [served_copy(out / f"report.{kind}", name=f"{name}.{kind}") for kind in ("csv", "html")]
     rows = latest_rows(read_results(out))
     failed = sum(1 for r in rows if r["metric"] == RTF and r["values"] is None)
     status = (f"Done: {len(rows)} results in run `{name}`"
               + (f"; {failed} generations failed (scored as no output)" if failed else "")
               + f". Skipped metrics: {follow.summary['skipped'] or 'none'}. Resume or extend it with the same "
               "run name.")
-    first = columns[0] if columns else None
+    quality = [c for c in columns if c != RTF]  # the chart opens on a quality metric, not the speed
+    first = (quality or columns or [None])[0]
     yield table, status, gr.update(choices=columns, value=first), str(out), reports, plot(str(out), first), name
 
 
@@ -201,13 +202,18 @@ def build(config: StudioConfig) -> None:
             column = gr.Dropdown([], label="Plot metric")
             chart = gr.Plot(label="Systems compared")
         reports = gr.File(label="Report (CSV, HTML)", file_count="multiple", interactive=False)
+        # The run's name is shown apart from the name box, so a second click starts a new run (and typing
+        # it in the box with Resume ticked continues this one).
+        this_run = gr.Textbox(label="This run's name (type it above and tick Resume to continue it)",
+                              interactive=False)
 
         @user_errors
         def run(testset, upload, systems, extra, metrics, limit, name, resume, progress=gr.Progress()):
             yield from evaluate(config, testset, upload, systems, extra, metrics, limit, name, resume, progress)
 
         start.click(run, [testset, upload, systems, extra, metrics, limit, name, resume],
-                    [table, status, column, folder, reports, chart, name], api_name="evaluate", concurrency_limit=1)
+                    [table, status, column, folder, reports, chart, this_run], api_name="evaluate",
+                    concurrency_limit=1)
         testset.change(lambda t: gr.update(value=applicable_systems(config, t)), [testset], [systems],
                        api_name="evaluate_systems")
         column.change(plot, [folder, column], [chart], api_name="evaluate_plot")

@@ -138,9 +138,10 @@ def test_evaluate_runs_the_bench_reports_and_resumes(ab_config):
     assert sorted(table["system"]) == ["gt", "other"] and {"stoi", "si_sdr"} <= set(table.columns)
     assert table.loc[table["system"] == "gt", "stoi"].iloc[0].startswith("1.000")  # gt against itself
     assert "Done: 12 results" in status and all(0 <= f <= 1 for f in seen)
-    assert [Path(p).suffix for p in reports] == [".csv", ".html"] and all(Path(p).is_file() for p in reports)
+    assert [Path(p).name for p in reports] == ["first.csv", "first.html"] and all(Path(p).is_file() for p in reports)
     assert name == "first" and not any(str(ab_config.data_dir) in p for p in reports)  # served copies only
     assert chart is not None and plot(folder, "si_sdr") is not None and menu["choices"]
+    assert menu["value"] != "rtf"  # the chart opens on a quality metric
     with pytest.raises(ValueError, match="tick Resume"):
         list(evaluate(ab_config, *args))
     resumed = list(evaluate(ab_config, *args[:-1], True))[-1]
@@ -166,12 +167,16 @@ def test_cfg_lab_sweeps_scales_and_seeds_through_the_bench(sled_run, arctic_path
     assert all(Path(r["audio"]).is_file() and -1 <= r["sim"] <= 1 for r in grid)
     assert points["cfg"].tolist() == [1.0, 2.0] and (points["metric"] == "sim").all()
     assert len(figure.data) == 1 and all(Path(f).is_file() for f in files)
+    assert all(Path(f).name.startswith("cfg_lab-") for f in files)
+    assert all(len(str(v)) <= 8 for v in points.select_dtypes("number").to_numpy().ravel())  # rounded for reading
     assert cell_label(grid[0]).startswith("CFG 1 · seed0 · sim ")
     assert parse_scales("3 1,1.5") == [1.0, 1.5, 3.0]
     with pytest.raises(ValueError, match="numbers"):
         parse_scales("1, two")
     with pytest.raises(ValueError, match="CFG values x seeds"):
         list(run_sweep(config, str(sled_run), "x", None, None, "1 2 3 4 5 6 7", 10, ["wer"]))
+    with pytest.raises(ValueError, match="SIM compares each output with a reference voice"):
+        list(run_sweep(config, str(sled_run), "Some words.", None, None, "1, 2", 1, ["wer", "sim"]))
 
 
 def test_latent_explorer_encodes_plots_and_plays_a_point(ab_config):

@@ -160,6 +160,37 @@ def _train(args: argparse.Namespace) -> int:
     return 0
 
 
+API_MARKERS = ("<!-- api:start -->\n", "<!-- api:end -->")
+
+
+def _api(args: argparse.Namespace) -> int:
+    import tempfile
+
+    from models.files import write_text_atomic
+    from studio.app import api_reference, build_app
+    from studio.config import StudioConfig
+
+    table = api_reference(build_app(StudioConfig(data_dir=Path(tempfile.mkdtemp(prefix="studio-api-")))))
+    if not args.write:
+        print(table, end="")
+        return 0
+    text = Path(args.write).read_text()
+    start, end = (text.find(marker) for marker in API_MARKERS)
+    if start < 0 or end < start:
+        raise ValueError(f"{args.write} has no {API_MARKERS[0].strip()} ... {API_MARKERS[1]} block")
+    write_text_atomic(args.write, text[: start + len(API_MARKERS[0])] + table + text[end:])
+    return 0
+
+
+def _space(args: argparse.Namespace) -> int:
+    import json
+
+    from studio.space import push
+
+    print(json.dumps(push(args.space, private=args.private), indent=1))
+    return 0
+
+
 def _publish(args: argparse.Namespace) -> int:
     from evaluation.report import card_metrics, read_meta
     from models import registry
@@ -522,6 +553,15 @@ def build_parser() -> argparse.ArgumentParser:
                        help="validate the loaded weights (train.init_from, or the latest checkpoint with --resume) "
                             "into the run's val.csv and samples/, without training")
     train.set_defaults(run=_train)
+
+    api = commands.add_parser("api", help="the endpoints an API client may call, as the README lists them")
+    api.add_argument("--write", metavar="README", help="replace the list between the file's api markers")
+    api.set_defaults(run=_api)
+
+    space = commands.add_parser("space", help="push the repository to a Hugging Face Space (online; needs a token)")
+    space.add_argument("space", metavar="OWNER/NAME", help="the Space (created as a Gradio Space if missing)")
+    space.add_argument("--private", action="store_true")
+    space.set_defaults(run=_space)
 
     publish = commands.add_parser("publish", help="copy a trained checkpoint into assets/checkpoints with its "
                                                   "evaluation results on the card")

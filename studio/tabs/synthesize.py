@@ -247,12 +247,12 @@ def build(config: StudioConfig) -> None:
             # An API client holds its saved voices itself (the page keeps them in the browser): it passes
             # them in and gets them back.
             @user_errors
-            def save_voice(name, voice_seed, saved_voices):
-                return save_named_voice(saved_voices, library, name, voice_seed)
+            def save_voice(name, voice_seed, your_saved_voices):
+                return save_named_voice(your_saved_voices, library, name, voice_seed)
 
             @user_errors
-            def pick_voice(choice, saved_voices):
-                return pick_saved_voice(saved_voices, library, choice)
+            def pick_voice(choice, your_saved_voices):
+                return pick_saved_voice(your_saved_voices, library, choice)
 
             save.click(save_voice, [voice_name, voice_seed, saved_here], [saved_here, saved], api_name="save_voice")
             saved.change(pick_voice, [saved, saved_here], voice_seed, api_name="pick_voice")

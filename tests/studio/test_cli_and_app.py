@@ -1,5 +1,6 @@
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -194,3 +195,18 @@ def test_a_fit_that_changes_the_check_sentence_length_is_refused(kalle_run, arct
                                          2.0, 0, False, *row)
     assert info["ttt"]["refused"] and info["ttt"]["cached"] and np.array_equal(fitted, plain)
     pipelines.clear_fitted_voices()
+
+
+def test_every_endpoint_parameter_is_named_and_the_readme_lists_the_endpoints():
+    import tempfile
+
+    from studio.app import api_reference, build_app
+    from studio.cli import API_MARKERS
+    from studio.config import StudioConfig
+
+    demo = build_app(StudioConfig(data_dir=tempfile.mkdtemp()))
+    for endpoint, info in demo.get_api_info()["named_endpoints"].items():
+        assert not any(p["parameter_name"].startswith(("param_", "value_")) for p in info["parameters"]), endpoint
+    readme = (Path(__file__).parents[2] / "README.md").read_text()
+    listed = readme.split(API_MARKERS[0])[1].split(API_MARKERS[1])[0]
+    assert listed == api_reference(demo), "the README's endpoint list is stale: speech-studio api --write README.md"

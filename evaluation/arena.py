@@ -68,8 +68,9 @@ def bradley_terry(votes: list[Vote], systems: list[str], iterations: int = 500, 
 
 
 def leaderboard(votes: list[Vote], bootstrap: int = 200, min_votes: int = 10, seed: int = 0,
-                confidence: float = 0.95) -> list[dict]:
-    """One row per system, ranked by the CI's lower bound; systems under min_votes last."""
+                confidence: float = 0.95, ci_min_votes: int = 5) -> list[dict]:
+    """One row per system, ranked by the CI's lower bound; systems under min_votes last. A system with
+    fewer than ci_min_votes votes has no interval (NaN): resampling a vote or two gives the score itself."""
     if not votes:
         return []
     systems = sorted({v.system_a for v in votes} | {v.system_b for v in votes})
@@ -80,11 +81,13 @@ def leaderboard(votes: list[Vote], bootstrap: int = 200, min_votes: int = 10, se
     tail = (1 - confidence) / 2 * 100
     low, high = np.percentile(samples, [tail, 100 - tail], axis=0)
     wins, games = _tables(votes, systems)
+    few = games.sum(axis=1) < ci_min_votes
+    low, high = np.where(few, np.nan, low), np.where(few, np.nan, high)
     rows = [{"system": s, "score": round(float(scores[k]), 1), "ci_low": round(float(low[k]), 1),
              "ci_high": round(float(high[k]), 1), "win_rate": round(float(wins[k].sum() / games[k].sum()), 4),
              "votes": int(games[k].sum()), "provisional": bool(games[k].sum() < min_votes)}
             for k, s in enumerate(systems)]
-    rows.sort(key=lambda r: (r["provisional"], -r["ci_low"], -r["score"]))
+    rows.sort(key=lambda r: (r["provisional"], -np.nan_to_num(r["ci_low"], nan=-np.inf), -r["score"]))
     for rank, row in enumerate(rows, start=1):
         row["rank"] = rank
     return rows

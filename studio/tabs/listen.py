@@ -261,7 +261,8 @@ def build(config: StudioConfig) -> Arena:
             buttons = [gr.Button(label, interactive=False, elem_id=f"ab-vote-{outcome}")
                        for outcome, label in BUTTONS.items()]
         gr.Markdown("### Leaderboard\nBradley–Terry scores (Elo scale) with 95 % bootstrap intervals; ties and "
-                    "'both bad' count half a win each. Systems with fewer than 10 votes are provisional.")
+                    "'both bad' count half a win each. Intervals appear once a system has 5 votes; systems with "
+                    "fewer than 10 votes are provisional.")
         board = gr.Dataframe(arena.board(), interactive=False, elem_id="ab-board")
         with gr.Row():
             export = gr.Button("Export votes (CSV)")

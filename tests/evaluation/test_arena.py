@@ -112,3 +112,13 @@ def test_vote_store_under_concurrent_writers(tmp_path):
     rows = store.rows()
     assert accepted == 200 and len(rows) == 200 and len({r["match_id"] for r in rows}) == 200
     assert all(r["outcome"] == "A" for r in rows)
+
+
+def test_a_vote_or_two_give_no_interval():
+    """Resampling one vote always gives the same score: an interval of zero width would claim a certainty
+    that one vote cannot give, so there is none until a system has ci_min_votes votes."""
+    board = leaderboard([Vote("x", "y", "A")], bootstrap=50)
+    assert all(np.isnan(r["ci_low"]) and np.isnan(r["ci_high"]) for r in board)
+    assert [r["system"] for r in board] == ["x", "y"]
+    board = leaderboard(simulate(40), bootstrap=50, ci_min_votes=5)
+    assert all(r["ci_low"] < r["ci_high"] for r in board)

@@ -104,11 +104,12 @@ class Control:
 
     def check(self, name: str, value: float) -> float:
         if not (isinstance(value, (int, float)) and self.minimum <= value <= self.maximum):  # NaN fails too
-            raise ValueError(f"{name} must be between {_number(self.minimum)} and {_number(self.maximum)}, not {value}")
+            raise ValueError(f"{name} must be between {number_text(self.minimum)} and "
+                             f"{number_text(self.maximum)}, not {value}")
         return float(value)
 
 
-def _number(x: float) -> str:
+def number_text(x: float) -> str:
     """4294967295, not 4.29497e+09; 0.05 as 0.05."""
     return str(int(x)) if float(x).is_integer() else f"{x:g}"
 

@@ -208,6 +208,24 @@ def _publish(args: argparse.Namespace) -> int:
     return 0
 
 
+def _tts_models_help() -> str:
+    """The local TTS checkpoints and each one's own options with their ranges, for `tts --help`."""
+    from models import pipelines
+    from models.roles import number_text as shown
+
+    lines = ["local TTS checkpoints and their own options:"]
+    for model in pipelines.available_tts_models():
+        try:
+            controls = pipelines.tts_controls(model)
+        except ValueError as error:  # a broken checkpoint is listed with its problem, not hidden
+            lines.append(f"  {model}: {error}")
+            continue
+        options = "; ".join(f"--{name.replace('_', '-')} {shown(c.minimum)}-{shown(c.maximum)} "
+                            f"(default {shown(c.default)})" for name, c in controls.items())
+        lines.append(f"  {model}: {options or 'no options of its own'}")
+    return "\n".join(lines)
+
+
 def _model_controls(model: str, extra: list[str]) -> dict[str, float]:
     """A TTS model's own settings (its CONTROLS) from the options left over, `--voice-seed 7` for voice_seed."""
     from models import pipelines
@@ -575,8 +593,9 @@ def build_parser() -> argparse.ArgumentParser:
     publish.set_defaults(run=_publish)
 
     tts = commands.add_parser("tts", help="text to speech (SLED, KALL-E); a model's own settings are options "
-                                          "too, e.g. --temperature, --voice-seed")
-    tts.add_argument("--model", default="sled", help="a TTS checkpoint name or folder (sled, sled_stream, kalle)")
+                                          "too, e.g. --temperature, --voice-seed",
+                              epilog=_tts_models_help(), formatter_class=argparse.RawDescriptionHelpFormatter)
+    tts.add_argument("--model", default="sled", help="a TTS checkpoint name or folder (see the list below)")
     tts.add_argument("--text", help="what to say (long text is split into sentences)")
     tts.add_argument("--file", help="batch: a text file (one utterance per line) or a JSONL of rows with text "
                                     "(and optional id, ref, ref_text, seed); resumable")

@@ -114,3 +114,14 @@ def test_a_silent_generation_input_is_one_line(capsys, tmp_path):
     silent = tmp_path / "silent.wav"
     sf.write(silent, np.zeros(22050, np.float32), 22050)
     refused(capsys, ["vocode", str(silent), str(tmp_path / "o.wav")], "silent")
+
+
+def test_tts_help_lists_every_local_model_and_its_own_options(capsys):
+    from models import pipelines
+
+    with pytest.raises(SystemExit):
+        main(["tts", "--help"])
+    shown = capsys.readouterr().out
+    for model in pipelines.available_tts_models():
+        assert f"  {model}: " in shown
+    assert "--stop-threshold 0.05-0.95" in shown

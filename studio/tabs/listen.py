@@ -251,7 +251,7 @@ def build(config: StudioConfig) -> Arena:
         with gr.Row():
             testset = gr.Dropdown(testsets, value=testsets[0] if testsets else None, label="Test set")
             prompt = gr.Dropdown(arena.prompts(testsets[0]) if testsets else [], value=RANDOM if testsets else None,
-                                 label="Prompt")
+                                 label="Prompt", allow_custom_value=True)  # any test set's: new_match checks it
             new = gr.Button("New pair", variant="primary")
         status = gr.Markdown(reveal(None), elem_id="ab-status")
         with gr.Row():

@@ -29,7 +29,7 @@ def resynthesize(audio_path: str | None, codec: str = "vocoder", window: int | N
     if not audio_path:
         raise ValueError("No audio: upload a file or record from the microphone first")
     wav = audio.load_audio(audio_path, audio.SAMPLE_RATE)
-    window = int(window) if window and pipelines.codec_windows(codec) else None
+    window = int(window) if window else None  # a window for a codec without windows is refused, not dropped
     out, info = pipelines.reconstruct(wav, audio.SAMPLE_RATE, codec=codec, window=window)
     scores = {}
     for name, metric in (("pesq_wb", pesq_score), ("stoi", stoi_score)):
@@ -55,7 +55,11 @@ def build() -> None:
             with gr.Column():
                 source = gr.Audio(sources=["upload", "microphone"], type="filepath", label="Input audio")
                 codec = gr.Dropdown(pipelines.available_codecs(), value="vocoder", label="Codec")
-                window = gr.Dropdown([], value=None, visible=False, label="Bitrate (window)")
+                # Every token codec's windows from the start: an API call needs no codec.change first
+                # (resynthesize checks the window against the codec).
+                windows = sorted({w for name in pipelines.available_token_codecs()
+                                  for w in pipelines.codec_windows(name)})
+                window = gr.Dropdown(windows, value=None, visible=False, label="Bitrate (window)")
                 run = gr.Button("Resynthesize", variant="primary")
                 gr.Examples([[str(EXAMPLE)]], inputs=[source], label="Example (CMU ARCTIC, slt)")
             with gr.Column():

@@ -154,3 +154,19 @@ def test_a_model_box_naming_a_server_folder_is_refused(client, studio):
     for folder in (secret.parent, "/etc", "/no/such/folder"):
         with pytest.raises(Exception, match="model folder .* is outside the folders this studio reads"):
             client.predict(str(folder), "Hello.", None, "", 2.0, 0, False, api_name="/synthesize")
+
+
+def test_what_a_menu_offers_after_an_event_works_through_the_api_alone(studio, client, arctic_path):
+    """A token codec's windows (shown after choosing the codec) and a prompt of the chosen test set are
+    accepted without the UI event that fills their menus."""
+    from gradio_client import handle_file
+
+    from models import pipelines
+
+    window = min(pipelines.codec_windows("alm_tokenizer"))
+    _, _, info = client.predict(handle_file(str(arctic_path)), "alm_tokenizer", window, api_name="/resynthesize")
+    assert info["window"] == window
+    with pytest.raises(Exception, match="only a token codec takes a window"):
+        client.predict(handle_file(str(arctic_path)), "vocoder", window, api_name="/resynthesize")
+    status = client.predict("tones", "u2 | tone 2", api_name="/ab_new_pair")[2]
+    assert "u2" in status

@@ -103,6 +103,8 @@ class Control:
     step: float
 
     def check(self, name: str, value: float) -> float:
+        if self.step == 1 and isinstance(value, float) and not value.is_integer():  # never rounded silently
+            raise ValueError(f"{name} must be a whole number, not {value}")
         if not (isinstance(value, (int, float)) and self.minimum <= value <= self.maximum):  # NaN fails too
             raise ValueError(f"{name} must be between {number_text(self.minimum)} and "
                              f"{number_text(self.maximum)}, not {value}")

@@ -165,8 +165,14 @@ def pick_saved_voice(saved: dict | None, library: dict[str, int], choice: str | 
     return voices.pick(saved, library, choice) if choice else gr.skip()
 
 
-def setting_slider(control, **options) -> gr.Slider:
-    """The widget of a declared setting (models.roles.Control): its range, step, default and label."""
+def setting_widget(control, **options) -> gr.components.Component:
+    """The widget of a declared setting (models.roles.Control): a checkbox for a 0/1 choice, a number box
+    for a whole number over a range too wide to slide (a seed), else a slider; its range, default, label."""
+    if (control.minimum, control.maximum, control.step) == (0, 1, 1):
+        return gr.Checkbox(value=bool(control.default), label=control.label, **options)
+    if control.step == 1 and control.maximum - control.minimum > 10_000:
+        return gr.Number(value=control.default, minimum=control.minimum, maximum=control.maximum,
+                         label=control.label, **options)
     return gr.Slider(control.minimum, control.maximum, value=control.default, step=control.step, label=control.label,
                      **options)
 
@@ -187,13 +193,13 @@ def build(config: StudioConfig) -> None:
                 reference, reference_text = reference_voice("Reference voice (optional)")
                 gr.Examples([[str(EXAMPLE_REFERENCE), EXAMPLE_REFERENCE_TEXT]], inputs=[reference, reference_text],
                             label="Example reference (CMU ARCTIC, slt)")
-                cfg = setting_slider(pipelines.SETTINGS["cfg"])
+                cfg = setting_widget(pipelines.SETTINGS["cfg"])
                 with gr.Row():
                     seed = gr.Number(value=0, minimum=0, maximum=pipelines.MAX_SEED, label="Seed")  # no rounding:
                     # a fraction is refused with a message (pipelines.check_seed), not silently changed
                     randomize = gr.Checkbox(value=False, label="Randomize seed")
                 declared = declared_controls(model.value)
-                sliders = [setting_slider(specs[name], visible=name in declared) for name in sampling_names()]
+                sliders = [setting_widget(specs[name], visible=name in declared) for name in sampling_names()]
                 with gr.Group(visible="voice_seed" in declared) as voice_tools:
                     with gr.Row():
                         dice = gr.Button("Random voice", size="sm")
@@ -203,7 +209,7 @@ def build(config: StudioConfig) -> None:
                         voice_name = gr.Textbox(label="Name this voice", max_lines=1)
                         save = gr.Button("Save voice", size="sm")
                 with gr.Group(visible=fits_voices(model.value)) as fit_tools:
-                    fit_samples = setting_slider(pipelines.SETTINGS["ttt"])
+                    fit_samples = setting_widget(pipelines.SETTINGS["ttt"])
                     with gr.Row():
                         fit = gr.Button("Fit to this voice (TTT)", size="sm")
                         clear = gr.Button("Clear fitted voices", size="sm")

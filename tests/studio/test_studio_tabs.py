@@ -234,3 +234,18 @@ def test_ab_skips_a_system_that_fails_on_the_prompt_and_logs_it(ab_config, caplo
     ab_config.systems = ["gt", f"broken={broken}"]
     with pytest.raises(ValueError, match="no pair could be made"):
         Arena(ab_config).new_match("set", "u0 | tone 0")
+
+
+def test_settings_get_the_widget_their_range_calls_for():
+    import gradio as gr
+
+    from models.roles import Control
+    from studio.tabs.synthesize import setting_widget
+
+    with gr.Blocks():
+        assert isinstance(setting_widget(Control("Choice", 0, 1, 1, 1)), gr.Checkbox)
+        seed = setting_widget(Control("Voice seed", 0, 2**32 - 1, 0, 1))
+        assert isinstance(seed, gr.Number) and seed.maximum == 2**32 - 1
+        assert isinstance(setting_widget(Control("Temperature", 0.0, 1.5, 1.0, 0.05)), gr.Slider)
+    with pytest.raises(ValueError, match="whole number"):
+        Control("Voice seed", 0, 2**32 - 1, 0, 1).check("voice_seed", 3.7)

@@ -20,12 +20,15 @@ import numpy as np
 import plotly.graph_objects as go
 import scipy.linalg
 import torch
+from plotly.colors import qualitative
 
 from evaluation.metrics.base import MetricError, Sample, metric
 from models import audio, pipelines, registry
 from models.files import atomic_path
 from models.roles import TOKEN_CODEC
 
+PALETTE = qualitative.Alphabet
+SYMBOLS = ["circle", "square", "diamond", "cross", "x", "triangle-up", "triangle-down", "star"]
 DISTANCE_FRAMES = 2000  # frames sampled per system for the energy distance (O(n^2) memory)
 
 
@@ -212,11 +215,13 @@ def latent_figures(systems: dict[str, dict[str, dict]], stats: dict, speakers: d
             xy = project_2d(points, method, seed)
             for colour_by, index in (("system", 0), ("speaker", 1)):
                 fig = go.Figure()
-                for value in sorted({label[index] for label in labels}):
+                for k, value in enumerate(sorted({label[index] for label in labels})):
                     rows = [i for i, label in enumerate(labels) if label[index] == value]
+                    # 26 colours, then a new marker shape: no two of up to 208 groups look alike
                     fig.add_trace(go.Scatter(x=xy[rows, 0], y=xy[rows, 1], mode="markers", name=value,
                                              text=[" / ".join(labels[i]) for i in rows],
-                                             marker={"size": 6, "opacity": 0.7}))
+                                             marker={"size": 6, "opacity": 0.7, "color": PALETTE[k % len(PALETTE)],
+                                                     "symbol": SYMBOLS[k // len(PALETTE) % len(SYMBOLS)]}))
                 fig.update_layout(title=f"Utterance-mean latents, {method.upper()}, coloured by {colour_by}")
                 figures.append(fig)
     return figures

@@ -86,7 +86,10 @@ def explore(config: StudioConfig, testset: str | None, systems: list[str], limit
                          "(see the report's NaN reasons)")
     titles = list(figures)
     utterances = [f"{system} | {key}" for system, encoded in run_latents(state).items() for key in sorted(encoded)]
-    yield (f"{len(utterances)} utterances encoded with `{codec}` in run `{name}`.", statistics_table(state),
+    reference = latent_statistics(run_latents(state))["reference"]
+    note = "" if reference == "gt" else (f" This test set has no real speech (or `gt` was not chosen): the distances "
+                                         f"are to `{reference}`, not to real speech.")
+    yield (f"{len(utterances)} utterances encoded with `{codec}` in run `{name}`.{note}", statistics_table(state),
            gr.update(choices=titles, value=titles[0]), figures[titles[0]],
            gr.update(choices=utterances, value=None), state, name)
 
@@ -120,7 +123,7 @@ def build(config: StudioConfig) -> None:
             with gr.Column():
                 codec = gr.Dropdown(codecs, value=codecs[0] if codecs else None, allow_custom_value=True,
                                     label="Codec (latent or token)")
-                limit = gr.Slider(1, config.eval_max_items, value=min(20, config.eval_max_items), step=1,
+                limit = gr.Slider(1, config.eval_max_items, value=min(5, config.eval_max_items), step=1,
                                   label="Items")
         with gr.Row():
             name = gr.Textbox(value="", label="Run name (reused: resumed)",

@@ -178,3 +178,15 @@ def test_distinct_speakers_threshold_and_groups():
     assert not apart[0, 1] and not apart[1, 0] and apart[0, 2] and apart[2, 3] and apart.diagonal().all()
     chosen = distinct_set(list("abcd"), apart)
     assert len(chosen) == 3 and {"c", "d"} <= set(chosen) and len({"a", "b"} & set(chosen)) == 1
+
+
+def test_latent_projections_keep_many_systems_apart():
+    """With more systems than a palette has colours, every group still looks different (colour, shape)."""
+    from evaluation.metrics.latent import latent_figures, latent_statistics
+
+    rng = np.random.default_rng(0)
+    systems = {f"s{k}": {f"u{j}": {"mean": rng.normal(size=(5, 4)), "std": np.ones((5, 4))} for j in range(2)}
+               for k in range(30)}
+    projection = next(f for f in latent_figures(systems, latent_statistics(systems)) if "by system" in f.layout.title.text)
+    looks = {(trace.marker.color, trace.marker.symbol) for trace in projection.data}
+    assert len(projection.data) == 30 and len(looks) == 30

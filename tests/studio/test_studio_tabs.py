@@ -184,7 +184,7 @@ def test_latent_explorer_encodes_plots_and_plays_a_point(ab_config):
 
     updates = list(explore(ab_config, "set", ab_config.systems, 3, "flow_vae", "lat", progress=lambda *a, **k: None))
     status, stats, menu, figure, utterances, run, _name = updates[-1]
-    assert "6 utterances encoded" in status
+    assert "6 utterances encoded" in status and "no real speech" not in status
     assert sorted(stats["system"]) == ["gt", "other"] and stats["energy distance to gt"].notna().sum() == 1
     titles = menu["choices"]
     assert any("per-dimension mean" in t for t in titles) and any("PCA" in t for t in titles)
@@ -200,6 +200,9 @@ def test_latent_explorer_encodes_plots_and_plays_a_point(ab_config):
     assert utterances["choices"] == ["gt | u0"]
     with pytest.raises(ValueError, match="no utterance"):
         utterance_audio(run, "other | u0")
+    status = list(explore(ab_config, "set", [ab_config.systems[1]], 2, "flow_vae", "lat3",
+                          progress=lambda *a, **k: None))[-1][0]
+    assert "distances are to `other`, not to real speech" in status  # said, when there is no gt to compare to
 
 
 def test_cfg_lab_refuses_text_it_cannot_speak_before_running(tmp_path):

@@ -187,6 +187,7 @@ def test_latent_projections_keep_many_systems_apart():
     rng = np.random.default_rng(0)
     systems = {f"s{k}": {f"u{j}": {"mean": rng.normal(size=(5, 4)), "std": np.ones((5, 4))} for j in range(2)}
                for k in range(30)}
-    projection = next(f for f in latent_figures(systems, latent_statistics(systems)) if "by system" in f.layout.title.text)
+    figures = latent_figures(systems, latent_statistics(systems))
+    projection = next(f for f in figures if "by system" in f.layout.title.text)
     looks = {(trace.marker.color, trace.marker.symbol) for trace in projection.data}
     assert len(projection.data) == 30 and len(looks) == 30

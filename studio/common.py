@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import html
 import inspect
 import shutil
 import tempfile
@@ -30,14 +31,19 @@ except ImportError:
 def user_errors(fn: Callable) -> Callable:
     """Turn a handler's ValueError / FileNotFoundError into `gr.Error`: the page shows the reason,
     a `gradio_client` caller gets it as an exception, and every output keeps its value (Gradio
-    updates no output of an event that raised). Bugs keep their traceback."""
+    updates no output of an event that raised). The reason is HTML-escaped: the toast renders HTML,
+    and a message quoting a visitor's `<speak>` or `<a href=…>` must show it, not render it. Bugs keep
+    their traceback."""
+    def shown(error: Exception) -> gr.Error:
+        return gr.Error(html.escape(str(error), quote=False), print_exception=False)
+
     if inspect.isgeneratorfunction(fn):  # streaming handlers: errors arrive while iterating
         @functools.wraps(fn)
         def streaming(*args, **kwargs):
             try:
                 yield from fn(*args, **kwargs)
             except (ValueError, FileNotFoundError) as error:
-                raise gr.Error(str(error), print_exception=False) from None
+                raise shown(error) from None
 
         return streaming
 
@@ -46,7 +52,7 @@ def user_errors(fn: Callable) -> Callable:
         try:
             return fn(*args, **kwargs)
         except (ValueError, FileNotFoundError) as error:
-            raise gr.Error(str(error), print_exception=False) from None
+            raise shown(error) from None
 
     return wrapper
 

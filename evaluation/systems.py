@@ -26,6 +26,7 @@ Other generated systems are entries of `GENERATORS`: name -> a factory
 
 from __future__ import annotations
 
+import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -141,9 +142,11 @@ def _speak(model: str, device: str, cfg: float = 2.0, seed: int = 0, ttt: int = 
             ref = audio.load_audio(item.enrollment, audio.SAMPLE_RATE, max_seconds=pipelines.MAX_REFERENCE_SECONDS)
         if ttt and ref is None:
             raise ValueError("test-time training needs the item's enrollment clip")
-        wav, _ = pipelines.tts(item.text, model, ref, audio.SAMPLE_RATE, item.prompt_text, cfg=cfg,
-                               seed=seed + zlib.crc32(item.key.encode()) % 100_000, device=device,
-                               ttt_samples=ttt, **({"ttt_lr": ttt_lr} if ttt_lr is not None else {}), **controls)
+        wav, info = pipelines.tts(item.text, model, ref, audio.SAMPLE_RATE, item.prompt_text, cfg=cfg,
+                                  seed=seed + zlib.crc32(item.key.encode()) % 100_000, device=device,
+                                  ttt_samples=ttt, **({"ttt_lr": ttt_lr} if ttt_lr is not None else {}), **controls)
+        if refused := info.get("ttt", {}).get("refused"):  # scored as the unfitted model: said, not hidden
+            logging.getLogger(__name__).warning("%s: test-time training refused for %s: %s", model, item.key, refused)
         return wav, audio.SAMPLE_RATE
 
     return generate

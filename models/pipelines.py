@@ -52,11 +52,10 @@ ROLE_NAMES = {LATENT_CODEC: "codec", TOKEN_CODEC: "token codec", TTS: "TTS model
               SPEECH_TO_SPEECH: "speech-to-speech model"}
 
 
-def check_sampling(cfg: float, seed: int | None) -> None:
-    """One clear line for a guidance scale or seed out of range (NaN included)."""
+def check_sampling(cfg: float, seed: int | None) -> int | None:
+    """One clear line for a guidance scale or seed out of range (NaN included); returns the seed as an int."""
     SETTINGS["cfg"].check("the guidance scale (cfg)", cfg)
-    if seed is not None:
-        check_seed(seed)
+    return None if seed is None else check_seed(seed)
 
 
 def check_seed(seed) -> int:
@@ -407,7 +406,7 @@ def tts(
     gains timings as it runs. With ttt_samples > 0 and a reference, a model that offers it is first
     fitted to the reference's voice (`fit_voice` at learning rate ttt_lr, cached per reference and owner).
     """
-    check_sampling(cfg, seed)
+    seed = check_sampling(cfg, seed)
     sentences = split_sentences(check_text(text, max_chars))
     generator, config = _checkpoint_model(model, TTS, device)
     declared = getattr(generator, "CONTROLS", {})
@@ -597,12 +596,14 @@ def tts_batch(rows: list[dict], out_dir: str, model: str = "sled", seed: int | N
     else:
         base = random.randrange(2**31) if seed is None else seed
         write_text_atomic(kept, f"{base}\n")
+    if base + len(rows) - 1 > MAX_SEED:  # before any row is written
+        raise ValueError(f"the seed {base} + {len(rows) - 1} lines goes past {MAX_SEED}: choose a smaller --seed")
     todo = [(i, r) for i, r in enumerate(rows) if not (str(r["id"]) in done and (out / f"{r['id']}{fmt}").is_file())]
     for index, row in (progress or iter)(todo):
         ref = None
         if row.get("ref"):
             ref = audio.load_audio(row["ref"], audio.SAMPLE_RATE, max_seconds=MAX_REFERENCE_UPLOAD_SECONDS)
-        row_seed = int(row.get("seed", base + index))
+        row_seed = check_seed(row["seed"]) if row.get("seed") is not None else base + index
         wav, info = tts(row["text"], model=model, ref_wav=ref, ref_sr=audio.SAMPLE_RATE, ref_text=row.get("ref_text"),
                         seed=row_seed, **settings)
         path = audio.save_audio(out / f"{row['id']}{fmt}", wav)

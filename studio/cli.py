@@ -7,6 +7,7 @@ import math
 import os
 import sys
 from pathlib import Path
+from typing import Callable
 
 OUTPUT_FORMATS = (".wav", ".flac", ".ogg")
 
@@ -208,6 +209,11 @@ def _publish(args: argparse.Namespace) -> int:
     return 0
 
 
+def _with_epilog(parser: argparse.ArgumentParser, epilog: Callable[[], str]) -> str:
+    parser.epilog = epilog()
+    return argparse.ArgumentParser.format_help(parser)
+
+
 def _tts_models_help() -> str:
     """The local TTS checkpoints and each one's own options with their ranges, for `tts --help`."""
     from models import pipelines
@@ -217,7 +223,7 @@ def _tts_models_help() -> str:
     for model in pipelines.available_tts_models():
         try:
             controls = pipelines.tts_controls(model)
-        except ValueError as error:  # a broken checkpoint is listed with its problem, not hidden
+        except Exception as error:  # a broken checkpoint is listed with its problem, not hidden
             lines.append(f"  {model}: {error}")
             continue
         options = "; ".join(f"--{name.replace('_', '-')} {shown(c.minimum)}-{shown(c.maximum)} "
@@ -594,7 +600,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     tts = commands.add_parser("tts", help="text to speech (SLED, KALL-E); a model's own settings are options "
                                           "too, e.g. --temperature, --voice-seed",
-                              epilog=_tts_models_help(), formatter_class=argparse.RawDescriptionHelpFormatter)
+                              formatter_class=argparse.RawDescriptionHelpFormatter)
+    tts.format_help = lambda: _with_epilog(tts, _tts_models_help)  # models are read only when help is asked
     tts.add_argument("--model", default="sled", help="a TTS checkpoint name or folder (see the list below)")
     tts.add_argument("--text", help="what to say (long text is split into sentences)")
     tts.add_argument("--file", help="batch: a text file (one utterance per line) or a JSONL of rows with text "

@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import html
 import inspect
+import os
 import shutil
 import tempfile
 import threading
@@ -35,7 +36,7 @@ def user_errors(fn: Callable) -> Callable:
     and a message quoting a visitor's `<speak>` or `<a href=…>` must show it, not render it. Bugs keep
     their traceback."""
     def shown(error: Exception) -> gr.Error:
-        return gr.Error(html.escape(str(error), quote=False), print_exception=False)
+        return gr.Error(visitor_message(error), print_exception=False)
 
     if inspect.isgeneratorfunction(fn):  # streaming handlers: errors arrive while iterating
         @functools.wraps(fn)
@@ -57,10 +58,31 @@ def user_errors(fn: Callable) -> Callable:
     return wrapper
 
 
+def visitor_message(error: Exception) -> str:
+    """An error as a visitor sees it: a file error names the file, not its server folder; HTML-escaped."""
+    if isinstance(error, OSError) and error.filename:
+        text = f"{Path(error.filename).name}: {error.strerror or 'cannot be read'}"
+    else:
+        text = str(error)
+    return html.escape(text, quote=False)
+
+
 def visitor(request: gr.Request | None) -> str:
     """Whose state a request touches: the visitor's session (a page load, or one gradio_client); "" when a
     handler is called directly, outside a served app."""
     return getattr(request, "session_hash", None) or ""
+
+
+def visitor_address(request: gr.Request | None) -> str:
+    """The visitor's network address: on a Hugging Face Space (SPACE_ID set) every request comes through its
+    proxy, so the first X-Forwarded-For hop, which the proxy sets; elsewhere the connection's own address
+    (a header a client could forge is not trusted)."""
+    if request is None:
+        return ""
+    forwarded = (request.headers.get("x-forwarded-for") or "").split(",")[0].strip()
+    if os.environ.get("SPACE_ID") and forwarded:
+        return forwarded
+    return getattr(getattr(request, "client", None), "host", None) or ""
 
 
 SERVED_MAX_AGE_S = 24 * 3600  # served copies (and Gradio's cached ones, see studio.app) older than this go
@@ -173,5 +195,5 @@ class RunFollower:
         if "error" in outcome:
             if isinstance(outcome["error"], (ValueError, FileNotFoundError)):
                 raise outcome["error"]
-            raise gr.Error(f"evaluation failed: {outcome['error']}")
+            raise gr.Error(f"evaluation failed: {visitor_message(outcome['error'])}")
         self.summary = outcome["summary"]

@@ -55,8 +55,9 @@ class StudioConfig:
         self.data_dir = Path(self.data_dir)
 
     def browser_secret(self) -> str:
-        """The key that seals what the studio keeps in visitors' browsers (saved voices), made once per data
-        folder so a restart can still read them."""
+        """The key Gradio's BrowserState encrypts the visitors' saved voices with (a page can read them; the
+        key only keeps one studio's values from another's), made once per data folder so that a restart
+        still reads them: on a Space, keep the data folder on persistent storage."""
         import secrets
 
         from models.files import write_text_atomic
@@ -68,12 +69,11 @@ class StudioConfig:
             path.chmod(0o600)
         return path.read_text().strip()
 
-    def readable_roots(self, data: bool = True) -> list[Path]:
-        """The allow-list of folders a visitor's manifest, system folder or checkpoint path may name:
-        the studio's data folder (unless `data` is False), the shipped assets, and the folders of the
-        configured test sets."""
-        return [*([self.data_dir.resolve()] if data else []), ASSETS.resolve(),
-                *(Path(root).resolve() for root in self.model_roots),
+    def readable_roots(self) -> list[Path]:
+        """The allow-list of folders a visitor's manifest, system folder or checkpoint path may name: the
+        shipped assets, the folders of the configured test sets and the operator's model folders. Never the
+        data folder (votes, the A/B clip cache named by system, other visitors' runs), even inside one."""
+        return [ASSETS.resolve(), *(Path(root).resolve() for root in self.model_roots),
                 *(testset_root(manifest) for manifest in self.testsets.values())]
 
     def check_model(self, model: str | None) -> None:
@@ -83,12 +83,12 @@ class StudioConfig:
         if model and model not in registry.list_checkpoints():
             self.check_readable(model, "model folder")
 
-    def check_readable(self, path: str | os.PathLike, what: str, data: bool = True) -> Path:
-        """`path` resolved, if it lies under `readable_roots(data)`; otherwise one line that is the same
-        whether or not the path exists (a visitor must not learn what is on the server)."""
+    def check_readable(self, path: str | os.PathLike, what: str) -> Path:
+        """`path` resolved, if it lies under `readable_roots` and outside the data folder; otherwise one
+        line that is the same whether or not the path exists (a visitor must not learn what is there)."""
         resolved = Path(os.path.realpath(os.path.join(self.data_dir, path)))
-        private = not data and resolved.is_relative_to(self.data_dir.resolve())  # even inside a test set's folder
-        if private or not any(resolved.is_relative_to(root) for root in self.readable_roots(data)):
+        private = resolved.is_relative_to(self.data_dir.resolve())
+        if private or not any(resolved.is_relative_to(root) for root in self.readable_roots()):
             raise ValueError(f"{what} {Path(path).name!r} is outside the folders this studio reads (its test "
                              "sets and shipped assets): upload the audio, or ask the operator to add a test set")
         return resolved

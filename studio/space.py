@@ -25,9 +25,16 @@ def push(space: str, root: Path = REPO_ROOT, private: bool = False) -> dict:
     if space.count("/") != 1 or not all(space.split("/")):
         raise ValueError(f"a Space is named owner/name, not {space!r}")
     files = space_files(root)
+    odd = [name for name in files if any(c in name for c in "*?[]")]
+    if odd:  # upload patterns are globs
+        raise ValueError(f"tracked file names with glob characters cannot be uploaded as they are: {odd[:3]}")
     api = HfApi()
-    api.create_repo(space, repo_type="space", space_sdk="gradio", private=private, exist_ok=True)
-    commit = api.upload_folder(folder_path=str(root), repo_id=space, repo_type="space", allow_patterns=files,
-                               commit_message="Speech Studio from its repository")
+    try:
+        api.create_repo(space, repo_type="space", space_sdk="gradio", private=private, exist_ok=True)
+        # The working copy's tracked files; files the repository no longer has are deleted from the Space.
+        commit = api.upload_folder(folder_path=str(root), repo_id=space, repo_type="space", allow_patterns=files,
+                                   delete_patterns=["*"], commit_message="Speech Studio from its repository")
+    except Exception as error:  # the Hub, the network or the token: one line
+        raise ValueError(f"pushing to the Space {space} failed: {error}") from None
     large = [name for name in files if (root / name).stat().st_size > HUB_FILE_LIMIT]
     return {"space": space, "files": len(files), "through_lfs": large, "commit": str(commit)}

@@ -31,9 +31,18 @@ def check_seed(voice_seed) -> int:
         raise ValueError(f"a voice seed is a whole number from 0 to {pipelines.MAX_SEED}, not {voice_seed!r}") from None
 
 
+def _held(voices) -> dict:
+    """The visitor's saved voices as they hold them (an API client passes its own): a JSON object."""
+    if voices is None:
+        return {}
+    if not isinstance(voices, dict):
+        raise ValueError("saved voices are a JSON object of name -> voice seed")
+    return voices
+
+
 def save(voices: dict | None, name, voice_seed) -> dict[str, int]:
     """The visitor's voices with `name` -> `voice_seed` added (or replaced); at most MAX_SAVED_VOICES."""
-    voices, name = dict(voices or {}), clean_name(name)
+    voices, name = dict(_held(voices)), clean_name(name)
     seed = check_seed(voice_seed)
     if name not in voices and len(voices) >= MAX_SAVED_VOICES:
         raise ValueError(f"this browser holds {MAX_SAVED_VOICES} saved voices, the most it keeps: "
@@ -44,14 +53,15 @@ def save(voices: dict | None, name, voice_seed) -> dict[str, int]:
 
 def menu(voices: dict | None, library: dict[str, int]) -> list[str]:
     """The Saved voices menu: the visitor's own, then the shared library's (marked)."""
-    return sorted(voices or {}) + [name + SHARED for name in sorted(library)]
+    return sorted(str(name) for name in _held(voices)) + [name + SHARED for name in sorted(library)]
 
 
 def pick(voices: dict | None, library: dict[str, int], choice: str) -> int:
     """The voice seed a menu entry stands for; an unknown name is one line that lists nothing."""
     if choice and choice.endswith(SHARED) and choice[: -len(SHARED)] in library:
         return library[choice[: -len(SHARED)]]
-    if choice in (voices or {}):
+    voices = _held(voices)
+    if isinstance(choice, str) and choice in voices:
         return check_seed(voices[choice])
     raise ValueError(f"no saved voice named {str(choice)[:MAX_NAME_CHARS]!r} in this browser")
 

@@ -65,7 +65,7 @@ def check_manifest_audio(config: StudioConfig, manifest: Path) -> None:
             what = f"item {item.key!r}: {field_name} audio"
             if Path(path).suffix.lower() not in AUDIO_SUFFIXES:
                 raise ValueError(f"{what} {Path(path).name!r} is not an audio file ({', '.join(AUDIO_SUFFIXES)})")
-            config.check_readable(path, what, data=False)
+            config.check_readable(path, what)
 
 
 def applicable_systems(config: StudioConfig, testset: str | None) -> list[str]:
@@ -129,16 +129,19 @@ def plan(config: StudioConfig, testset: str | None, upload: str | None, systems:
         fresh = not out.exists()
         out.mkdir(parents=True, exist_ok=True)
         manifest = out / f"manifest{suffix}"
-        shutil.copyfile(upload, manifest)
+        checking = out / f".upload-{uuid.uuid4().hex}{suffix}"  # beside it: paths resolve from the run folder
+        shutil.copyfile(upload, checking)
         try:
-            check_manifest_audio(config, manifest)  # paths resolve from where the manifest now lies
-        except Exception as error:  # nothing of a refused upload stays; the message names the upload only
-            manifest.unlink()
+            check_manifest_audio(config, checking)
+        except Exception as error:  # nothing of a refused upload stays (a resumed run keeps its manifest)
+            checking.unlink()
             if fresh:
                 shutil.rmtree(out, ignore_errors=True)
-            if isinstance(error, (ValueError, OSError)):
-                raise ValueError(str(error).replace(str(manifest), Path(upload).name)) from None
+            if isinstance(error, (ValueError, OSError)):  # the message names the upload only
+                raise ValueError(str(error).replace(str(checking), Path(upload).name)
+                                 .replace(checking.name, Path(upload).name)) from None
             raise
+        checking.replace(manifest)
     elif testset in config.testsets:
         manifest = Path(config.testsets[testset])
     else:

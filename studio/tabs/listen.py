@@ -19,7 +19,7 @@ from evaluation.arena import OUTCOMES, VoteStore, choose_pair, leaderboard
 from evaluation.systems import Item, System, parse_system, read_items
 from models import audio
 from models.registry import pick_device
-from studio.common import gpu, served_audio, served_copy, user_errors, visitor
+from studio.common import gpu, served_audio, served_copy, user_errors, visitor, visitor_address
 from studio.config import StudioConfig
 
 log = logging.getLogger(__name__)
@@ -41,12 +41,20 @@ class Listening:
     created: float = 0.0
 
 
-def vary(wav: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """The clip as served once: a random gain within +-SERVED_GAIN_DB and triangular dither of one 16-bit
-    step, both below audibility, so no two servings share bytes (or a cache name derived from them)."""
-    gain = 10 ** (rng.uniform(-SERVED_GAIN_DB, SERVED_GAIN_DB) / 20)
+def vary(wav: np.ndarray, rng: np.random.Generator, gain_db: float) -> np.ndarray:
+    """The clip as served once: the pair's random gain (one for both clips, so neither is louder than it
+    was) and triangular dither of one 16-bit step, both below audibility, so no two servings share bytes
+    (or a cache name derived from them)."""
     dither = (rng.random(len(wav)) - rng.random(len(wav))) / 32768
-    return (wav * gain + dither).astype(np.float32)
+    return (wav * 10 ** (gain_db / 20) + dither).astype(np.float32)
+
+
+@gpu
+def generate_clip(system: System, item: Item) -> tuple[np.ndarray, int]:
+    """A generated system's audio for an item (on a ZeroGPU Space, in the GPU worker: only this runs there,
+    so the pair's record stays in the server process)."""
+    wav, sr, *_ = system.generator(pick_device())(item)
+    return wav, sr
 
 
 class Arena:
@@ -85,7 +93,7 @@ class Arena:
         if path.is_file():
             return path
         if system.generated:
-            wav, sr, *_ = system.generator(pick_device())(item)
+            wav, sr = generate_clip(system, item)
         else:
             wav, sr = audio.load_audio(system.audio_path(item, self.clips), max_seconds=None), audio.SAMPLE_RATE
         return audio.save_audio(path, wav, sr)
@@ -131,7 +139,8 @@ class Arena:
     def _serve(self, testset: str, item: Item, a: str, b: str, clips: dict[str, Path], visitor: str) -> dict:
         wavs = {name: audio.load_audio(clips[name], audio.SAMPLE_RATE, max_seconds=None) for name in (a, b)}
         with self.lock:
-            paths = [served_audio(vary(wavs[name], self.rng), audio.SAMPLE_RATE) for name in (a, b)]
+            gain_db = self.rng.uniform(-SERVED_GAIN_DB, SERVED_GAIN_DB)
+            paths = [served_audio(vary(wavs[name], self.rng, gain_db), audio.SAMPLE_RATE) for name in (a, b)]
             now = self.clock()
             for old in [m for m, record in self.matches.items() if now - record.created > MATCH_TTL_S]:
                 del self.matches[old]
@@ -169,10 +178,10 @@ class Arena:
         if outcome not in OUTCOMES:
             raise ValueError(f"unknown outcome {outcome!r}")
         record = self._record(match, visitor)
-        if record.voted is not None:
-            return {**match, "voted": record.voted, "repeat": True}
         rules, now = self.config, self.clock()
-        with self.lock:
+        with self.lock:  # the checks, the store and the record change together: two clicks count once
+            if record.voted is not None:
+                return {**match, "voted": record.voted, "repeat": True}
             if set(record.played) != {"A", "B"}:
                 raise ValueError("Play both clips before voting")
             listened = now - min(record.played.values())
@@ -187,10 +196,13 @@ class Arena:
             if len(recent) >= rules.arena_votes_per_hour:
                 raise ValueError(f"This network has cast {rules.arena_votes_per_hour} votes in the last hour, the "
                                  "most the arena takes: please come back later")
+            self.store.add(match["match"], match["a"], match["b"], outcome, match["testset"], match["key"])
             record.voted = outcome
             self.last_vote[visitor] = now
             recent.append(now)
-        self.store.add(match["match"], match["a"], match["b"], outcome, match["testset"], match["key"])
+            if len(self.last_vote) > 1000:  # forget visitors and addresses idle for an hour
+                self.last_vote = {v: t for v, t in self.last_vote.items() if now - t < 3600}
+                self.address_votes = {a: q for a, q in self.address_votes.items() if q and now - q[-1] < 3600}
         return {**match, "voted": outcome}
 
     def board(self) -> pd.DataFrame:
@@ -222,7 +234,6 @@ def build(config: StudioConfig) -> Arena:
     arena = Arena(config)
     testsets = list(config.testsets)
 
-    @gpu
     def start(testset, prompt, request: gr.Request):
         match = arena.new_match(testset, prompt, visitor(request))
         return (*match["paths"], match, reveal(match), *lock_state(False))
@@ -237,8 +248,7 @@ def build(config: StudioConfig) -> Arena:
 
     def cast(outcome):
         def handler(match, request: gr.Request):
-            address = getattr(getattr(request, "client", None), "host", None) or ""
-            match = arena.vote(match, outcome, visitor(request), address)
+            match = arena.vote(match, outcome, visitor(request), visitor_address(request))
             return match, reveal(match), arena.board(), *lock_state(False)
 
         handler.__name__ = f"vote_{outcome}"

@@ -58,7 +58,9 @@ def _settings(values: tuple) -> tuple[dict, int]:
     names = sampling_names()
     sampling, rest = dict(zip(names, values[: len(names)])), values[len(names):]
     use_fitted, samples = (list(rest) + [False, 0])[:2]
-    return sampling, int(samples) if use_fitted and samples else 0
+    if not use_fitted:
+        return sampling, 0
+    return sampling, int(pipelines.SETTINGS["ttt"].check("test-time training samples", samples))
 
 
 @gpu
@@ -108,7 +110,8 @@ def fit_voice(model: str | None, reference: str | None, reference_text: str | No
         raise ValueError("Fitting to a voice needs a reference clip (and its transcript, or the ASR makes one)")
     request = _request(model, "-", reference, reference_text, 0, False, {})
     ref, ref_text, _ = pipelines.cut_reference(request["ref_wav"], request["ref_text"], request.get("transcribe"))
-    _, info = pipelines.fit_voice(model, ref, ref_text, int(samples), progress=_fit_progress(progress), owner=owner)
+    samples = int(pipelines.SETTINGS["ttt"].check("test-time training samples", samples))
+    _, info = pipelines.fit_voice(model, ref, ref_text, samples, progress=_fit_progress(progress), owner=owner)
     if "refused" in info:  # the fit made this clip's voice worse: the box stays off
         return f"Voice {info['voice']}: {info['refused']}.", False
     how = "already fitted" if info["cached"] else f"fitted in {info['wall_seconds']:.1f} s"

@@ -62,3 +62,21 @@ def test_visitors_do_not_share_saved_or_fitted_voices(served_studio):
     assert (a.session_hash, "voice") in pipelines._FITTED
     assert a.predict(api_name="/clear_fitted_voices")[0] == "Cleared your 1 fitted voice."
     assert not pipelines._FITTED
+
+
+def test_held_voices_must_be_an_object_and_the_data_folder_is_never_a_visitor_path(tmp_path):
+    from studio.common import visitor_message
+    from studio.config import StudioConfig
+
+    for held in ([1, 2], 7, "x"):
+        with pytest.raises(ValueError, match="JSON object"):
+            voices.pick(held, {}, "a")
+    config = StudioConfig(data_dir=tmp_path / "data", testsets={}, systems=[], model_roots=[str(tmp_path)])
+    (tmp_path / "data" / "eval" / "run-1").mkdir(parents=True)
+    config.check_model(str(tmp_path))  # an operator's model folder...
+    with pytest.raises(ValueError, match="outside the folders"):
+        config.check_model(str(tmp_path / "data" / "eval" / "run-1"))  # ...but never the data folder inside it
+    try:
+        open(tmp_path / "data" / "missing.wav")
+    except FileNotFoundError as error:
+        assert visitor_message(error) == "missing.wav: No such file or directory"

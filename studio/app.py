@@ -6,6 +6,7 @@ import os
 import re
 
 import gradio as gr
+from gradio import utils as gr_utils
 
 from studio.common import SERVED_MAX_AGE_S
 from studio.config import StudioConfig
@@ -48,8 +49,12 @@ def name_api_parameters(demo: gr.Blocks) -> None:
     for fn in demo.fns.values():
         names: list[str] = []
         given = list(fn.input_parameter_names or [])
+        # Gradio makes a parameter optional for clients only under the function's own name.
+        optional = {name for name, has_default, default, _ in gr_utils.get_function_params(fn.fn)
+                    if has_default and default is None} if fn.fn else set()
         for index, component in enumerate(fn.inputs):
-            name = _slug(getattr(component, "label", None) or "") or (given[index] if index < len(given) else None)
+            own = given[index] if index < len(given) else None
+            name = own if own in optional else _slug(getattr(component, "label", None) or "") or own
             name = name or f"value_{index}"
             while name in names:
                 name += "_"

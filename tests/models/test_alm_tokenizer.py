@@ -320,7 +320,9 @@ def test_resynthesis_tab_offers_a_token_codecs_bitrates(tmp_path, arctic_path):
     assert not window_menu("vocoder")["visible"] and not window_menu("opus_6k")["visible"]
     _, _, scores = resynthesize(str(arctic_path), folder, 3)
     assert scores["window"] == 3 and scores["bitrate"] == pytest.approx(model.bitrate_at(3), abs=0.1)
-    _, _, scores = resynthesize(str(arctic_path), "vocoder", 3)  # a stale window is ignored for other codecs
+    with pytest.raises(ValueError, match="only a token codec takes a window"):
+        resynthesize(str(arctic_path), "vocoder", 3)  # refused, not silently dropped
+    _, _, scores = resynthesize(str(arctic_path), "vocoder")
     assert "bitrate" not in scores
 
 

@@ -10,12 +10,15 @@ import numpy as np
 
 from evaluation.metrics import pesq_score, stoi_score
 from evaluation.metrics.asr import DEFAULT_ASR, load_asr, wer_counts
+from evaluation.metrics.speaker import cosine, load_ge2e
 from models import audio
 from models.training import Scorers
 
 
+@functools.lru_cache(maxsize=4)
 def training_scorers(device: str = "cpu") -> Scorers:
-    """PESQ-wb and STOI against the input, the default ASR (loaded on first use) and its WER counts."""
+    """PESQ-wb and STOI against the input, the default ASR and its WER counts, and the GE2E speaker
+    similarity of the `sim` metric (each model loaded on first use, once per device)."""
 
     def signal(reference: np.ndarray, output: np.ndarray, sr: int) -> dict[str, float]:
         return {"pesq_wb": pesq_score(reference, output, sr, "wb"), "stoi": stoi_score(reference, output, sr)}
@@ -31,4 +34,12 @@ def training_scorers(device: str = "cpu") -> Scorers:
         counts = wer_counts(reference, hypothesis)
         return counts.errors, counts.reference_length
 
-    return Scorers(signal=signal, transcribe=transcribe, word_errors=word_errors)
+    @functools.lru_cache(maxsize=1)
+    def speaker_encoder():
+        return load_ge2e(device)
+
+    def similarity(a: np.ndarray, b: np.ndarray, sr: int) -> float:
+        embed = speaker_encoder().embed
+        return cosine(embed(audio.resample(a, sr, 16000)), embed(audio.resample(b, sr, 16000)))
+
+    return Scorers(signal=signal, transcribe=transcribe, word_errors=word_errors, similarity=similarity)

@@ -130,6 +130,7 @@ def _speak(model: str, device: str, cfg: float = 2.0, seed: int = 0, ttt: int = 
     """
     import zlib
 
+    from evaluation.scorers import training_scorers
     from models import pipelines
 
     def generate(item: Item) -> tuple[np.ndarray, int]:
@@ -144,7 +145,8 @@ def _speak(model: str, device: str, cfg: float = 2.0, seed: int = 0, ttt: int = 
             raise ValueError("test-time training needs the item's enrollment clip")
         wav, info = pipelines.tts(item.text, model, ref, audio.SAMPLE_RATE, item.prompt_text, cfg=cfg,
                                   seed=seed + zlib.crc32(item.key.encode()) % 100_000, device=device,
-                                  ttt_samples=ttt, **({"ttt_lr": ttt_lr} if ttt_lr is not None else {}), **controls)
+                                  ttt_samples=ttt, scorers=training_scorers(device) if ttt else None,
+                                  **({"ttt_lr": ttt_lr} if ttt_lr is not None else {}), **controls)
         if refused := info.get("ttt", {}).get("refused"):  # scored as the unfitted model: said, not hidden
             logging.getLogger(__name__).warning("%s: test-time training refused for %s: %s", model, item.key, refused)
         return wav, audio.SAMPLE_RATE

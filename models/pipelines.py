@@ -13,7 +13,7 @@ import random
 import threading
 import time
 from collections import OrderedDict
-from typing import Callable, Iterator
+from typing import TYPE_CHECKING, Callable, Iterator
 
 import numpy as np
 import torch
@@ -22,6 +22,9 @@ from models import audio, classical_codecs, registry
 from models.roles import LATENT_CODEC, SPEECH_TO_SPEECH, TOKEN_CODEC, TTS, Control, TTSRequest
 from models.text import check_text, split_sentences, transcript_prefix
 from models.vocoder import get_vocoder
+
+if TYPE_CHECKING:
+    from models.training import Scorers
 
 # Built in: the vocoder's analysis-resynthesis and the classical baselines; trained codecs are checkpoints
 # of the latent- or token-codec role.
@@ -44,9 +47,12 @@ SETTINGS = {
 CFG_RANGE = (SETTINGS["cfg"].minimum, SETTINGS["cfg"].maximum)
 TTT_LR_RANGE = (SETTINGS["ttt_lr"].minimum, SETTINGS["ttt_lr"].maximum)
 MAX_FITTED_VOICES = 8  # test-time-trained voices kept in memory (least recently used dropped)
-# A fitted voice must speak this check sentence (prompted by its reference) at a length within this ratio of
-# the unfitted model's, or the fit is refused: fitting can break the model's sense of where speech ends.
-TTT_CHECK_TEXT = "The birch canoe slid on the smooth planks."
+# A fitted voice is kept only if it speaks these check sentences (prompted by its reference, same seeds) no
+# worse than the unfitted model: each length within TTT_CHECK_RATIO of the unfitted one (fitting can break the
+# model's sense of where speech ends), and, with scorers, no more word errors and no lower similarity to the
+# reference. A duration check alone let through fits that garbled real recordings.
+TTT_CHECK_TEXTS = ("The birch canoe slid on the smooth planks.", "Glue the sheet to the dark blue background.",
+                   "These days a chicken leg is a rare dish.")
 TTT_CHECK_RATIO = (0.8, 1.2)
 ROLE_NAMES = {LATENT_CODEC: "codec", TOKEN_CODEC: "token codec", TTS: "TTS model",
               SPEECH_TO_SPEECH: "speech-to-speech model"}
@@ -328,13 +334,14 @@ def fits_voices(model: str) -> bool:
 
 def fit_voice(model: str, ref: np.ndarray, ref_text: str, samples: int, device: str | None = None,
               progress: Callable[[int, int], None] | None = None, lr: float = TTT_LR,
-              owner: str = "") -> tuple[dict, dict]:
+              owner: str = "", scorers: Scorers | None = None) -> tuple[dict, dict]:
     """Test-time training of a TTS model on one reference clip (22.05 kHz) and its transcript at
     learning rate `lr`: the model's weight delta for that voice, kept in memory (MAX_FITTED_VOICES,
     least recently used go) so the same reference is fitted once per `owner` (a studio visitor's
-    session: one visitor never uses or clears another's fit). A fit that changes the length of a check
-    sentence beyond TTT_CHECK_RATIO is refused: an empty delta, and info["refused"] says why.
-    Returns (delta, info)."""
+    session: one visitor never uses or clears another's fit). A fit that speaks the TTT_CHECK_TEXTS
+    worse than the unfitted model (lengths; with `scorers`' transcribe, word_errors and similarity, also
+    intelligibility and likeness to the reference) is refused: an empty delta, and info["refused"] says
+    why. Returns (delta, info)."""
     generator, _ = _checkpoint_model(model, TTS, device)
     if not hasattr(generator, "fit_voice"):
         raise ValueError(f"{model} has no test-time training (a backend offers it with fit_voice)")
@@ -352,12 +359,12 @@ def fit_voice(model: str, ref: np.ndarray, ref_text: str, samples: int, device: 
     start = time.perf_counter()
     with registry.resident(("turn", id(generator)), threading.Lock):  # training moves the resident weights
         delta = generator.fit_voice(ref, mean, std, ref_text, samples=samples, lr=lr, progress=progress)
-        ratio = _fit_length_ratio(generator, torch.from_numpy(mean), ref_text, ref, delta)
-    info = {"voice": key, "cached": False, "samples": samples, "lr": lr, "check_length_ratio": round(ratio, 3),
+        check, worse = _fit_check(generator, codec, torch.from_numpy(mean), ref_text, ref, delta, scorers)
+    info = {"voice": key, "cached": False, "samples": samples, "lr": lr, "check": check,
             "wall_seconds": round(time.perf_counter() - start, 2)}
-    if not TTT_CHECK_RATIO[0] <= ratio <= TTT_CHECK_RATIO[1]:
-        info["refused"] = (f"fitting did not help this voice: the fitted model spoke a check sentence {ratio:.1f}x "
-                           "as long as the unfitted one, so synthesis keeps the unfitted model for this clip")
+    if worse:
+        info["refused"] = (f"fitting did not help this voice: {worse}, so synthesis keeps the unfitted model "
+                           "for this clip")
         delta = {}
     with _FITTED_LOCK:
         _FITTED[owner, key] = (delta, info)
@@ -366,14 +373,39 @@ def fit_voice(model: str, ref: np.ndarray, ref_text: str, samples: int, device: 
     return delta, info
 
 
-def _fit_length_ratio(generator, prompt: torch.Tensor, prompt_text: str, ref: np.ndarray, delta: dict) -> float:
-    """Frames of TTT_CHECK_TEXT spoken with the fitted voice over frames without it (same prompt and seed)."""
+def _fit_check(generator, codec, prompt: torch.Tensor, prompt_text: str, ref: np.ndarray, delta: dict,
+               scorers: Scorers | None) -> tuple[dict, str | None]:
+    """The TTT_CHECK_TEXTS spoken without and with the fitted voice: (what was measured, how the fitted
+    model is worse, or None)."""
     settings = {name: control.default for name, control in getattr(generator, "CONTROLS", {}).items()}
-    request = TTSRequest(TTT_CHECK_TEXT, prompt, prompt_text, 2.0, 0, settings, reference=ref)
-    plain = sum(1 for _ in generator.frames(request))
-    with generator.adapted(delta):
-        fitted = sum(1 for _ in generator.frames(request))
-    return fitted / max(plain, 1)
+    spoken: dict[str, list[np.ndarray]] = {"plain": [], "fitted": []}
+    for index, text in enumerate(TTT_CHECK_TEXTS):
+        request = TTSRequest(text, prompt, prompt_text, 2.0, index, settings, reference=ref)
+        for which in spoken:
+            with generator.adapted(delta) if which == "fitted" else contextlib.nullcontext():
+                z = list(generator.frames(request))
+            spoken[which].append(codec.decode_wav(torch.stack(z), precision=TTS_VOCODER_PRECISION) if z
+                                 else np.zeros(0, np.float32))
+    ratios = [len(f) / max(len(p), 1) for p, f in zip(spoken["plain"], spoken["fitted"])]
+    check: dict = {"length_ratios": [round(r, 3) for r in ratios]}
+    outside = [r for r in ratios if not TTT_CHECK_RATIO[0] <= r <= TTT_CHECK_RATIO[1]]
+    if outside:
+        return check, f"the fitted model spoke a check sentence {outside[0]:.1f}x as long as the unfitted one"
+    if scorers is None or scorers.transcribe is None or scorers.word_errors is None or scorers.similarity is None:
+        return check, None
+    rate = audio.SAMPLE_RATE
+    errors = {which: sum(scorers.word_errors(text, scorers.transcribe(wav, rate))[0]
+                         for text, wav in zip(TTT_CHECK_TEXTS, wavs)) for which, wavs in spoken.items()}
+    likeness = {which: float(np.mean([scorers.similarity(ref, wav, rate) for wav in wavs]))
+                for which, wavs in spoken.items()}
+    check.update(word_errors=errors, similarity={k: round(v, 3) for k, v in likeness.items()})
+    if errors["fitted"] > errors["plain"]:
+        return check, (f"the fitted model made {errors['fitted']} word errors in the check sentences against "
+                       f"{errors['plain']} for the unfitted one")
+    if likeness["fitted"] < likeness["plain"]:
+        return check, (f"the fitted model sounds less like the reference than the unfitted one "
+                       f"({likeness['fitted']:.2f} similarity against {likeness['plain']:.2f})")
+    return check, None
 
 
 def clear_fitted_voices(owner: str | None = None) -> int:
@@ -391,7 +423,7 @@ def tts(
     device: str | None = None, max_chars: int = MAX_TTS_CHARS,
     transcribe: Callable[[np.ndarray], str] | None = None, chunk_frames: tuple[int, int] = (20, 20),
     ttt_samples: int = 0, ttt_progress: Callable[[int, int], None] | None = None, ttt_lr: float = TTT_LR,
-    owner: str = "", **controls: float,
+    owner: str = "", scorers: Scorers | None = None, **controls: float,
 ) -> tuple[np.ndarray, dict] | tuple[Iterator[np.ndarray], dict]:
     """Text to speech at 22.05 kHz with any checkpoint of the TTS role; returns (audio, info), or
     with stream=True (chunk iterator, info).
@@ -404,7 +436,8 @@ def tts(
     stop_threshold), each checked against its range. Streaming yields audio as frames are
     generated: the first chunk after chunk_frames[0] frames, then every chunk_frames[1]; `info`
     gains timings as it runs. With ttt_samples > 0 and a reference, a model that offers it is first
-    fitted to the reference's voice (`fit_voice` at learning rate ttt_lr, cached per reference and owner).
+    fitted to the reference's voice (`fit_voice` at learning rate ttt_lr, checked with `scorers`, cached
+    per reference and owner).
     """
     seed = check_sampling(cfg, seed)
     sentences = split_sentences(check_text(text, max_chars))
@@ -434,7 +467,7 @@ def tts(
         if ref is None:
             raise ValueError("test-time training needs a reference clip and its transcript")
         delta, info["ttt"] = fit_voice(model, ref, prompt_text, ttt_samples, device, ttt_progress, ttt_lr,
-                                           owner)
+                                       owner, scorers)
 
     # A backend that can be adapted (test-time training) changes its resident weights while adapted:
     # its generations take turns, so no request sees another's voice.

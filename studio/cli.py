@@ -265,6 +265,10 @@ def _tts(args: argparse.Namespace) -> int:
     pipelines.check_sampling(args.cfg, args.seed)
     settings = {**_model_controls(args.model, args.extra), "cfg": args.cfg, "ttt_samples": args.ttt,
                 "ttt_lr": args.ttt_lr}
+    if args.ttt:  # a fitted voice is judged against the unfitted model before it is used
+        from evaluation.scorers import training_scorers
+
+        settings["scorers"] = training_scorers(registry.pick_device(None))
     transcriber = None
 
     def transcribe(wav):

@@ -144,6 +144,7 @@ class Scorers:
     signal: Callable[[np.ndarray, np.ndarray, int], dict[str, float]] | None = None
     transcribe: Callable[[np.ndarray, int], str] | None = None  # (audio, sample rate) -> text
     word_errors: Callable[[str, str], tuple[int, int]] | None = None  # (reference, hypothesis) -> (errors, words)
+    similarity: Callable[[np.ndarray, np.ndarray, int], float] | None = None  # (a, b, rate) -> speaker likeness
 
 
 class Task:

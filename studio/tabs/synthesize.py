@@ -47,6 +47,15 @@ def _request(model: str | None, text: str, reference: str | None, reference_text
     return request
 
 
+def _fit_checks(ttt: int):
+    """What judges a test-time-trained voice against the unfitted model (ASR, WER, speaker similarity)."""
+    if not ttt:
+        return None
+    from evaluation.scorers import training_scorers
+
+    return training_scorers(pick_device(None))
+
+
 def _mel(wav: np.ndarray):
     return mel_figure({"output": audio.mel_spectrogram(wav).numpy()},
                       hop_seconds=audio.MelConfig().hop_length / audio.SAMPLE_RATE)
@@ -72,7 +81,7 @@ def synthesize(model: str | None, text: str, reference: str | None = None, refer
     sampling, ttt = _settings(values)
     request = _request(model, text, reference, reference_text, seed, randomize, sampling)
     wav, info = pipelines.tts(cfg=float(cfg), ttt_samples=ttt, ttt_progress=_fit_progress(progress), owner=owner,
-                              **request)
+                              scorers=_fit_checks(ttt), **request)
     return to_gradio_audio(wav, audio.SAMPLE_RATE), _mel(wav), info, info["seed"]
 
 
@@ -86,7 +95,8 @@ def synthesize_stream(model: str | None, text: str, reference: str | None = None
                          "it for a Space); the Synthesize button works without it")
     sampling, ttt = _settings(values)
     request = _request(model, text, reference, reference_text, seed, randomize, sampling)
-    chunks, info = pipelines.tts(cfg=float(cfg), stream=True, ttt_samples=ttt, owner=owner, **request)
+    chunks, info = pipelines.tts(cfg=float(cfg), stream=True, ttt_samples=ttt, owner=owner,
+                                 scorers=_fit_checks(ttt), **request)
     pieces = []
     for chunk in chunks:
         if len(chunk):
@@ -111,7 +121,8 @@ def fit_voice(model: str | None, reference: str | None, reference_text: str | No
     request = _request(model, "-", reference, reference_text, 0, False, {})
     ref, ref_text, _ = pipelines.cut_reference(request["ref_wav"], request["ref_text"], request.get("transcribe"))
     samples = int(pipelines.SETTINGS["ttt"].check("test-time training samples", samples))
-    _, info = pipelines.fit_voice(model, ref, ref_text, samples, progress=_fit_progress(progress), owner=owner)
+    _, info = pipelines.fit_voice(model, ref, ref_text, samples, progress=_fit_progress(progress), owner=owner,
+                                  scorers=_fit_checks(samples))
     if "refused" in info:  # the fit made this clip's voice worse: the box stays off
         return f"Voice {info['voice']}: {info['refused']}.", False
     how = "already fitted" if info["cached"] else f"fitted in {info['wall_seconds']:.1f} s"

@@ -197,6 +197,55 @@ def test_a_fit_that_changes_the_check_sentence_length_is_refused(kalle_run, arct
     pipelines.clear_fitted_voices()
 
 
+def _judges(heard_when_fitted: str | None, likeness_when_fitted: float):
+    """Scorers for the TTT check: the unfitted model's check sentences (spoken first) are heard right and
+    rated 0.5 alike; the fitted model's are heard as `heard_when_fitted` (None: right) and rated as told."""
+    from models.pipelines import TTT_CHECK_TEXTS
+    from models.training import Scorers
+
+    n, calls = len(TTT_CHECK_TEXTS), {"transcribe": 0, "similarity": 0}
+
+    def transcribe(wav, sr):
+        calls["transcribe"] += 1
+        right = TTT_CHECK_TEXTS[(calls["transcribe"] - 1) % n]
+        return right if calls["transcribe"] <= n or heard_when_fitted is None else heard_when_fitted
+
+    def similarity(a, b, sr):
+        calls["similarity"] += 1
+        return 0.5 if calls["similarity"] <= n else likeness_when_fitted
+
+    def word_errors(reference, hypothesis):
+        ref, hyp = reference.lower().split(), hypothesis.lower().split()
+        return sum(r != h for r, h in zip(ref, hyp)) + abs(len(ref) - len(hyp)), len(ref)
+
+    return Scorers(transcribe=transcribe, word_errors=word_errors, similarity=similarity)
+
+
+@pytest.mark.parametrize("heard, likeness, refusal", [
+    ("lanks lanks lanks", 0.9, "word errors in the check sentences"),
+    (None, 0.4, "sounds less like the reference"),
+    (None, 0.6, None),
+])
+def test_a_fit_that_speaks_the_check_sentences_worse_is_refused(kalle_run, arctic_path, monkeypatch, heard,
+                                                               likeness, refusal):
+    """With scorers, a fitted voice is used only when its check sentences are as intelligible as the unfitted
+    model's and at least as like the reference."""
+    from models import audio, pipelines
+
+    monkeypatch.setattr(pipelines, "TTT_CHECK_RATIO", (0.0, float("inf")))  # the tiny model's lengths are noise
+    pipelines.clear_fitted_voices()
+    ref = audio.load_audio(arctic_path, audio.SAMPLE_RATE)
+    judges = _judges(heard, likeness)
+    delta, info = pipelines.fit_voice(str(kalle_run), ref, "and you always want to see it", 8, scorers=judges)
+    check = info["check"]
+    assert len(check["length_ratios"]) == len(pipelines.TTT_CHECK_TEXTS) and check["similarity"]["plain"] == 0.5
+    if refusal:
+        assert refusal in info["refused"] and delta == {}
+    else:
+        assert "refused" not in info and delta and check["word_errors"] == {"plain": 0, "fitted": 0}
+    pipelines.clear_fitted_voices()
+
+
 def test_every_endpoint_parameter_is_named_and_the_readme_lists_the_endpoints():
     import tempfile
 

@@ -1,4 +1,4 @@
-"""The evaluation bench's measures as the training harness takes them (models.training.Scorers):
+"""The evaluation bench's measures as the training harness takes them (models.roles.Scorers):
 validation scores with the same PESQ, STOI, ASR and WER as `speech-studio eval`, while the
 harness and the recipes never import this package."""
 
@@ -12,7 +12,7 @@ from evaluation.metrics import pesq_score, stoi_score
 from evaluation.metrics.asr import DEFAULT_ASR, load_asr, wer_counts
 from evaluation.metrics.speaker import cosine, load_ge2e
 from models import audio
-from models.training import Scorers
+from models.roles import Scorers
 
 
 @functools.lru_cache(maxsize=4)

@@ -13,18 +13,15 @@ import random
 import threading
 import time
 from collections import OrderedDict
-from typing import TYPE_CHECKING, Callable, Iterator
+from typing import Callable, Iterator
 
 import numpy as np
 import torch
 
 from models import audio, classical_codecs, registry
-from models.roles import LATENT_CODEC, SPEECH_TO_SPEECH, TOKEN_CODEC, TTS, Control, TTSRequest
+from models.roles import LATENT_CODEC, SPEECH_TO_SPEECH, TOKEN_CODEC, TTS, Control, Scorers, TTSRequest
 from models.text import check_text, split_sentences, transcript_prefix
 from models.vocoder import get_vocoder
-
-if TYPE_CHECKING:
-    from models.training import Scorers
 
 # Built in: the vocoder's analysis-resynthesis and the classical baselines; trained codecs are checkpoints
 # of the latent- or token-codec role.

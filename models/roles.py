@@ -9,7 +9,7 @@ Audio is mono float32 at models.audio.SAMPLE_RATE (22.05 kHz) unless a backend s
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import ClassVar, Iterator, Protocol, runtime_checkable
+from typing import Callable, ClassVar, Iterator, Protocol, runtime_checkable
 
 import numpy as np
 import torch
@@ -89,6 +89,20 @@ class SemanticTokenizer(Protocol):
 
     def tokens_wav(self, wav: np.ndarray) -> np.ndarray:
         """(samples,) -> (frames,) int64."""
+
+
+@dataclass
+class Scorers:
+    """Quality measures the evaluation bench lends to models: a training recipe's validation and the
+    test-time-training check use them, handed in by whoever calls (the CLI and the studio pass
+    `evaluation.scorers.training_scorers`), so that no model, recipe or pipeline imports the bench. A
+    scorer left None leaves its numbers out."""
+
+    # (reference, output, sample rate) -> {"pesq_wb": ..., "stoi": ...}; ValueError when it cannot score
+    signal: Callable[[np.ndarray, np.ndarray, int], dict[str, float]] | None = None
+    transcribe: Callable[[np.ndarray, int], str] | None = None  # (audio, sample rate) -> text
+    word_errors: Callable[[str, str], tuple[int, int]] | None = None  # (reference, hypothesis) -> (errors, words)
+    similarity: Callable[[np.ndarray, np.ndarray, int], float] | None = None  # (a, b, rate) -> speaker likeness
 
 
 @dataclass(frozen=True)

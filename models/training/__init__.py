@@ -42,6 +42,7 @@ from models.config import parse_config, refuse_fitted
 from models.data.augment import MEL_CONDITIONS
 from models.data.dataset import MEL, Feature, SpeechDataset, collate
 from models.files import atomic_path, replace_folder, write_text_atomic
+from models.roles import Scorers
 
 # Raw audio (1, samples), for models trained against the waveform (GAN heads); not cached.
 WAVEFORM = Feature("wav", lambda wav: torch.from_numpy(wav)[None], audio.SAMPLE_RATE, cached=False)
@@ -132,19 +133,6 @@ def load_config(path: str | os.PathLike) -> dict:
 
 
 # ------------------------------------------------------------------------- tasks
-
-
-@dataclass
-class Scorers:
-    """Quality measures a recipe's validation may use, handed in by whoever runs the harness (the
-    CLI passes the evaluation bench's, `evaluation.scorers.training_scorers`), so that neither the
-    harness nor a recipe imports the bench. A scorer left None leaves its numbers out."""
-
-    # (reference, output, sample rate) -> {"pesq_wb": ..., "stoi": ...}; ValueError when it cannot score
-    signal: Callable[[np.ndarray, np.ndarray, int], dict[str, float]] | None = None
-    transcribe: Callable[[np.ndarray, int], str] | None = None  # (audio, sample rate) -> text
-    word_errors: Callable[[str, str], tuple[int, int]] | None = None  # (reference, hypothesis) -> (errors, words)
-    similarity: Callable[[np.ndarray, np.ndarray, int], float] | None = None  # (a, b, rate) -> speaker likeness
 
 
 class Task:

@@ -21,6 +21,7 @@ import platform
 import shlex
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -99,8 +100,17 @@ def _row(system: System, item: Item, metric: str, values: dict | None = None, re
     return row
 
 
+class RunStopped(Exception):
+    """Raised inside a run when its `stop` event is set; what was written stays, and --resume goes on."""
+
+
+def _check_stop(stop: threading.Event | None) -> None:
+    if stop is not None and stop.is_set():
+        raise RunStopped("the run was stopped; resume it to finish")
+
+
 def _generate(config: RunConfig, items: list[Item], done: set, writer: ResultWriter, device: str,
-              meta: dict) -> None:
+              meta: dict, stop: threading.Event | None = None) -> None:
     run_audio = Path(config.out) / "audio"
     for system in (s for s in config.systems if s.generated):
         todo = [item for item in items if (system.name, item.key, RTF) not in done and system.missing(item) is None]
@@ -115,6 +125,7 @@ def _generate(config: RunConfig, items: list[Item], done: set, writer: ResultWri
                 continue  # a failing item does not warm up: the next one does; the loop records the failure
         began = time.perf_counter()
         for item in tqdm(todo, desc=f"generate {system.name}", unit="utt", dynamic_ncols=True):
+            _check_stop(stop)
             try:
                 start = time.perf_counter()
                 wav, sr, *extra = generate(item)
@@ -141,7 +152,7 @@ def _sample(system: System, item: Item, run: Path) -> Sample:
 
 
 def _score(config: RunConfig, items: list[Item], done: set, failed: set, writer: ResultWriter, device: str,
-           meta: dict) -> None:
+           meta: dict, stop: threading.Event | None = None) -> None:
     run = Path(config.out)
     options = {**config.options, "latent_dir": run / "latents"}
     for name in config.metrics:
@@ -161,6 +172,7 @@ def _score(config: RunConfig, items: list[Item], done: set, failed: set, writer:
         start = time.perf_counter()
         try:
             for system, item in tqdm(todo, desc=name, unit="utt", dynamic_ncols=True):
+                _check_stop(stop)
                 sample = _sample(system, item, run)
                 if (system.name, item.key) in failed:
                     if hasattr(scorer, "missing"):
@@ -205,8 +217,9 @@ def planned_units(config: RunConfig) -> int:
     return units
 
 
-def run_eval(config: RunConfig, argv: list[str] | None = None) -> dict:
-    """Run (or resume) an evaluation; returns a summary of what this process did."""
+def run_eval(config: RunConfig, argv: list[str] | None = None, stop: threading.Event | None = None) -> dict:
+    """Run (or resume) an evaluation; returns a summary of what this process did. Setting `stop` (from
+    another thread) ends it before the next unit with RunStopped."""
     for name in config.metrics:
         get_metric(name)  # unknown names fail before any work
     index, count = config.shard
@@ -249,9 +262,9 @@ def run_eval(config: RunConfig, argv: list[str] | None = None) -> dict:
     failed = {(r["system"], r["key"]) for r in latest if r["metric"] == RTF and r["values"] is None}
     writer = ResultWriter(own)
     try:
-        _generate(config, items, done, writer, device, meta)
+        _generate(config, items, done, writer, device, meta, stop)
         failed |= {(r["system"], r["key"]) for r in read_results(out) if r["metric"] == RTF and r["values"] is None}
-        _score(config, items, done, failed, writer, device, meta)
+        _score(config, items, done, failed, writer, device, meta, stop)
     finally:
         writer.close()
     meta["finished"] = time.strftime("%Y-%m-%dT%H:%M:%S")

@@ -163,7 +163,8 @@ def mel_figure(mels: dict[str, np.ndarray], hop_seconds: float) -> go.Figure:
 class RunFollower:
     """Runs an evaluation (evaluation.runner) in a worker thread. `steps` yields a status line
     about once a second while it works, moving `progress`; afterwards `summary` holds the
-    runner's summary. The runner's errors are raised from `steps`."""
+    runner's summary. The runner's errors are raised from `steps`. When the generator is closed
+    before the end (Gradio cancels the event when the page closes), the run stops at its next unit."""
 
     POLL_SECONDS = 1.0
 
@@ -178,20 +179,24 @@ class RunFollower:
         from evaluation.runner import run_eval
 
         outcome: dict = {}
+        stop = threading.Event()
 
         def work():
             try:
-                outcome["summary"] = run_eval(self.run, argv=["studio", Path(self.run.out).name])
+                outcome["summary"] = run_eval(self.run, argv=["studio", Path(self.run.out).name], stop=stop)
             except Exception as error:  # re-raised below, in the handler's thread
                 outcome["error"] = error
 
         worker = threading.Thread(target=work, daemon=True)
         worker.start()
-        while worker.is_alive():
-            worker.join(self.POLL_SECONDS)
-            done = len(latest_rows(read_results(self.run.out)))
-            self.progress(min(done / max(self.total, 1), 1.0), desc=f"{done} / {self.total} results")
-            yield f"Running: {done} of {self.total} results"
+        try:
+            while worker.is_alive():
+                worker.join(self.POLL_SECONDS)
+                done = len(latest_rows(read_results(self.run.out)))
+                self.progress(min(done / max(self.total, 1), 1.0), desc=f"{done} / {self.total} results")
+                yield f"Running: {done} of {self.total} results"
+        finally:
+            stop.set()  # closed early (GeneratorExit): nobody is waiting for the rest
         if "error" in outcome:
             if isinstance(outcome["error"], (ValueError, FileNotFoundError)):
                 raise outcome["error"]

@@ -214,19 +214,20 @@ def build(config: StudioConfig) -> None:
                     randomize = gr.Checkbox(value=False, label="Randomize seed")
                 declared = declared_controls(model.value)
                 sliders = [setting_widget(specs[name], visible=name in declared) for name in sampling_names()]
-                with gr.Group(visible="voice_seed" in declared) as voice_tools:
-                    with gr.Row():
-                        dice = gr.Button("Random voice", size="sm")
+                # Columns, not Groups: a Group draws its buttons as thin strips over grey blocks.
+                with gr.Column(visible="voice_seed" in declared) as voice_tools:
+                    with gr.Row(equal_height=True):
                         saved = gr.Dropdown(voices.menu({}, library), value=None, label="Saved voices",
-                                            allow_custom_value=True)  # checked by voices.pick, listing nothing
-                    with gr.Row():
-                        voice_name = gr.Textbox(label="Name this voice", max_lines=1)
-                        save = gr.Button("Save voice", size="sm")
-                with gr.Group(visible=fits_voices(model.value)) as fit_tools:
+                                            allow_custom_value=True, scale=3)  # checked by voices.pick
+                        dice = gr.Button("Random voice", scale=1, min_width=120)
+                    with gr.Row(equal_height=True):
+                        voice_name = gr.Textbox(label="Name this voice", max_lines=1, scale=3)
+                        save = gr.Button("Save voice", scale=1, min_width=120)
+                with gr.Column(visible=fits_voices(model.value)) as fit_tools:
                     fit_samples = setting_widget(pipelines.SETTINGS["ttt"])
                     with gr.Row():
-                        fit = gr.Button("Fit to this voice (TTT)", size="sm")
-                        clear = gr.Button("Clear fitted voices", size="sm")
+                        fit = gr.Button("Fit to this voice (TTT)")
+                        clear = gr.Button("Clear fitted voices")
                     use_fitted = gr.Checkbox(False, label="Use the voice fitted to the reference")
                     fit_status = gr.Markdown()
                 with gr.Row():
@@ -250,9 +251,10 @@ def build(config: StudioConfig) -> None:
             config.check_model(model)
             yield from synthesize_stream(model, *rest, owner=visitor(request))
 
-        run.click(speak, inputs, [result, mel, settings, seed], api_name="synthesize")
+        # Progress and an error show on the audio only: elsewhere the badge covered the Seed box and the mel.
+        run.click(speak, inputs, [result, mel, settings, seed], api_name="synthesize", show_progress_on=[result])
         stream.click(speak_streamed, inputs, [streamed, mel, settings, seed],
-                     api_name="synthesize_stream")
+                     api_name="synthesize_stream", show_progress_on=[streamed])
         def controls(model):
             try:
                 config.check_model(model)

@@ -43,6 +43,33 @@ def test_app_builds_with_stable_api_names():
     assert not any("lambda" in name for name in names)  # every handler has a stable, chosen name
 
 
+def test_synthesis_errors_and_voice_buttons_stay_where_they_belong(tmp_path):
+    """After an error Gradio badged every output "Error", the Seed box included; the voice buttons sat in
+    Groups, which drew them as thin strips over grey blocks."""
+    from studio.app import build_app
+    from studio.config import StudioConfig
+
+    config = build_app(StudioConfig(data_dir=tmp_path)).get_config_file()
+    components = {c["id"]: c for c in config["components"]}
+    for api_name, output in (("synthesize", "tts-output"), ("synthesize_stream", "tts-stream")):
+        dependency = next(d for d in config["dependencies"] if d.get("api_name") == api_name)
+        assert [components[i]["props"].get("elem_id") for i in dependency["show_progress_on"]] == [output]
+    parents = {}
+    def walk(node, parent=None):
+        parents[node["id"]] = parent
+        for child in node.get("children", []):
+            walk(child, node["id"])
+    walk(config["layout"])
+    buttons = [i for i, c in components.items() if c["type"] == "button"
+               and c["props"].get("value") in ("Random voice", "Save voice", "Fit to this voice (TTT)")]
+    assert len(buttons) == 3
+    for button in buttons:
+        node = parents[button]
+        while node is not None:
+            assert components.get(node, {}).get("type") != "group"
+            node = parents[node]
+
+
 def test_resynthesis_handler(arctic_path):
     from studio.tabs.resynthesis import resynthesize
 

@@ -152,6 +152,30 @@ def test_evaluate_runs_the_bench_reports_and_resumes(ab_config):
         list(evaluate(ab_config, "set", None, ["gt"], "", [], 3, "x", False))
 
 
+def test_a_run_whose_page_closed_stops_at_its_next_unit(ab_config, monkeypatch):
+    """Gradio closes a handler's generator when the visitor leaves; the run in the worker thread stops
+    too (it went on for 11 minutes), keeping what it wrote for a resume."""
+    import time
+
+    from evaluation import runner
+    from evaluation.results import latest_rows, read_results
+    from studio.common import RunFollower
+    from studio.tabs.evaluate import plan
+
+    slow = runner._sample
+    monkeypatch.setattr(runner, "_sample", lambda *a: (time.sleep(0.3), slow(*a))[1])
+    monkeypatch.setattr(RunFollower, "POLL_SECONDS", 0.1)
+    run = plan(ab_config, "set", None, ab_config.systems, "", ["stoi", "sisdr"], 3, "closed", False)
+    follow = RunFollower(run, lambda *a, **k: None)
+    steps = follow.steps
+    next(steps)
+    steps.close()  # what Gradio does when the page is closed
+    time.sleep(1.0)
+    written = len(latest_rows(read_results(run.out)))
+    time.sleep(1.0)
+    assert written == len(latest_rows(read_results(run.out))) < follow.total
+
+
 def test_cfg_lab_sweeps_scales_and_seeds_through_the_bench(sled_run, arctic_path, tmp_path):
     from evaluation.sweep import parse_scales
     from studio.config import StudioConfig

@@ -21,9 +21,21 @@ INTRO = (
 QUEUE_CONCURRENCY = 2  # two workers: one generation per CPU core
 
 
+class StudioBlocks(gr.Blocks):
+    """gr.Blocks whose refusal of a call with too few values reaches the client as a message: Gradio's
+    own is a plain exception, which a raw REST client sees as `{"error": null}`."""
+
+    def validate_inputs(self, block_fn, inputs: list) -> None:
+        if len(inputs) < len(block_fn.inputs):
+            names = ", ".join(block_fn.input_parameter_names or [])
+            raise gr.Error(f"/{block_fn.api_name} takes {len(block_fn.inputs)} values ({names}); it got "
+                           f"{len(inputs)}", print_exception=False)
+        super().validate_inputs(block_fn, inputs)
+
+
 def build_app(config: StudioConfig | None = None) -> gr.Blocks:
     config = config or StudioConfig()
-    with gr.Blocks(title=TITLE, delete_cache=(3600, SERVED_MAX_AGE_S)) as demo:
+    with StudioBlocks(title=TITLE, delete_cache=(3600, SERVED_MAX_AGE_S)) as demo:
         gr.Markdown(INTRO)
         with gr.Tabs():
             synthesize.build(config)

@@ -170,3 +170,12 @@ def test_what_a_menu_offers_after_an_event_works_through_the_api_alone(studio, c
         client.predict(handle_file(str(arctic_path)), "vocoder", window, api_name="/resynthesize")
     status = client.predict("tones", "u2 | tone 2", api_name="/ab_new_pair")[2]
     assert "u2" in status
+
+
+def test_a_raw_call_with_too_few_values_is_told_what_the_endpoint_takes(studio):
+    """Gradio's own refusal reached a raw REST client as `{"error": null}`."""
+    import httpx
+
+    event = httpx.post(f"{studio[0]}gradio_api/call/synthesize", json={"data": ["sled"]}, timeout=30).json()
+    stream = httpx.get(f"{studio[0]}gradio_api/call/synthesize/{event['event_id']}", timeout=60).text
+    assert "event: error" in stream and "/synthesize takes" in stream and "it got 1" in stream and "text" in stream

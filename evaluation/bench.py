@@ -171,7 +171,7 @@ def bench_tts(model: str = "sled", texts: tuple[str, ...] = BENCH_TEXTS, device:
     firsts = [run[1] for run in streamed]
     return {
         "model": model, "texts": list(texts), "cfg": cfg, "seed": seed, "device": offline[0][3]["device"],
-        "audio_seconds": round(audio_seconds, 3), "frames": sum(run[3]["frames"] for run in offline),
+        "audio_seconds": round(audio_seconds, 3), "frames": sum(run[3].get("frames", 0) for run in offline),
         "rtf": round(sum(run[0] for run in offline) / audio_seconds, 4),
         "rtf_per_text": [round(run[0] / (run[2] / audio.SAMPLE_RATE), 4) for run in offline],
         "first_chunk_s": round(max(firsts), 4), "first_chunk_mean_s": round(sum(firsts) / len(firsts), 4),
@@ -184,26 +184,35 @@ def bench_tts(model: str = "sled", texts: tuple[str, ...] = BENCH_TEXTS, device:
 def tts_flops(model: str, texts: tuple[str, ...], device: str | None = None, cfg: float = 2.0, seed: int = 0,
               ) -> dict:
     """Floating-point operations per second of audio (torch.utils.flop_counter: matrix products,
-    convolutions and attention, the work that dominates), for the generator (the TTS model's frames,
-    guidance branches included) and the decoding (codec decoder and vocoder) apart, over the texts."""
+    convolutions and attention, the work that dominates) over the texts. For a backend that streams
+    frames (models.roles.STREAMING), the generator (its frames, guidance branches included) and the
+    decoding (codec decoder and vocoder) apart; for another, its synthesis in all."""
     from torch.utils.flop_counter import FlopCounterMode
 
     from models import registry
-    from models.roles import TTSRequest
+    from models.roles import STREAMING, TTSRequest
 
-    generator = registry.load_model(model, device)[0]
-    codec = registry.load_model(generator.codec, device)[0]
+    backend = registry.load_model(model, device)[0]
+    streams = STREAMING in backend.CAPABILITIES
     generating, decoding, samples = FlopCounterMode(display=False), FlopCounterMode(display=False), 0
     for index, text in enumerate(texts):
+        request = TTSRequest(text, cfg=None if cfg == 1.0 else cfg, seed=seed + index)
+        if not streams:
+            with generating:
+                samples += len(backend.synthesize(request))
+            continue
         with generating:
-            frames = list(generator.frames(TTSRequest(text, cfg=None if cfg == 1.0 else cfg, seed=seed + index)))
+            frames = list(backend.frames(request))
         if frames:
             with decoding:
-                samples += len(codec.decode_wav(torch.stack(frames)))
+                decoder = backend.streaming_decoder()  # all frames in one push: decoded at once
+                samples += len(decoder.push(frames)) + len(decoder.flush())
     if not samples:
         raise ValueError(f"{model} produced no audio for {list(texts)!r}")
     seconds = samples / audio.SAMPLE_RATE
-    per_second = {"generator": generating.get_total_flops() / seconds, "decoding": decoding.get_total_flops() / seconds}
+    per_second = {"generator": generating.get_total_flops() / seconds}
+    if streams:
+        per_second["decoding"] = decoding.get_total_flops() / seconds
     return {"per_audio_second": {**per_second, "total": sum(per_second.values())}, "audio_seconds": round(seconds, 3)}
 
 

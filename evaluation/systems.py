@@ -16,7 +16,9 @@ HiFi-GAN's analysis-resynthesis and the ceiling of every mel-based model; a clas
 `codec2_700c`, `codec2_1200`, `opus_6k`; or a codec checkpoint such as `flow_vae`, or a token codec
 at a window, `alm=alm_tokenizer:window=3`) reconstructs the reference, its bitrate recorded; a TTS checkpoint (`sled`)
 speaks the item's text, continuing the enrollment clip (with its prompt_text) when the
-manifest gives one; a folder holds `<key>.wav` files made elsewhere. Generated systems
+manifest gives one; a speech-to-speech checkpoint (`se=metis_se:seed=1`) does the first task its
+config lists on the item's input recording (with its enrollment clip as the voice); a folder holds
+`<key>.wav` files made elsewhere. Generated systems
 take options after the source, `NAME=SOURCE:cfg=1.5:seed=3` (TTS: cfg, seed and the controls the
 model declares, e.g. SLED's stop_threshold, alias stop; and ttt=N, test-time training on N posterior
 samples of each item's enrollment clip, with ttt_lr=its learning rate, for a model that offers it).
@@ -116,6 +118,35 @@ def _reconstruct(codec: str, device: str, window: int | None = None) -> Generate
     return generate
 
 
+def _needs_reference(model: str) -> bool:
+    """Whether a speech-to-speech checkpoint's task takes a voice (convert: the target, extract: the
+    enrollment); enhancement takes none."""
+    from models import pipelines
+
+    return pipelines.checkpoint_tasks(model)[0] != "enhance"
+
+
+def _transform(model: str, device: str, seed: int = 0, **controls: float) -> Generate:
+    """The first task a speech-to-speech checkpoint serves, on the item's input recording (and its
+    enrollment clip as the voice); each item's seed is `seed` + a hash of its key."""
+    import zlib
+
+    from models import pipelines
+
+    task = pipelines.checkpoint_tasks(model)[0]
+    run = getattr(pipelines, task)
+
+    def generate(item: Item) -> tuple[np.ndarray, int]:
+        source = audio.load_audio(item.input, audio.SAMPLE_RATE, max_seconds=None)
+        voice = ((audio.load_audio(item.enrollment, audio.SAMPLE_RATE, max_seconds=None), audio.SAMPLE_RATE)
+                 if task != "enhance" else ())
+        wav, _ = run(source, audio.SAMPLE_RATE, *voice, model=model, device=device,
+                     seed=seed + zlib.crc32(item.key.encode()) % 100_000, **controls)
+        return wav, audio.SAMPLE_RATE
+
+    return generate
+
+
 TTS_OPTIONS = {"cfg": float, "seed": int}  # plus the model's own controls (a float each)
 OPTION_ALIASES = {"stop": "stop_threshold"}  # short names kept from earlier command lines
 
@@ -159,19 +190,21 @@ class System:
     """name, and either a folder of wavs, a manifest field (gt, input), a codec, a TTS model, or a generator."""
 
     name: str
-    kind: str  # "folder", "manifest", "codec", "tts" or "generator"
+    kind: str  # "folder", "manifest", "codec", "tts", "speech" (speech to speech) or "generator"
     source: str
     options: tuple[tuple[str, float], ...] = ()
 
     @property
     def generated(self) -> bool:
-        return self.kind in ("codec", "tts", "generator")
+        return self.kind in ("codec", "tts", "speech", "generator")
 
     def generator(self, device: str) -> Generate:
         if self.kind == "codec":
             return _reconstruct(self.source, device, **dict(self.options))
         if self.kind == "tts":
             return _speak(self.source, device, **dict(self.options))
+        if self.kind == "speech":
+            return _transform(self.source, device, **dict(self.options))
         return GENERATORS[self.source](device)
 
     def missing(self, item: Item) -> str | None:
@@ -179,6 +212,10 @@ class System:
         ...), or None. A folder applies to every item: a file missing there is its own failure."""
         if self.kind == "tts":
             return None if item.text else "text"
+        if self.kind == "speech":
+            if item.input is None:
+                return "an input recording"
+            return "an enrollment clip" if _needs_reference(self.source) and item.enrollment is None else None
         if self.kind == "codec" or (self.kind == "manifest" and self.source == "gt"):
             return None if item.reference is not None else "reference audio"
         if self.kind == "manifest":
@@ -240,6 +277,25 @@ def _options(spec: str, text: str, model: str) -> tuple[tuple[str, float], ...]:
     return tuple(options)
 
 
+def _speech_options(spec: str, text: str, model: str) -> tuple[tuple[str, float], ...]:
+    """`seed=3:<control>=<value>` for a speech-to-speech model, each checked against its declared range."""
+    from models import pipelines
+
+    controls = pipelines.speech_controls(model)
+    options = []
+    for part in text.split(":") if text else []:
+        key, sep, value = part.partition("=")
+        control = pipelines.SETTINGS["seed"] if key == "seed" else controls.get(key)
+        if not sep or control is None:
+            raise ValueError(f"system {spec!r}: options are {', '.join(['seed=', *(k + '=' for k in controls)])}, "
+                             f"not {part!r}")
+        try:
+            options.append((key, control.check(key, float(value))))
+        except ValueError as error:
+            raise ValueError(f"system {spec!r}: {error}") from None
+    return tuple((k, int(v)) if k == "seed" else (k, v) for k, v in options)
+
+
 def _codec_options(spec: str, text: str, codec: str) -> tuple[tuple[str, int], ...]:
     """`window=2` for a token codec (its bitrate); other codecs take no options."""
     from models import pipelines
@@ -269,10 +325,15 @@ def parse_system(spec: str) -> System:
     kind = _role(source)
     if source in pipelines.CODECS or kind == "codec":  # before folders: a checkpoint is a folder too
         return System(name, "codec", source, _codec_options(spec, options, source))
-    if options and kind != "tts":
-        raise ValueError(f"system {spec!r}: only TTS models and token codecs take options")
+    if options and kind not in ("tts", "speech"):
+        raise ValueError(f"system {spec!r}: only TTS models and token codecs take options (and speech-to-speech "
+                         "models: a seed and their controls)")
     if kind == "tts":
         return System(name, "tts", source, _options(spec, options, source))
+    if kind == "speech":
+        if not pipelines.checkpoint_tasks(source):
+            raise ValueError(f"system {spec!r}: {source} lists no tasks in its config")
+        return System(name, "speech", source, _speech_options(spec, options, source))
     if source in MANIFEST_SYSTEMS:
         return System(name, "manifest", source)
     if source in GENERATORS:
@@ -284,8 +345,9 @@ def parse_system(spec: str) -> System:
 
 
 def _role(source: str) -> str | None:
-    """"codec" or "tts" when source names a checkpoint of that role, else None."""
+    """"codec", "tts" or "speech" when source names a checkpoint of that role, else None."""
     from models import registry
-    from models.roles import LATENT_CODEC, TOKEN_CODEC, TTS
+    from models.roles import LATENT_CODEC, SPEECH_TO_SPEECH, TOKEN_CODEC, TTS
 
-    return {LATENT_CODEC: "codec", TOKEN_CODEC: "codec", TTS: "tts"}.get(registry.checkpoint_role(source))
+    return {LATENT_CODEC: "codec", TOKEN_CODEC: "codec", TTS: "tts",
+            SPEECH_TO_SPEECH: "speech"}.get(registry.checkpoint_role(source))

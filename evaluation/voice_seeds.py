@@ -51,9 +51,10 @@ def voice_seed_report(model: str, seeds: int = 50, texts: tuple[str, ...] = SEED
                       cfg: float = 2.0, seed: int = 0, device: str = "cpu", out: str | Path | None = None,
                       log=print, **controls) -> dict:
     from models import pipelines
+    from models.roles import VOICE_SEEDS
 
-    if "voice_seed" not in pipelines.tts_controls(model):
-        raise ValueError(f"{model} has no voice seeds (no voice_seed setting)")
+    if VOICE_SEEDS not in pipelines.tts_capabilities(model):
+        raise ValueError(f"{model} has no voice seeds (it does not declare {VOICE_SEEDS})")
     asr, encoder = load_asr(DEFAULT_ASR, device), load_ge2e(device)
     rows = []
     for voice_seed in range(seeds):

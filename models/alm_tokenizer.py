@@ -293,10 +293,6 @@ class ALMTokenizer(nn.Module):
     def frame_rate(self) -> float:
         return self.frame_rate_at()
 
-    @property
-    def bitrate(self) -> float:
-        return self.bitrate_at()
-
     # ---------------------------------------------------------------- shapes
 
     def pad_mel(self, mel: torch.Tensor, window: int) -> torch.Tensor:

@@ -43,7 +43,7 @@ from torch import nn
 from models import registry
 from models.config import LatentLMConfig
 from models.modules import SPEAKER, LatentLanguageModel, layout, positions
-from models.roles import TTS, Control, TTSRequest
+from models.roles import STREAMING, TEST_TIME_TRAINING, TTS, VOICE_SEEDS, Control, TTSRequest
 
 END_MEAN, END_LOG_STD = 1.0, 1.0  # N_end = N(1, e): log e = 1
 
@@ -95,7 +95,8 @@ def voice_from_seed(voice_seed: int, voice_dim: int) -> torch.Tensor:
 
 @registry.register("kalle", role=TTS, config=KALLEConfig)
 class KALLE(LatentLanguageModel):
-    # Sampling settings beyond guidance and seed (models.roles.TTSGenerator)
+    CAPABILITIES = frozenset({STREAMING, VOICE_SEEDS, TEST_TIME_TRAINING})
+    # Sampling settings beyond guidance and seed (models.roles.TTSBackend)
     CONTROLS = {
         "temperature": Control("Temperature (scales each frame's predicted standard deviation)", 0.0, 1.5, 1.0, 0.05),
         "voice_seed": Control("Voice seed (the voice drawn when there is no reference)", 0, 2**32 - 1, 0, 1),
@@ -267,11 +268,11 @@ class KALLE(LatentLanguageModel):
             self._restore(original)
             self.train(was_training)
 
-    def fit_voice(self, reference: np.ndarray, mean: np.ndarray, std: np.ndarray, transcript: str,
-                  samples: int = 200, lr: float = 3e-5, seed: int = 0,
-                  progress: Callable[[int, int], None] | None = None) -> dict[str, torch.Tensor]:
-        """Test-time training on one reference clip (22.05 kHz) given its codec posterior (mean, std,
-        each (frames, latent_dim)) and transcript: the language model's weight delta for `adapted`."""
+    def fit_voice(self, reference: np.ndarray, transcript: str, samples: int = 200, lr: float = 3e-5,
+                  progress: Callable[[int, int], None] | None = None, seed: int = 0) -> dict[str, torch.Tensor]:
+        """The TEST_TIME_TRAINING capability: test-time training on one reference clip (22.05 kHz), its
+        codec posterior and transcript; the language model's weight delta for `adapted`."""
+        mean, std = self.latent_codec().encode_wav(reference)
         embedding = torch.from_numpy(self._speaker_encoder().embed_wav(reference))
         posterior = (torch.from_numpy(mean).float(), torch.from_numpy(std).float().clamp_min(1e-6).log())
         device = self.voice.weight.device

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 from torch import nn
 from torch.nn import functional as F
 
+from models import registry
+from models.roles import STREAMING, StreamingDecoder
 from models.text import TextFrontend
 
 
@@ -279,7 +282,9 @@ def positions(kinds: list[int], text_rate: float | None) -> list[float]:
 class LatentLanguageModel(nn.Module):
     """What the continuous-latent TTS models (SLED, KALL-E) share: phoneme and latent embeddings into one
     causal transformer, the "no text" token of classifier-free guidance, and the codec latents'
-    normalization. A subclass adds its own heads; `embed` lays sequences out for it.
+    normalization. A subclass adds its own heads; `embed` lays sequences out for it. As a TTS backend it
+    streams: a subclass's `frames(request)` are latent frames of its `codec`, which the codec decodes
+    (the prompt is the reference's posterior mean in that codec).
 
     config needs codec, latent_dim, frontend, dim, layers, heads, ff_mult, dropout and fitted
     (models.config.LatentStatistics); text_rate aligns RoPE positions (None: sequence order).
@@ -301,6 +306,27 @@ class LatentLanguageModel(nn.Module):
         std = torch.tensor(c.fitted.latent_std) if c.fitted.latent_std else torch.ones(c.latent_dim)
         self.register_buffer("latent_mean", mean.float(), persistent=False)
         self.register_buffer("latent_std", std.float(), persistent=False)
+
+    CAPABILITIES = frozenset({STREAMING})
+
+    def latent_codec(self):
+        """The resident latent codec whose frames this model speaks, on the model's device."""
+        return registry.load_model(self.codec, str(self.latent_mean.device))[0]
+
+    def encode_prompt(self, reference: np.ndarray) -> torch.Tensor:
+        """A reference clip -> its posterior mean in the codec (frames, latent_dim), unnormalized."""
+        return torch.from_numpy(self.latent_codec().encode_wav(reference)[0])
+
+    def synthesize(self, request, precision: str = "fp32") -> np.ndarray:
+        return self.decode(list(self.frames(request)), precision)
+
+    def decode(self, frames: list[torch.Tensor], precision: str = "fp32") -> np.ndarray:
+        if not frames:
+            return np.zeros(0, np.float32)
+        return self.latent_codec().decode_wav(torch.stack(frames), precision=precision)
+
+    def streaming_decoder(self, precision: str = "fp32") -> StreamingDecoder:
+        return self.latent_codec().streaming_decoder(precision)
 
     def normalize(self, z: torch.Tensor) -> torch.Tensor:
         return (z - self.latent_mean) / self.latent_std

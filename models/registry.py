@@ -28,7 +28,7 @@ from safetensors.torch import load_model as load_safetensors_into
 from safetensors.torch import save_model as save_safetensors
 
 from models.files import replace_folder
-from models.roles import ROLES
+from models.roles import ROLES, check_declared
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 ASSETS = REPO_ROOT / "assets"
@@ -41,8 +41,11 @@ _BUILDERS: dict[str, Builder] = {}
 _CONFIGS: dict[str, type | None] = {}
 _ROLES: dict[str, str] = {}
 _CLASSES: dict[str, type] = {}
-_RESIDENT: dict[Any, Any] = {}
+_RESIDENT: dict[Any, Any] = {}  # in order of use, least recent first
 _LOCK = threading.RLock()
+# Loaded checkpoints kept resident at most (least recently used released first): a studio serving several
+# models and their stages would otherwise grow without bound.
+MAX_RESIDENT_MODELS = int(os.environ.get("STUDIO_MAX_RESIDENT_MODELS", "8"))
 
 
 class CheckpointNotFound(FileNotFoundError):
@@ -67,10 +70,15 @@ def pick_device(requested: str | None = None) -> str:
 
 
 def resident(key: Any, factory: Callable[[], Any]) -> Any:
-    """Build an object once per key and keep it (models stay loaded between requests)."""
+    """Build an object once per key and keep it (models stay loaded between requests). Loaded
+    checkpoints (keys ("model", ...)) beyond MAX_RESIDENT_MODELS are released, least recently used first;
+    one still in use lives on with its user, and is loaded again when asked for after that."""
     with _LOCK:
-        if key not in _RESIDENT:
-            _RESIDENT[key] = factory()
+        value = _RESIDENT.pop(key) if key in _RESIDENT else factory()
+        _RESIDENT[key] = value  # now the most recently used
+        models = [k for k in _RESIDENT if isinstance(k, tuple) and k[0] == "model"]
+        for old in models[: max(0, len(models) - MAX_RESIDENT_MODELS)]:
+            del _RESIDENT[old]
         return _RESIDENT[key]
 
 
@@ -97,6 +105,7 @@ def register(name: str, role: str, config: type | None = None) -> Callable:
 
     def decorate(target):
         if isinstance(target, type):  # a model class built from its parsed config: the class is known
+            check_declared(name, role, target)
             _CLASSES[name] = target
             parse = getattr(config, "from_dict", None)
             _BUILDERS[name] = lambda data: target(parse(data)) if parse else target(data)

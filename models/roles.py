@@ -3,20 +3,33 @@
 CLI and every studio menu find it by role: adding a backend is its model file, its configs and its
 tests, with no edit anywhere else.
 
+Each Protocol below lists every member a caller uses, and nothing else. What a backend can do beyond
+its role (stream, draw voices from seeds, fit a voice at test time) it declares in CAPABILITIES, checked
+when it registers (`check_declared`); nothing is found by `hasattr` or by a control's name.
+
 Audio is mono float32 at models.audio.SAMPLE_RATE (22.05 kHz) unless a backend says otherwise.
 """
 
 from __future__ import annotations
 
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
-from typing import Callable, ClassVar, Iterator, Protocol, runtime_checkable
+from typing import Any, Callable, ClassVar, Iterator, Protocol, runtime_checkable
 
 import numpy as np
 import torch
 
 LATENT_CODEC, TOKEN_CODEC, TTS, SPEECH_TO_SPEECH = "latent_codec", "token_codec", "tts", "speech_to_speech"
-SPEAKER_ENCODER, SEMANTIC_TOKENIZER = "speaker_encoder", "semantic_tokenizer"
-ROLES = (LATENT_CODEC, TOKEN_CODEC, TTS, SPEECH_TO_SPEECH, SPEAKER_ENCODER, SEMANTIC_TOKENIZER)
+SPEAKER_ENCODER, SEMANTIC_TOKENIZER, ACOUSTIC_DECODER = "speaker_encoder", "semantic_tokenizer", "acoustic_decoder"
+ROLES = (LATENT_CODEC, TOKEN_CODEC, TTS, SPEECH_TO_SPEECH, SPEAKER_ENCODER, SEMANTIC_TOKENIZER, ACOUSTIC_DECODER)
+
+# What a TTS backend may declare in CAPABILITIES.
+STREAMING = "streaming"                    # StreamingTTS: frames as they are generated, a streaming decoder
+VOICE_SEEDS = "voice_seeds"                # a `voice_seed` control: a voice drawn from a number
+TEST_TIME_TRAINING = "test_time_training"  # AdaptableTTS: fitted to one reference clip, then adapted
+CAPABILITIES = (STREAMING, VOICE_SEEDS, TEST_TIME_TRAINING)
+
+SPEECH_TASKS = ("convert", "enhance", "extract")  # voice conversion, speech enhancement, target speaker extraction
 
 
 @runtime_checkable
@@ -47,21 +60,27 @@ class LatentCodec(Protocol):
 
 @runtime_checkable
 class TokenCodec(Protocol):
-    """Audio <-> discrete tokens (ALMTokenizer): `codebooks` parallel streams of ids."""
+    """Audio <-> discrete tokens (ALMTokenizer): `num_codebooks` parallel streams of ids, at one of the
+    `windows` it was trained for (a window sets the frame rate, hence the bitrate; None: its default)."""
 
     sample_rate: int
-    frame_rate: float  # token frames per second
     num_codebooks: int
     codebook_size: int
+    windows: tuple[int, ...]
 
-    @property
-    def bitrate(self) -> float:
-        """Bits per second: frame_rate x num_codebooks x log2(codebook_size)."""
+    def check_window(self, window: int | None) -> int:
+        """The window to use for `window` (None: the default); one clear line for one it does not serve."""
 
-    def encode_wav(self, wav: np.ndarray) -> np.ndarray:
+    def frame_rate_at(self, window: int | None = None) -> float:
+        """Token frames per second at a window."""
+
+    def bitrate_at(self, window: int | None = None) -> float:
+        """Bits per second at a window: frame rate x num_codebooks x log2(codebook_size)."""
+
+    def encode_wav(self, wav: np.ndarray, window: int | None = None) -> np.ndarray:
         """(samples,) -> int64 tokens (num_codebooks, frames)."""
 
-    def decode_tokens(self, tokens: np.ndarray) -> np.ndarray:
+    def decode_tokens(self, tokens: np.ndarray, window: int | None = None) -> np.ndarray:
         """(num_codebooks, frames) -> (samples,)."""
 
     def embed(self, tokens: np.ndarray) -> np.ndarray:
@@ -81,14 +100,37 @@ class SpeakerEncoder(Protocol):
 
 @runtime_checkable
 class SemanticTokenizer(Protocol):
-    """Audio -> semantic tokens (k-means of self-supervised features): Metis's semantic tokens, and the
-    prior of ALMTokenizer's codebooks."""
+    """Audio -> semantic features and tokens (k-means of self-supervised features): Metis's semantic
+    tokens and the frame-level condition its adapter adds, and the prior of ALMTokenizer's codebooks."""
 
     sample_rate: int
-    frame_rate: float
+    frame_rate: float  # tokens per second
+    vocabulary_size: int
 
-    def tokens_wav(self, wav: np.ndarray) -> np.ndarray:
-        """(samples,) -> (frames,) int64."""
+    def features_wav(self, wavs: list[np.ndarray], sr: int = ...) -> list[torch.Tensor]:
+        """Waveforms -> continuous features (frames, dim) at frame_rate."""
+
+    def tokens_wav(self, wav: np.ndarray, sr: int = ...) -> np.ndarray:
+        """(samples,) -> (frames,) int64 ids below vocabulary_size."""
+
+    def embed(self, tokens: torch.Tensor) -> torch.Tensor:
+        """(frames,) ids -> (frames, dim): the token's point in feature space."""
+
+
+@runtime_checkable
+class AcousticDecoder(Protocol):
+    """Semantic tokens (and an acoustic prompt) -> tokens of a token codec: the second stage of a
+    two-stage generator (Metis's masked acoustic decoder). Its config names the stages it sits between,
+    so a pipeline composes them by name."""
+
+    CONTROLS: ClassVar[dict[str, Control]]
+    codec: str               # the token codec whose tokens it generates
+    semantic_tokenizer: str  # the semantic tokenizer whose tokens it reads
+
+    def generate_tokens(self, semantic: np.ndarray, prompt: np.ndarray | None, seed: int,
+                        controls: dict[str, float]) -> np.ndarray:
+        """semantic (frames,) ids, prompt (num_codebooks, prompt_frames) codec tokens of the voice or None
+        -> (num_codebooks, frames') codec tokens at the codec's default window."""
 
 
 @dataclass
@@ -132,12 +174,13 @@ def number_text(x: float) -> str:
 
 @dataclass
 class TTSRequest:
-    """One sentence to speak. `prompt` is the reference clip's latents in the backend's codec
-    (frames, dim), `prompt_text` its transcript and `reference` its audio (samples,) at 22.05 kHz,
-    for a backend that reads the voice itself (KALL-E's speaker encoder); `cfg` None means no guidance."""
+    """One sentence to speak. `prompt` is the reference clip in the backend's own form (what its
+    `encode_prompt` returned: latents, tokens, ...), `prompt_text` its transcript and `reference` its audio
+    (samples,) at 22.05 kHz, for a backend that reads the voice itself (KALL-E's speaker encoder);
+    `cfg` None means no guidance."""
 
     text: str
-    prompt: torch.Tensor | None = None
+    prompt: Any = None
     prompt_text: str | None = None
     cfg: float | None = 2.0
     seed: int = 0
@@ -146,26 +189,96 @@ class TTSRequest:
 
 
 @runtime_checkable
-class TTSGenerator(Protocol):
-    """Text (and optionally a voice prompt) -> latent frames of its codec, one at a time, so the
-    pipeline can decode offline or stream."""
+class TTSBackend(Protocol):
+    """Text (and optionally a voice prompt) -> a waveform, one sentence at a time. How it gets there
+    (autoregressive latents, masked tokens, anything) is its own; `codec` names the codec checkpoint its
+    output passes through, or is None."""
 
     CONTROLS: ClassVar[dict[str, Control]]
-    codec: str  # the latent codec checkpoint whose frames it generates
+    CAPABILITIES: ClassVar[frozenset[str]]
+    codec: str | None
+
+    def encode_prompt(self, reference: np.ndarray) -> Any:
+        """A reference clip (samples,) -> the prompt a TTSRequest carries for this backend."""
+
+    def synthesize(self, request: TTSRequest, precision: str = "fp32") -> np.ndarray:
+        """The sentence spoken (samples,); empty when the backend decides there is nothing to say.
+        `precision` is the vocoder's (models.vocoder.PRECISIONS) for a backend that ends in one."""
+
+
+@runtime_checkable
+class StreamingTTS(Protocol):
+    """The STREAMING capability: frames as they are generated, decoded at once or chunk by chunk;
+    synthesize() is then decode(frames)."""
 
     def frames(self, request: TTSRequest) -> Iterator[torch.Tensor]:
-        """Latent frames (dim,), unnormalized, until the backend decides the sentence is spoken."""
+        """Frames (dim,) until the backend decides the sentence is spoken."""
+
+    def decode(self, frames: list[torch.Tensor], precision: str = "fp32") -> np.ndarray:
+        """All of a sentence's frames -> (samples,); empty for no frames."""
+
+    def streaming_decoder(self, precision: str = "fp32") -> StreamingDecoder: ...
+
+
+@runtime_checkable
+class AdaptableTTS(Protocol):
+    """The TEST_TIME_TRAINING capability: a weight delta fitted to one voice, applied for a generation."""
+
+    def fit_voice(self, reference: np.ndarray, transcript: str, samples: int, lr: float,
+                  progress: Callable[[int, int], None] | None = None) -> dict[str, torch.Tensor]:
+        """Fit to one reference clip (22.05 kHz) and its transcript on `samples` samples at rate `lr`:
+        the weight delta, the model left as it was."""
+
+    def adapted(self, delta: dict[str, torch.Tensor] | None) -> AbstractContextManager: ...
+
+
+@dataclass
+class SpeechRequest:
+    """One speech-to-speech job. `source` is the speech to convert (convert), the noisy recording
+    (enhance) or the mixture (extract); `reference` the target voice (convert) or the enrollment clip
+    (extract), None for enhance. Audio (samples,) at 22.05 kHz."""
+
+    task: str
+    source: np.ndarray
+    reference: np.ndarray | None = None
+    seed: int = 0
+    controls: dict[str, float] = field(default_factory=dict)  # values of the backend's CONTROLS
 
 
 @runtime_checkable
 class SpeechToSpeech(Protocol):
-    """Speech in, speech out (Metis). A backend implements the tasks it was trained for and lists
-    them in TASKS; the pipeline refuses the others with one line."""
+    """Speech in, speech out (Metis's VC, SE and TSE fine-tunes). One class may serve several tasks
+    through several checkpoints: the tasks a checkpoint serves are its config's `tasks`, so the menus
+    know them without loading it; the pipeline refuses the others with one line."""
 
-    TASKS: ClassVar[tuple[str, ...]]  # among "convert", "enhance", "extract"
+    CONTROLS: ClassVar[dict[str, Control]]
+    tasks: tuple[str, ...]  # among SPEECH_TASKS, from the checkpoint's config
 
-    def convert(self, source: np.ndarray, reference: np.ndarray) -> np.ndarray: ...
+    def transform(self, request: SpeechRequest) -> np.ndarray:
+        """The output speech (samples,)."""
 
-    def enhance(self, noisy: np.ndarray) -> np.ndarray: ...
 
-    def extract(self, mixture: np.ndarray, enrollment: np.ndarray) -> np.ndarray: ...
+CAPABILITY_INTERFACES = {STREAMING: StreamingTTS, TEST_TIME_TRAINING: AdaptableTTS}
+
+
+def check_declared(name: str, role: str, target: type) -> None:
+    """What a backend class declares holds: its controls are Controls, its capabilities are known and
+    each comes with its interface (VOICE_SEEDS with a `voice_seed` control). Called when it registers."""
+    controls = getattr(target, "CONTROLS", {})
+    if not all(isinstance(c, Control) for c in controls.values()):
+        raise TypeError(f"{name}: CONTROLS must map names to models.roles.Control")
+    if role != TTS:
+        return
+    declared = getattr(target, "CAPABILITIES", None)
+    if not isinstance(declared, frozenset):
+        raise TypeError(f"{name}: a TTS backend declares CAPABILITIES, a frozenset of {', '.join(CAPABILITIES)}")
+    if unknown := sorted(declared - set(CAPABILITIES)):
+        raise TypeError(f"{name}: unknown capabilities {', '.join(unknown)} (known: {', '.join(CAPABILITIES)})")
+    for capability in declared:
+        interface = CAPABILITY_INTERFACES.get(capability)
+        members = [m for m in vars(interface) if not m.startswith("_")] if interface else []
+        missing = [m for m in members if not hasattr(target, m)]
+        if missing:
+            raise TypeError(f"{name} declares {capability} but has no {', '.join(sorted(missing))}")
+    if VOICE_SEEDS in declared and "voice_seed" not in controls:
+        raise TypeError(f"{name} declares {VOICE_SEEDS} but has no voice_seed control")

@@ -178,6 +178,10 @@ class SemanticTokenizer(nn.Module):
     def frame_rate(self) -> float:
         return self.config.rate
 
+    @property
+    def vocabulary_size(self) -> int:
+        return self.config.clusters
+
     def standardize(self, features: torch.Tensor) -> torch.Tensor:
         return (features - self.mean) / self.std
 

@@ -110,7 +110,7 @@ class GenerativeHead(nn.Module):
 
 @registry.register("sled", role=TTS, config=SLEDConfig)
 class SLED(LatentLanguageModel):
-    # Sampling settings beyond guidance and seed (models.roles.TTSGenerator)
+    # Sampling settings beyond guidance and seed (models.roles.TTSBackend); it streams (LatentLanguageModel)
     CONTROLS = {"stop_threshold": Control("Stop threshold (stop-head probability that ends the utterance)",
                                           0.05, 0.95, 0.5, 0.05)}
 

@@ -214,6 +214,13 @@ def _with_epilog(parser: argparse.ArgumentParser, epilog: Callable[[], str]) -> 
     return argparse.ArgumentParser.format_help(parser)
 
 
+def _metrics_help() -> str:
+    """The metric registry, for `eval --help`."""
+    from evaluation.metrics import METRICS
+
+    return "metrics:\n" + "\n".join(f"  {name}: {spec.description}" for name, spec in METRICS.items())
+
+
 def _tts_models_help() -> str:
     """The local TTS checkpoints and each one's own options with their ranges, for `tts --help`."""
     from models import pipelines
@@ -232,12 +239,14 @@ def _tts_models_help() -> str:
     return "\n".join(lines)
 
 
-def _model_controls(model: str, extra: list[str]) -> dict[str, float]:
-    """A TTS model's own settings (its CONTROLS) from the options left over, `--voice-seed 7` for voice_seed."""
+def _model_controls(model: str, extra: list[str], controls: dict | None = None,
+                    command: str = "tts") -> dict[str, float]:
+    """A model's own settings (its CONTROLS; a TTS model's unless `controls` are given) from the options
+    left over, `--voice-seed 7` for voice_seed."""
     from models import pipelines
 
-    controls = pipelines.tts_controls(model)
-    parser = _Parser(prog=f"speech-studio tts --model {model}", add_help=False)
+    controls = pipelines.tts_controls(model) if controls is None else controls
+    parser = _Parser(prog=f"speech-studio {command} --model {model}", add_help=False)
     for name, control in controls.items():
         parser.add_argument("--" + name.replace("_", "-"), dest=name, type=_number(float), help=control.label)
     values, unknown = parser.parse_known_args(extra)
@@ -302,6 +311,45 @@ def _tts(args: argparse.Namespace) -> int:
     wav = np.concatenate(list(result)) if args.stream else result  # chunks arrive as they are generated
     audio.save_audio(args.out, wav, audio.SAMPLE_RATE)
     print(json.dumps({"out": str(args.out), **info}, indent=1))
+    return 0
+
+
+def _speech(args: argparse.Namespace) -> int:
+    import json
+
+    from models import audio, pipelines
+
+    _output(args.output, args.overwrite, args.input, args.voice)
+    if (args.task == "enhance") != (args.voice is None):
+        raise ValueError("enhance takes no --voice" if args.voice else f"{args.task} needs --voice (the "
+                         + ("target voice)" if args.task == "convert" else "enrollment clip of the speaker to keep)"))
+    model = args.model or next(iter(pipelines.available_speech_models(args.task)), None)
+    if model is None:
+        raise ValueError(f"no {pipelines.TASK_NAMES[args.task]} backend is installed (train and publish one, "
+                         "e.g. Metis)")
+    settings = _model_controls(model, args.extra, pipelines.speech_controls(model), f"speech {args.task}")
+    wav = audio.load_audio(args.input, audio.SAMPLE_RATE)
+    voice = (audio.load_audio(args.voice, audio.SAMPLE_RATE), audio.SAMPLE_RATE) if args.voice else ()
+    out, info = getattr(pipelines, args.task)(wav, audio.SAMPLE_RATE, *voice, model=model, seed=args.seed, **settings)
+    audio.save_audio(args.output, out, audio.SAMPLE_RATE)
+    print(json.dumps({"out": str(args.output), **info}, indent=1))
+    return 0
+
+
+def _codec_semantic(args: argparse.Namespace) -> int:
+    import json
+
+    from models import audio, pipelines
+
+    _output(args.output, args.overwrite, args.input, args.prompt)
+    settings = _model_controls(args.decoder, args.extra, pipelines.acoustic_decoder_controls(args.decoder),
+                               "codec semantic")
+    wav = audio.load_audio(args.input, audio.SAMPLE_RATE)
+    prompt = audio.load_audio(args.prompt, audio.SAMPLE_RATE) if args.prompt else None
+    out, info = pipelines.semantic_resynthesis(wav, audio.SAMPLE_RATE, args.decoder, prompt, audio.SAMPLE_RATE,
+                                               seed=args.seed, **settings)
+    audio.save_audio(args.output, out, audio.SAMPLE_RATE)
+    print(json.dumps({"out": str(args.output), **info}, indent=1))
     return 0
 
 
@@ -476,6 +524,7 @@ def _probe(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     from models.pipelines import CFG_RANGE, MAX_SEED, SETTINGS, TTT_LR, TTT_LR_RANGE
+    from models.roles import SPEECH_TASKS
 
     parser = _Parser(prog="speech-studio", description=__doc__)
     parser.add_argument("--device", help="cuda, mps or cpu (default: the best available)")
@@ -602,7 +651,7 @@ def build_parser() -> argparse.ArgumentParser:
                          help="store floating-point weights as float16 (half the size; loaded back as float32)")
     publish.set_defaults(run=_publish)
 
-    tts = commands.add_parser("tts", help="text to speech (SLED, KALL-E); a model's own settings are options "
+    tts = commands.add_parser("tts", help="text to speech with any TTS checkpoint; a model's own settings are options "
                                           "too, e.g. --temperature, --voice-seed",
                               formatter_class=argparse.RawDescriptionHelpFormatter)
     tts.format_help = lambda: _with_epilog(tts, _tts_models_help)  # models are read only when help is asked
@@ -627,6 +676,18 @@ def build_parser() -> argparse.ArgumentParser:
     tts.add_argument("--out", help="output .wav, .flac or .ogg (22.05 kHz)")
     tts.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
     tts.set_defaults(run=_tts, takes_model_options=True)
+
+    speech = commands.add_parser("speech", help="speech to speech: convert a voice, enhance a noisy recording, "
+                                                "extract a speaker from a mixture; a model's own settings are "
+                                                "options too")
+    speech.add_argument("task", choices=SPEECH_TASKS)
+    speech.add_argument("input", help="the speech to convert, the noisy recording, or the mixture")
+    speech.add_argument("output", help="output .wav, .flac or .ogg (22.05 kHz)")
+    speech.add_argument("--voice", help="convert: the target voice; extract: an enrollment clip of the speaker")
+    speech.add_argument("--model", help="a checkpoint that serves the task (default: the first local one)")
+    speech.add_argument("--seed", type=_number(int, 0, MAX_SEED), help="random seed (default: drawn and printed)")
+    speech.add_argument("--overwrite", action="store_true", help="replace the output file if it exists")
+    speech.set_defaults(run=_speech, takes_model_options=True)
 
     codec = commands.add_parser("codec", help="encode and decode audio through a codec")
     codec_commands = codec.add_subparsers(dest="codec_command", required=True, metavar="ACTION")
@@ -657,15 +718,28 @@ def build_parser() -> argparse.ArgumentParser:
     decode.add_argument("--overwrite", action="store_true", help="replace the output file if it exists")
     decode.set_defaults(run=_codec_decode)
 
-    evaluate = commands.add_parser("eval", help="score systems on a manifest (resumable, shardable)")
+    semantic_codec = codec_commands.add_parser(
+        "semantic", help="audio -> semantic tokens -> an acoustic decoder's codec tokens -> audio (what the "
+                         "semantic tokens keep); the decoder's own settings are options too")
+    semantic_codec.add_argument("input", help="audio file")
+    semantic_codec.add_argument("output", help="output .wav, .flac or .ogg (22.05 kHz)")
+    semantic_codec.add_argument("--decoder", required=True, help="an acoustic-decoder checkpoint name or folder")
+    semantic_codec.add_argument("--prompt", help="a clip whose voice the decoder continues")
+    semantic_codec.add_argument("--seed", type=_number(int, 0, MAX_SEED), help="random seed (default: drawn)")
+    semantic_codec.add_argument("--overwrite", action="store_true", help="replace the output file if it exists")
+    semantic_codec.set_defaults(run=_codec_semantic, takes_model_options=True)
+
+    evaluate = commands.add_parser("eval", help="score systems on a manifest (resumable, shardable)",
+                                   formatter_class=argparse.RawDescriptionHelpFormatter)
     evaluate.add_argument("--manifest", required=True, help="seed-tts-eval .lst or JSONL (corpus or task set)")
     evaluate.add_argument("--split", help="only rows of this split (corpus manifests)")
     evaluate.add_argument("--system", action="append", required=True, metavar="NAME[=DIR_OR_MODEL]",
                           help="gt, input, vocoder, NAME=FOLDER of <utt>.wav, NAME=CODEC_CHECKPOINT, or "
-                               "NAME=TTS_CHECKPOINT[:cfg=2:seed=0:stop=0.5]; repeat or comma-separate")
+                               "NAME=TTS_CHECKPOINT[:cfg=2:seed=0:stop=0.5], NAME=SPEECH_CHECKPOINT[:seed=0]; "
+                               "repeat or comma-separate")
     evaluate.add_argument("--metrics", default="wer,sim",
-                          help="comma list of wer, sim, sim_ecapa, sim_wavlm, pesq, stoi, sisdr, dnsmos, latent "
-                               "(rtf is measured whenever a system generates)")
+                          help="comma list of the metrics listed below (rtf is measured whenever a system generates)")
+    evaluate.format_help = lambda: _with_epilog(evaluate, _metrics_help)  # the registry is read only for help
     evaluate.add_argument("--out", required=True, help="run folder for results, audio and reports")
     evaluate.add_argument("--resume", action="store_true", help="continue a run, skipping finished units")
     evaluate.add_argument("--shard", metavar="I/N", help="this process takes every N-th item from I "

@@ -18,15 +18,17 @@ def default_testsets() -> dict[str, str]:
 
 
 def default_systems() -> list[str]:
-    """Ground truth, the vocoder ceiling, the installed classical codecs, every local latent codec and TTS
-    checkpoint, and every local token codec at each bitrate it serves."""
-    from models import classical_codecs, pipelines
+    """Ground truth, the vocoder ceiling, the installed classical codecs, every local latent codec, TTS and
+    speech-to-speech checkpoint, and every local token codec at each bitrate it serves."""
+    from models import classical_codecs, pipelines, registry
+    from models.roles import SPEECH_TO_SPEECH
 
     classical = [name for name, codec in classical_codecs.CODECS.items() if codec.available() is None]
     tokens = [f"{name}_w{w}={name}:window={w}" for name in pipelines.available_token_codecs()
               for w in pipelines.codec_windows(name)]
     return ["gt", "vocoder", *classical] + [f"{name}={name}" for name in pipelines.available_latent_codecs()] + \
-        tokens + [f"{name}={name}" for name in pipelines.available_tts_models()]
+        tokens + [f"{name}={name}" for name in pipelines.available_tts_models()] + \
+        [f"{name}={name}" for name in registry.checkpoints_with_role(SPEECH_TO_SPEECH)]
 
 
 @dataclass

@@ -11,6 +11,7 @@ import numpy as np
 
 from models import audio, pipelines
 from models.registry import ASSETS, pick_device
+from models.roles import TEST_TIME_TRAINING, VOICE_SEEDS
 from studio import voices
 from studio.common import gpu, mel_figure, reference_voice, to_gradio_audio, tts_model_menu, user_errors, visitor
 from studio.config import StudioConfig
@@ -148,11 +149,16 @@ def declared_controls(model: str | None) -> set[str]:
         return set()
 
 
-def fits_voices(model: str | None) -> bool:
+def capabilities(model: str | None) -> frozenset[str]:
+    """What the selected model declares it can do (none for an unknown model)."""
     try:
-        return bool(model) and pipelines.fits_voices(model)
+        return pipelines.tts_capabilities(model) if model else frozenset()
     except ValueError:
-        return False
+        return frozenset()
+
+
+def fits_voices(model: str | None) -> bool:
+    return TEST_TIME_TRAINING in capabilities(model)
 
 
 def visible_controls(model: str | None):
@@ -160,7 +166,7 @@ def visible_controls(model: str | None):
     test-time-training box, when the model has them."""
     declared = declared_controls(model)
     updates = [gr.update(visible=name in declared) for name in sampling_names()]
-    return updates + [gr.update(visible="voice_seed" in declared), gr.update(visible=fits_voices(model))]
+    return updates + [gr.update(visible=VOICE_SEEDS in capabilities(model)), gr.update(visible=fits_voices(model))]
 
 
 def random_voice() -> int:
@@ -215,7 +221,7 @@ def build(config: StudioConfig) -> None:
                 declared = declared_controls(model.value)
                 sliders = [setting_widget(specs[name], visible=name in declared) for name in sampling_names()]
                 # Columns, not Groups: a Group draws its buttons as thin strips over grey blocks.
-                with gr.Column(visible="voice_seed" in declared) as voice_tools:
+                with gr.Column(visible=VOICE_SEEDS in capabilities(model.value)) as voice_tools:
                     with gr.Row(equal_height=True):
                         saved = gr.Dropdown(voices.menu({}, library), value=None, label="Saved voices",
                                             allow_custom_value=True, scale=3)  # checked by voices.pick

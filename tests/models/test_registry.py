@@ -1,4 +1,5 @@
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -48,6 +49,22 @@ def test_name_resolves_under_checkpoint_dir(tmp_path, monkeypatch):
     assert registry.list_checkpoints("other_kind") == []
     first = registry.load_model("mine", device="cpu")
     assert registry.load_model("mine", device="cpu") is first  # resident, loaded once
+    registry.release("model")
+
+
+def test_resident_models_beyond_the_limit_are_released_least_recently_used_first(tmp_path, monkeypatch):
+    monkeypatch.setattr(registry, "CHECKPOINT_DIR", tmp_path)
+    monkeypatch.setattr(registry, "MAX_RESIDENT_MODELS", 2)
+    registry.release("model")
+    for name in ("a", "b", "c"):
+        registry.save_checkpoint(build_tiny({"dim": 2}), {"model": "tiny_test_model", "dim": 2}, CARD, tmp_path / name)
+    a = registry.load_model("a", "cpu")
+    registry.load_model("b", "cpu")
+    assert registry.load_model("a", "cpu") is a  # used again: now b is the least recent
+    registry.load_model("c", "cpu")
+    loaded = {Path(key[1]).name for key in registry._RESIDENT if key[0] == "model"}
+    assert loaded == {"a", "c"}
+    assert registry.load_model("b", "cpu") is not None and registry.load_model("a", "cpu") is not a  # reloaded
     registry.release("model")
 
 

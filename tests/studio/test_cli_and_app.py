@@ -8,6 +8,7 @@ import soundfile as sf
 
 from evaluation.metrics import pesq_score
 from models.audio import load_audio
+from models.pipelines import fitted_voices
 from studio import cli
 from tests.conftest import REPO
 
@@ -188,7 +189,7 @@ def test_voice_seed_tools_and_test_time_training_in_the_synthesize_tab(kalle_run
     assert not np.array_equal(speak(7)[0][1], a)
 
     pipelines.clear_fitted_voices()
-    monkeypatch.setattr(pipelines, "TTT_CHECK_RATIO", (0.0, float("inf")))  # the tiny model's lengths are noise
+    monkeypatch.setattr(fitted_voices, "TTT_CHECK_RATIO", (0.0, float("inf")))  # the tiny model's lengths are noise
     status, use = tab.fit_voice(str(kalle_run), str(arctic_path), "and you always want to see it", 16, owner="a")
     assert use and "fitted in" in status
     row = [values[name] for name in names]
@@ -210,7 +211,7 @@ def test_a_fit_that_changes_the_check_sentence_length_is_refused(kalle_run, arct
     from studio.tabs import synthesize as tab
 
     monkeypatch.setattr(pipelines, "all_tts_controls", lambda: dict(KALLE.CONTROLS))
-    monkeypatch.setattr(pipelines, "TTT_CHECK_RATIO", (50.0, 60.0))  # no fit passes
+    monkeypatch.setattr(fitted_voices, "TTT_CHECK_RATIO", (50.0, 60.0))  # no fit passes
     pipelines.clear_fitted_voices()
     transcript = "and you always want to see it"
     status, use = tab.fit_voice(str(kalle_run), str(arctic_path), transcript, 16)
@@ -259,7 +260,7 @@ def test_a_fit_that_speaks_the_check_sentences_worse_is_refused(kalle_run, arcti
     model's and at least as like the reference."""
     from models import audio, pipelines
 
-    monkeypatch.setattr(pipelines, "TTT_CHECK_RATIO", (0.0, float("inf")))  # the tiny model's lengths are noise
+    monkeypatch.setattr(fitted_voices, "TTT_CHECK_RATIO", (0.0, float("inf")))  # the tiny model's lengths are noise
     pipelines.clear_fitted_voices()
     ref = audio.load_audio(arctic_path, audio.SAMPLE_RATE)
     judges = _judges(heard, likeness)

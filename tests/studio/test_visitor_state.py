@@ -6,6 +6,7 @@ import json
 import numpy as np
 import pytest
 
+from models.pipelines import fitted_voices
 from studio import voices
 
 
@@ -57,11 +58,11 @@ def test_visitors_do_not_share_saved_or_fitted_voices(served_studio):
         b.predict("Narrator One", {}, api_name="/pick_voice")
 
     pipelines.clear_fitted_voices()
-    pipelines._FITTED[a.session_hash, "voice"] = ({"weight": np.zeros(1)}, {})  # as fit_voice leaves it
+    fitted_voices._FITTED[a.session_hash, "voice"] = ({"weight": np.zeros(1)}, {})  # as fit_voice leaves it
     assert b.predict(api_name="/clear_fitted_voices")[0] == "Cleared your 0 fitted voices."
-    assert (a.session_hash, "voice") in pipelines._FITTED
+    assert (a.session_hash, "voice") in fitted_voices._FITTED
     assert a.predict(api_name="/clear_fitted_voices")[0] == "Cleared your 1 fitted voice."
-    assert not pipelines._FITTED
+    assert not fitted_voices._FITTED
 
 
 def test_held_voices_must_be_an_object_and_the_data_folder_is_never_a_visitor_path(tmp_path):

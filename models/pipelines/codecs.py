@@ -1,0 +1,137 @@
+"""Codecs: the menus of what can code speech, analysis-resynthesis through any of them, and their latent
+or token view of a recording."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+
+from models import audio, classical_codecs, registry
+from models.pipelines.common import checkpoint_model
+from models.roles import LATENT_CODEC, TOKEN_CODEC
+from models.vocoder import get_vocoder
+
+# Built in: the vocoder's analysis-resynthesis and the classical baselines; trained codecs are checkpoints
+# of the latent- or token-codec role.
+CODECS = ("vocoder", *classical_codecs.CODECS)
+
+
+def available_codecs() -> list[str]:
+    """The built-in codecs plus every local codec checkpoint, latent and token (for menus)."""
+    return list(CODECS) + available_latent_codecs() + available_token_codecs()
+
+
+def available_latent_codecs() -> list[str]:
+    """Every local latent codec checkpoint (for menus of what has latents to explore)."""
+    return registry.checkpoints_with_role(LATENT_CODEC)
+
+
+def available_token_codecs() -> list[str]:
+    """Every local token codec checkpoint (ALMTokenizer)."""
+    return registry.checkpoints_with_role(TOKEN_CODEC)
+
+
+def is_token_codec(codec: str) -> bool:
+    return codec not in CODECS and registry.checkpoint_role(codec) == TOKEN_CODEC
+
+
+def token_codec(codec: str, device: str | None = None):
+    """The resident token codec behind a checkpoint name (models.roles.TokenCodec)."""
+    return checkpoint_model(codec, TOKEN_CODEC, device)[0]
+
+
+def latent_codec(codec: str, device: str | None = None):
+    """The resident latent codec behind a checkpoint name (models.roles.LatentCodec)."""
+    return checkpoint_model(codec, LATENT_CODEC, device, CODECS)[0]
+
+
+def codec_windows(codec: str) -> tuple[int, ...]:
+    """The windows (bitrates) a token codec checkpoint serves; () for any other codec."""
+    return tuple(token_codec(codec).windows) if is_token_codec(codec) else ()
+
+
+def codec_bitrate(codec: str, window: int | None = None, device: str | None = None) -> float | None:
+    """Bits per second of a codec (at a token codec's window); None for the vocoder and latent codecs,
+    whose frames are continuous."""
+    if codec in classical_codecs.CODECS:
+        return classical_codecs.CODECS[codec].bitrate
+    return token_codec(codec, device).bitrate_at(window) if is_token_codec(codec) else None
+
+
+def fit_length(wav: np.ndarray, length: int) -> np.ndarray:
+    """Cut or zero-pad a decoded waveform to the input's length (codecs pad to whole frames)."""
+    return wav[:length] if len(wav) >= length else np.pad(wav, (0, length - len(wav)))
+
+
+def reconstruct(
+    wav: np.ndarray, sr: int, codec: str = "vocoder", device: str | None = None,
+    max_seconds: float | None = audio.MAX_SECONDS, window: int | None = None,
+) -> tuple[np.ndarray, dict]:
+    """Analysis-resynthesis through a codec; returns (audio at 22.05 kHz, info).
+
+    "vocoder" is the mel -> HiFi-GAN round trip, the ceiling for every mel-based model; a classical
+    codec (Codec 2, Opus) runs its reference tools; a latent codec decodes its posterior mean; a token
+    codec its tokens at `window` (its bitrate; default the checkpoint's).
+    """
+    wav = audio.prepare_audio(wav, sr, max_seconds=max_seconds, name="input audio")
+    tokens_codec = is_token_codec(codec)
+    if window is not None and not tokens_codec:
+        raise ValueError(f"only a token codec takes a window (bitrate); {codec} is not one")
+    extra: dict = {}
+    if codec == "vocoder":
+        vocoder = get_vocoder(device)
+        run_device = str(vocoder.device)
+        start = time.perf_counter()
+        out = vocoder.resynthesize(wav)
+    elif codec in classical_codecs.CODECS:
+        run_device, start = "cpu", time.perf_counter()
+        out, bits = classical_codecs.CODECS[codec].roundtrip(wav)
+        extra = {"bitrate": classical_codecs.CODECS[codec].bitrate, "coded_bits": bits}
+    elif tokens_codec:
+        model = token_codec(codec, device)
+        window = model.check_window(window)
+        run_device = str(next(model.parameters()).device)
+        start = time.perf_counter()
+        tokens = model.encode_wav(wav, window)
+        out = fit_length(model.decode_tokens(tokens, window), len(wav))
+        extra = {"window": window, "bitrate": round(model.bitrate_at(window), 1), "tokens": list(tokens.shape)}
+    else:
+        model = latent_codec(codec, device)
+        run_device = str(next(model.parameters()).device)
+        start = time.perf_counter()
+        mu, _ = model.encode_wav(wav)
+        out = model.decode_wav(mu)  # the posterior mean: reconstruction without sampling noise
+    seconds = time.perf_counter() - start
+    duration = len(wav) / audio.SAMPLE_RATE
+    return out, {
+        "codec": codec, "device": run_device, "input_seconds": round(duration, 3),
+        "wall_seconds": round(seconds, 3), "rtf": round(seconds / duration, 4), **extra,
+    }
+
+
+def encode_latents(
+    wav: np.ndarray, sr: int, codec: str = "vocoder", device: str | None = None,
+    max_seconds: float | None = audio.MAX_SECONDS,
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """A codec's latent frames for one recording: (mean (frames, dims), std or None).
+
+    A variational codec gives its posterior mean and standard deviation; the "vocoder"
+    codec's latents are its 80-band log-mel frames, deterministic (std None).
+    """
+    wav = audio.prepare_audio(wav, sr, max_seconds=max_seconds, name="input audio")
+    if codec == "vocoder":
+        return get_vocoder(device).analyze(wav).T.cpu().numpy(), None
+    return latent_codec(codec, device).encode_wav(wav)
+
+
+def encode_tokens(
+    wav: np.ndarray, sr: int, codec: str, device: str | None = None, window: int | None = None,
+    max_seconds: float | None = audio.MAX_SECONDS,
+) -> tuple[np.ndarray, np.ndarray]:
+    """A token codec's view of one recording: its tokens (codebooks, frames) and what they stand for,
+    the summed codewords (frames, dim), for statistics and plots."""
+    wav = audio.prepare_audio(wav, sr, max_seconds=max_seconds, name="input audio")
+    model = token_codec(codec, device)
+    tokens = model.encode_wav(wav, window)
+    return tokens, model.embed(tokens)

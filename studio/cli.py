@@ -602,7 +602,7 @@ def build_parser() -> argparse.ArgumentParser:
     fit.add_argument("--corpus", required=True, help="folder with the corpus manifest.jsonl")
     fit.add_argument("--out", required=True, help="checkpoint folder to write")
     fit.add_argument("--rate", type=_number(float, 1, 50), default=25.0, help="tokens per second")
-    fit.add_argument("--clusters", type=_number(int, 2, 2048), default=1024)
+    fit.add_argument("--clusters", type=_number(int, 2, 16384), default=1024)
     fit.add_argument("--encoder", default="whisper-tiny.en",
                      help="whisper-tiny.en (offline), or a Hugging Face id[@layer]: facebook/w2v-bert-2.0@17")
     fit.add_argument("--max-utterances", type=_number(int, 10, None), default=4000,

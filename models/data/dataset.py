@@ -34,6 +34,7 @@ class Feature:
     frames_per_second: float
     source: "Feature | None" = None
     cached: bool = True  # False: a random transform, computed afresh at every read
+    integer: bool = False  # ids (tokens): cached and read as integers, exact for any vocabulary
 
 
 MEL = Feature("mel", lambda wav: audio.mel_spectrogram(wav),
@@ -75,31 +76,40 @@ class SpeechDataset(torch.utils.data.Dataset):
         return self.cache / feature.name / f"{row['id']}.npy" if self.cache and feature.cached else None
 
     def store(self, row: dict, value: torch.Tensor, feature: Feature | None = None) -> torch.Tensor:
-        """Cache a row's computed feature (fp16, written atomically); returns what a cache hit will read."""
+        """Cache a row's computed feature (fp16, or int32 ids for an integer feature; written atomically);
+        returns what a cache hit will read."""
+        feature = feature or self.feature
         cached = self.cache_path(row, feature)
+        if feature.integer:
+            value = value.long()
         if cached is None:
             return value
-        stored = value.numpy().astype(np.float16)
+        stored = value.numpy().astype(np.int32 if feature.integer else np.float16)
         with atomic_path(cached) as tmp:
             np.save(tmp, stored)
-        return torch.from_numpy(stored.astype(np.float32))
+        return _read(stored, feature)
 
     def features(self, row: dict, feature: Feature | None = None) -> torch.Tensor:
         feature = feature or self.feature
         cached = self.cache_path(row, feature)
         if cached is not None and cached.is_file():
-            return torch.from_numpy(np.load(cached, allow_pickle=False).astype(np.float32))
+            return _read(np.load(cached, allow_pickle=False), feature)
         if feature.source is not None:
-            value = feature.compute(self.features(row, feature.source)).float().cpu()
+            value = feature.compute(self.features(row, feature.source)).cpu()
         else:
             wav = audio.load_audio(mf.resolve_audio(self.manifest, row["path"]), audio.SAMPLE_RATE, max_seconds=None)
-            value = feature.compute(wav).float().cpu()
+            value = feature.compute(wav).cpu()
+        value = value if feature.integer else value.float()
         return self.store(row, value, feature)  # the same values a cache hit returns
 
     def __getitem__(self, index: int) -> dict:
         row = self.rows[index]
         return {"id": row["id"], "speaker": self.speaker_index[row["speaker"]],
                 "text": torch.tensor(self.text_ids(row), dtype=torch.long), "features": self.features(row)}
+
+
+def _read(stored: np.ndarray, feature: Feature) -> torch.Tensor:
+    return torch.from_numpy(stored.astype(np.int64 if feature.integer else np.float32))
 
 
 def collate(items: list[dict]) -> dict:

@@ -71,6 +71,7 @@ class TrainConfig:
     val_samples: int = 6  # utterances decoded to audio and scored at each validation
     init_from: str | None = None  # start from this checkpoint's weights (a registry name or folder): fine-tuning
     freeze: tuple[str, ...] = ()  # parameter-name prefixes left untouched, e.g. [encoder, flow]
+    trainable: tuple[str, ...] = ()  # or the other way round: only these prefixes train (a LoRA, an adapter)
     # With init_from: copy only the parameters under these name prefixes, from a checkpoint that may be of
     # another model sharing them (KALL-E's transformer from SLED's); empty copies everything, strictly.
     init_modules: tuple[str, ...] = ()
@@ -133,6 +134,27 @@ def load_config(path: str | os.PathLike) -> dict:
 
 
 # ------------------------------------------------------------------------- tasks
+
+
+def unwrap(model: torch.nn.Module) -> torch.nn.Module:
+    """The model inside a DDP wrapper, or the model itself: what a recipe reads attributes and calls
+    methods on (a forward that must average gradients still goes through `model`)."""
+    return model.module if isinstance(model, torch.nn.parallel.DistributedDataParallel) else model
+
+
+def frozen_parameters(model: torch.nn.Module, train: TrainConfig, name: str) -> list[torch.nn.Parameter]:
+    """The parameters a run leaves untouched: those under `freeze`, or all but those under `trainable`
+    (one of the two); a prefix that matches no parameter is an error naming it."""
+    if train.freeze and train.trainable:
+        raise ValueError("train.freeze and train.trainable: give one of the two")
+    named = list(model.named_parameters())
+    for key, prefixes in (("freeze", train.freeze), ("trainable", train.trainable)):
+        unmatched = [p for p in prefixes if not any(n.startswith(p) for n, _ in named)]
+        if unmatched:
+            raise ValueError(f"train.{key} {unmatched} matches no parameter of {name}")
+    if train.trainable:
+        return [p for n, p in named if not n.startswith(tuple(train.trainable))]
+    return [p for n, p in named if n.startswith(tuple(train.freeze))] if train.freeze else []
 
 
 class Task:
@@ -386,10 +408,7 @@ class Trainer:
         model = self.task.build().to(device)
         if t.init_from:
             initialize(model, registry.resolve(t.init_from) / registry.WEIGHTS, t.init_modules)
-        frozen = [p for name, p in model.named_parameters() if name.startswith(tuple(t.freeze))] if t.freeze else []
-        if t.freeze and not frozen:
-            raise ValueError(f"train.freeze {list(t.freeze)} matches no parameter of {self.task_name}")
-        for parameter in frozen:
+        for parameter in frozen_parameters(model, t, self.task_name):
             parameter.requires_grad_(False)
         discriminator = self.task.discriminator()
         modules = {"model": model}
@@ -552,6 +571,8 @@ class Trainer:
                                        **{k: v for k, v in registry.read_card(base / registry.CARD).items()
                                           if k in ("steps", "wall_time_s", "device", "audio_seen_hours")},
                                        "frozen": list(self.train.freeze)}
+            if self.train.trainable:
+                card["fine_tuned_from"]["trained_only"] = list(self.train.trainable)
             if self.train.init_modules:
                 card["fine_tuned_from"]["modules"] = list(self.train.init_modules)
         config = {"model": self.task_name, **self.config["model"]}

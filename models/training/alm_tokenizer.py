@@ -40,7 +40,7 @@ from models.data.manifest import resolve_audio
 from models.files import atomic_path, write_text_atomic
 from models.modules import Transformer, sequence_mask
 from models.semantic_tokenizer import pool
-from models.training import Scorers, Task, task
+from models.training import Scorers, Task, task, unwrap
 from models.training.semantic import semantic_feature
 from models.vocoder import get_vocoder
 
@@ -247,7 +247,7 @@ class ALMTokenizerTask(Task):
 
     def losses(self, model: nn.Module, batch: dict, step: int) -> tuple[torch.Tensor, dict, None]:
         c = self.config
-        core = model.module if hasattr(model, "module") else model
+        core = unwrap(model)
         mel, lengths = batch["features"], batch["feature_lengths"]
         mask = sequence_mask(lengths, mel.shape[-1]).unsqueeze(1).to(mel.dtype)
         window = self.window(step) if model.training else c.window

@@ -17,7 +17,7 @@ from tqdm import tqdm
 from models import audio, registry
 from models.data.dataset import MEL, Feature, SpeechDataset
 from models.kalle import KALLE, KALLEConfig
-from models.training import Scorers, Task, task
+from models.training import Scorers, Task, task, unwrap
 from models.training.latents import codec_latents, fit_latent_statistics, voice_sequences, weights_digest
 
 SEGMENT_SECONDS = 3.0
@@ -83,7 +83,7 @@ class KALLETask(Task):
         return torch.stack(out)
 
     def losses(self, model: nn.Module, batch: dict, step: int) -> tuple[torch.Tensor, dict, None]:
-        core = model.module if hasattr(model, "module") else model
+        core = unwrap(model)
         c = self.config
         texts, features = voice_sequences(batch, c.prompt_pairs, c.text_dropout, core.null_id,
                                           core.frontend.symbols.encode(" "), step)

@@ -38,13 +38,14 @@ def semantic_feature(encoder: str = WHISPER) -> Feature:
 
 
 def token_feature(tokenizer: str, model: SemanticTokenizer) -> Feature:
-    """A tokenizer's ids (1, frames), computed from the cached features (ids below 2048 are exact in fp16)."""
+    """A tokenizer's ids (1, frames), computed from the cached features, cached as integers."""
     source = semantic_feature(model.config.encoder)
 
     def compute(features: torch.Tensor) -> torch.Tensor:
-        return model.tokens(pool(features.T, source.frames_per_second, model.config.rate)).float()[None]
+        return model.tokens(pool(features.T, source.frames_per_second, model.config.rate))[None]
 
-    return Feature(f"semantic_tokens_{Path(tokenizer).name}", compute, model.config.rate, source=source)
+    return Feature(f"semantic_tokens_{Path(tokenizer).name}", compute, model.config.rate, source=source,
+                   integer=True)
 
 
 def dataset(corpus: str | Path, feature: Feature, splits: tuple[str, ...]) -> SpeechDataset:

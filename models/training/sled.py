@@ -13,7 +13,7 @@ from torch import nn
 from models import audio, registry
 from models.data.dataset import Feature, SpeechDataset
 from models.sled import SLED, SLEDConfig, diagonal_alignment, energy_distance
-from models.training import Scorers, Task, task
+from models.training import Scorers, Task, task, unwrap
 from models.training.latents import codec_latents, fit_latent_statistics, voice_sequences
 
 
@@ -55,7 +55,7 @@ class SLEDTask(Task):
         return texts, [f[:, : c.latent_dim] for f in features]
 
     def losses(self, model: nn.Module, batch: dict, step: int) -> tuple[torch.Tensor, dict, None]:
-        core = model.module if hasattr(model, "module") else model
+        core = unwrap(model)
         texts, latents = self.sequences(core, batch, step)
         if model is core:
             out = core.loss(texts, latents)

@@ -12,7 +12,7 @@ from torch.nn import functional as F
 
 from models.data.dataset import SpeechDataset
 from models.speaker_encoder import SpeakerEncoder, SpeakerEncoderConfig
-from models.training import Task, task
+from models.training import Task, task, unwrap
 
 
 def additive_angular_margin(embeddings: torch.Tensor, weights: torch.Tensor, labels: torch.Tensor,
@@ -62,7 +62,7 @@ class SpeakerEncoderTask(Task):
         return model.encoder
 
     def losses(self, model: nn.Module, batch: dict, step: int) -> tuple[torch.Tensor, dict, None]:
-        core = model.module if hasattr(model, "module") else model
+        core = unwrap(model)
         embeddings = model(batch["features"])
         loss, accuracy = additive_angular_margin(embeddings, core.directions, batch["speaker"].to(embeddings.device),
                                                  self.margin, self.scale)

@@ -40,3 +40,14 @@ def test_collate_pads_and_reports_lengths(mini):
 
 def test_mel_feature_rate():
     assert MEL.frames_per_second == pytest.approx(22050 / 256)
+
+
+def test_integer_features_are_cached_exactly_whatever_the_vocabulary(mini, tmp_path):
+    """Token ids went through the fp16 cache, exact only up to 2048."""
+    from models.data.dataset import Feature
+
+    ids = Feature("ids", lambda wav: torch.full((1, 5), 70_001), 10.0, source=None, integer=True)
+    dataset = SpeechDataset(mini[0] / "manifest.jsonl", splits=("train",), feature=ids, cache_dir=tmp_path)
+    first, again = dataset[0]["features"], dataset[0]["features"]  # computed, then read from the cache
+    assert first.dtype == again.dtype == torch.int64 and int(first.max()) == int(again.max()) == 70_001
+    assert np.load(tmp_path / "ids" / f"{dataset.rows[0]['id']}.npy").dtype == np.int32

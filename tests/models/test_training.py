@@ -197,3 +197,17 @@ def test_configs_refuse_an_unknown_key_naming_it_and_the_file(tmp_path):
         with pytest.raises(ValueError, match=re.escape(fragment)) as error:
             load_config(path)
         assert str(path) in str(error.value) and len(str(error.value).splitlines()) == 1
+
+
+def test_trainable_is_the_allow_list_beside_freeze():
+    from models.training import TrainConfig, frozen_parameters
+
+    model = torch.nn.ModuleDict({"encoder": torch.nn.Linear(2, 2), "adapter": torch.nn.Linear(2, 2)})
+    only = frozen_parameters(model, TrainConfig.from_dict({"trainable": ["adapter"]}), "m")
+    assert {id(p) for p in only} == {id(p) for p in model["encoder"].parameters()}
+    assert {id(p) for p in frozen_parameters(model, TrainConfig.from_dict({"freeze": ["adapter"]}), "m")} == \
+        {id(p) for p in model["adapter"].parameters()}
+    with pytest.raises(ValueError, match=r"train.trainable \['lora'\] matches no parameter of m"):
+        frozen_parameters(model, TrainConfig.from_dict({"trainable": ["lora"]}), "m")
+    with pytest.raises(ValueError, match="give one of the two"):
+        frozen_parameters(model, TrainConfig.from_dict({"trainable": ["adapter"], "freeze": ["encoder"]}), "m")

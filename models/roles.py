@@ -101,7 +101,8 @@ class SpeakerEncoder(Protocol):
 @runtime_checkable
 class SemanticTokenizer(Protocol):
     """Audio -> semantic features and tokens (k-means of self-supervised features): Metis's semantic
-    tokens and the frame-level condition its adapter adds, and the prior of ALMTokenizer's codebooks."""
+    tokens and the frame-level condition its adapter adds (ALMTokenizer's prior quantizes the same
+    features with its own residual k-means)."""
 
     sample_rate: int
     frame_rate: float  # tokens per second

@@ -1,5 +1,7 @@
-"""Semantic features and semantic tokens: one tokenizer, built once, shared by ALMTokenizer (its
-semantic-prior codebooks) and Metis (its semantic tokens).
+"""Semantic features and semantic tokens. The features are shared: ALMTokenizer's semantic prior and
+Metis's semantic tokens both quantize them. The tokenizer here (one flat k-means at a fixed rate) is
+Metis's; the prior is a residual k-means at the codec's query rate, fitted in its recipe
+(docs/alm_tokenizer.md says why they differ).
 
     features   the Whisper tiny.en encoder (384 dims, 50 Hz), offline through CTranslate2; online, a
                Hugging Face SSL model (w2v-BERT 2.0 layer 17, what Metis reads) through transformers

@@ -92,52 +92,93 @@ def _vocode(args: argparse.Namespace) -> int:
     return 0
 
 
-def _bench(args: argparse.Namespace) -> int:
+def _bench_vocoder(args: argparse.Namespace) -> dict:
     from evaluation import bench
     from models.registry import ASSETS
 
-    if args.target in ("tts", "studio"):
-        args.model = args.model or "sled"
-    if args.target == "tts":
-        result = bench.bench_tts(args.model, (args.text,) if args.text else bench.BENCH_TEXTS, cfg=args.cfg)
-    elif args.target == "codec":
-        if not args.manifest:
-            raise ValueError("bench codec needs --manifest (e.g. data/corpus/eval/tts_heldout.lst)")
-        result = bench.bench_codec(args.model or "flow_vae", args.manifest, per_speaker=args.per_speaker)
-    elif args.target == "tokens":
-        if not args.model:
-            raise ValueError("bench tokens needs --model (a token codec checkpoint, e.g. alm_tokenizer)")
-        result = bench.bench_token_codec(args.model, args.input or ASSETS / "audio" / "arctic_a0007.wav",
-                                         repeats=args.repeats)
-    elif args.target == "voices":
-        from evaluation.voice_seeds import voice_seed_report
+    return bench.bench_vocoder(args.input or ASSETS / "audio" / "arctic_a0007.wav", repeats=args.repeats,
+                               precision=args.precision)
 
-        if not args.model:
-            raise ValueError("bench voices needs --model (a TTS checkpoint with voice seeds, e.g. kalle)")
-        result = voice_seed_report(args.model, seeds=args.seeds, corpus=args.corpus, cfg=args.cfg,
-                                   log=lambda line: print(line, file=sys.stderr))
-    elif args.target == "studio":
-        from studio import bench as studio_bench
 
-        result = {**studio_bench.launch_time(), "hardware": bench.hardware(),
-                  "synthesis": studio_bench.ui_latency(args.model, args.text or bench.BENCH_TEXT, args.repeats,
-                                                       cfg=args.cfg)}
-    elif args.target == "arena":
-        from studio import bench as studio_bench
+def _bench_tts(args: argparse.Namespace) -> dict:
+    from evaluation import bench
 
-        result = studio_bench.arena_load(voters=args.voters, votes=args.votes)
-    elif args.target == "defaults":
-        from studio import bench as studio_bench
+    return bench.bench_tts(args.model or "sled", (args.text,) if args.text else bench.BENCH_TEXTS, cfg=args.cfg)
 
-        result = studio_bench.tab_defaults()
-    elif args.target == "upload":
-        from studio import bench as studio_bench
 
-        result = studio_bench.upload_limit(args.size_mb)
-    else:
-        result = bench.bench_vocoder(args.input or ASSETS / "audio" / "arctic_a0007.wav", repeats=args.repeats,
-                                     precision=args.precision)
-    print(bench.write_json(result, args.out))
+def _bench_codec(args: argparse.Namespace) -> dict:
+    from evaluation import bench
+
+    if not args.manifest:
+        raise ValueError("bench codec needs --manifest (e.g. data/corpus/eval/tts_heldout.lst)")
+    return bench.bench_codec(args.model or "flow_vae", args.manifest, per_speaker=args.per_speaker)
+
+
+def _bench_tokens(args: argparse.Namespace) -> dict:
+    from evaluation import bench
+    from models.registry import ASSETS
+
+    if not args.model:
+        raise ValueError("bench tokens needs --model (a token codec checkpoint, e.g. alm_tokenizer)")
+    return bench.bench_token_codec(args.model, args.input or ASSETS / "audio" / "arctic_a0007.wav",
+                                   repeats=args.repeats)
+
+
+def _bench_voices(args: argparse.Namespace) -> dict:
+    from evaluation.voice_seeds import voice_seed_report
+
+    if not args.model:
+        raise ValueError("bench voices needs --model (a TTS checkpoint with voice seeds, e.g. kalle)")
+    return voice_seed_report(args.model, seeds=args.seeds, corpus=args.corpus, cfg=args.cfg,
+                             log=lambda line: print(line, file=sys.stderr))
+
+
+def _bench_studio(args: argparse.Namespace) -> dict:
+    from evaluation import bench
+    from studio import bench as studio_bench
+
+    return {**studio_bench.launch_time(), "hardware": bench.hardware(),
+            "synthesis": studio_bench.ui_latency(args.model or "sled", args.text or bench.BENCH_TEXT, args.repeats,
+                                                 cfg=args.cfg)}
+
+
+def _bench_arena(args: argparse.Namespace) -> dict:
+    from studio import bench as studio_bench
+
+    return studio_bench.arena_load(voters=args.voters, votes=args.votes)
+
+
+def _bench_defaults(args: argparse.Namespace) -> dict:
+    from studio import bench as studio_bench
+
+    return studio_bench.tab_defaults()
+
+
+def _bench_upload(args: argparse.Namespace) -> dict:
+    from studio import bench as studio_bench
+
+    return studio_bench.upload_limit(args.size_mb)
+
+
+# `speech-studio bench TARGET`: what each measures (its help line) and the function that does; the
+# command's choices and help are made from this table.
+BENCH_TARGETS: dict[str, tuple[str, Callable[[argparse.Namespace], dict]]] = {
+    "vocoder": ("speed and quality of the shared vocoder ([--input WAV] [--precision])", _bench_vocoder),
+    "tts": ("a TTS checkpoint's RTF, first streamed chunk and FLOPs ([--model M] [--text])", _bench_tts),
+    "codec": ("encoder vs decoder headroom of a latent codec (--model CODEC --manifest LST)", _bench_codec),
+    "tokens": ("a token codec's encode and decode speed per window (--model CODEC [--input WAV])", _bench_tokens),
+    "voices": ("voice seeds: intelligibility, diversity, novelty (--model M [--corpus])", _bench_voices),
+    "studio": ("launch time and UI vs pipeline latency ([--model M])", _bench_studio),
+    "arena": ("the A/B vote store under concurrent voters", _bench_arena),
+    "defaults": ("every tab's main action with its starting values through the served studio", _bench_defaults),
+    "upload": ("a large upload against the size limit, with the server's peak memory", _bench_upload),
+}
+
+
+def _bench(args: argparse.Namespace) -> int:
+    from evaluation import bench
+
+    print(bench.write_json(BENCH_TARGETS[args.target][1](args), args.out))
     return 0
 
 
@@ -773,14 +814,8 @@ def build_parser() -> argparse.ArgumentParser:
     probe.set_defaults(run=_probe)
 
     bench = commands.add_parser("bench", help="measure speed and quality, print JSON")
-    bench.add_argument("target", choices=["vocoder", "tts", "codec", "tokens", "voices", "studio", "arena", "defaults",
-                                          "upload"],
-                       help="vocoder, tts: speed and quality; codec: encoder vs decoder headroom of a latent codec "
-                       "(--model CODEC --manifest LST); tokens: a token codec's encode and decode speed per window "
-                       "(--model CODEC [--input WAV]); studio: launch time and "
-                       "UI vs pipeline latency; arena: the A/B vote store under concurrent voters; defaults: every "
-                       "tab's main action with its starting values through the served studio; upload: a large "
-                       "upload against the size limit, with the server's peak memory")
+    bench.add_argument("target", choices=list(BENCH_TARGETS),
+                       help="; ".join(f"{name}: {line}" for name, (line, _) in BENCH_TARGETS.items()))
     bench.add_argument("--manifest", help="codec: an eval manifest whose reference recordings are reconstructed")
     bench.add_argument("--per-speaker", type=_number(int, 1, None), default=2,
                        help="codec: recordings per speaker")

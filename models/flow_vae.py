@@ -221,6 +221,15 @@ class FlowVAE(nn.Module):
         """(batch, 80, frames) log-mel -> posterior mean and log-std, (batch, latent_dim, latent_frames)."""
         return self.encoder(self.pad_mel(mel))
 
+    def posterior(self, mel: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """models.roles.LatentCodec: the posterior latent-sequence models train on (= encode)."""
+        return self.encode(mel)
+
+    @property
+    def posterior_key(self) -> str:
+        """The posterior depends on the encoder's weights only."""
+        return registry.weights_digest(self.encoder)
+
     def decode(self, z: torch.Tensor) -> torch.Tensor:
         """(batch, latent_dim, latent_frames) -> log-mel (batch, 80, latent_frames * downsample)."""
         return self.decoder(z)[0]

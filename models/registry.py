@@ -187,6 +187,16 @@ def builder(name: str) -> Builder:
 # -------------------------------------------------------------- checkpoints
 
 
+def weights_digest(module: torch.nn.Module) -> str:
+    """A short hash of a module's weights: names caches of what the module computes."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    for name, tensor in sorted(module.state_dict().items()):
+        digest.update(name.encode() + tensor.float().numpy().tobytes())
+    return digest.hexdigest()[:10]
+
+
 def wheel_file(requirement: str, relative: str, module: str | None = None) -> Path:
     """A data file shipped inside an installed PyPI package, found without importing it.
 

@@ -57,6 +57,13 @@ class LatentCodec(Protocol):
 
     def streaming_decoder(self, precision: str = "fp32") -> StreamingDecoder: ...
 
+    # What latent-sequence models (SLED, KALL-E) train on: the posterior of a batch of log-mels, cached
+    # under a key that changes exactly when the posterior does.
+    posterior_key: str
+
+    def posterior(self, mel: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(batch, 80, frames) log-mel -> mean and log-std, each (batch, latent_dim, latent_frames)."""
+
 
 @runtime_checkable
 class TokenCodec(Protocol):

@@ -18,7 +18,7 @@ from models import audio, registry
 from models.data.dataset import MEL, Feature, SpeechDataset
 from models.kalle import KALLE, KALLEConfig
 from models.training import Scorers, Task, task, unwrap
-from models.training.latents import codec_latents, fit_latent_statistics, voice_sequences, weights_digest
+from models.training.latents import codec_latents, fit_latent_statistics, voice_sequences
 
 SEGMENT_SECONDS = 3.0
 
@@ -36,7 +36,7 @@ def speaker_segments(encoder_name: str, segments: int = 3) -> Feature:
         with torch.no_grad():
             return F.normalize(encoder(windows).float(), dim=-1).T
 
-    return Feature(f"speaker-{weights_digest(encoder)}", compute, 1.0 / SEGMENT_SECONDS, source=MEL)
+    return Feature(f"speaker-{registry.weights_digest(encoder)}", compute, 1.0 / SEGMENT_SECONDS, source=MEL)
 
 
 @task("kalle")

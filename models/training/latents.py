@@ -3,8 +3,6 @@ training feature, the latent statistics they fit, and voice-continuation sequenc
 
 from __future__ import annotations
 
-import hashlib
-
 import numpy as np
 import torch
 
@@ -12,30 +10,21 @@ from models import registry
 from models.data.dataset import MEL, Feature, SpeechDataset
 
 
-def weights_digest(module: torch.nn.Module) -> str:
-    """A short hash of a module's weights: names caches of what the module computes."""
-    digest = hashlib.sha256()
-    for name, tensor in sorted(module.state_dict().items()):
-        digest.update(name.encode() + tensor.float().numpy().tobytes())
-    return digest.hexdigest()[:10]
-
-
 def codec_latents(codec: str) -> Feature:
-    """The Flow-VAE's posterior (mu; log sigma) from the cached mel: a (2 x latent_dim, frames) feature.
+    """A latent codec's posterior (mu; log sigma) from the cached mel: a (2 x latent_dim, frames) feature.
 
-    The cache name carries a hash of the encoder's weights (the latents depend on nothing
-    else), so a retrained encoder never reuses stale latents, while a published copy or a
-    decoder-only fine-tune does.
+    The cache name carries the codec's `posterior_key` (for the Flow-VAE a hash of its encoder's
+    weights, the only thing the latents depend on), so a retrained encoder never reuses stale latents,
+    while a published copy or a decoder-only fine-tune does.
     """
     model, _, _ = registry.load_model(codec, "cpu")
 
     def compute(mel: torch.Tensor) -> torch.Tensor:
         with torch.no_grad():
-            mu, log_sigma = model.encode(mel[None])
+            mu, log_sigma = model.posterior(mel[None])
         return torch.cat([mu[0], log_sigma[0]])
 
-    return Feature(f"latents-{weights_digest(model.encoder)}", compute, MEL.frames_per_second / model.config.downsample,
-                   source=MEL)
+    return Feature(f"latents-{model.posterior_key}", compute, model.frame_rate, source=MEL)
 
 
 def fit_latent_statistics(train_set: SpeechDataset, latent_dim: int, aligned: bool) -> dict:

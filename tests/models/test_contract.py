@@ -164,6 +164,11 @@ class IdentityCodec(torch.nn.Module):
     def encode_wav(self, wav):
         return (audio.mel_spectrogram(wav) * self.gain).T.detach().numpy(), None
 
+    posterior_key = "identity"
+
+    def posterior(self, mel):
+        return mel * self.gain, torch.full_like(mel, -5.0)
+
     def decode_wav(self, latents, precision="fp32"):
         from models.vocoder import get_vocoder
 

@@ -166,7 +166,8 @@ def test_training_fits_statistics_and_the_checkpoint_speaks_after_a_reference(ka
     assert (again == same).all()
 
 
-def test_cli_voice_seed_temperature_and_test_time_training(kalle_run, tmp_path, arctic_path, capsys):
+def test_cli_voice_seed_temperature_and_test_time_training(kalle_run, tmp_path, arctic_path, capsys,
+                                                          fits_pass_the_check):
     import json
 
     import pytest
@@ -188,6 +189,7 @@ def test_cli_voice_seed_temperature_and_test_time_training(kalle_run, tmp_path, 
     reference = ("--ref", str(arctic_path), "--ref-text", "and you always want to see it")
     d, fitted, err = speak("d.wav", *reference, "--ttt", "16")
     assert fitted["ttt"]["samples"] == 16 and fitted["ttt"]["lr"] == TTT_LR and "test-time training: step 2 / 2" in err
+    assert "refused" not in fitted["ttt"]
     f, refitted, _ = speak("f.wav", *reference, "--ttt", "16", "--ttt-lr", "1e-2")
     assert refitted["ttt"]["lr"] == 1e-2 and not refitted["ttt"]["cached"] and f != d  # another rate, another fit
     with pytest.raises(SystemExit):

@@ -1,9 +1,10 @@
 """Training data: a dataset over a corpus manifest and a length-bucketing batch sampler.
 
-Features are computed on the fly, or once into a cache folder (fp16 .npy, read with
-allow_pickle=False) that later epochs and runs reuse. The default feature is the shared
-mel; a model can pass any `Feature` (e.g. a codec's latents) under its own cache name.
-The split is the manifest's own `split` field, fixed when the corpus was built.
+Features are computed on the fly, or once into a cache folder (fp16 .npy, int32 for ids, read
+with allow_pickle=False) that later epochs and runs reuse. The default feature is the shared
+mel; a model can pass any `Feature` (e.g. a codec's latents) under its own cache name, and
+declare further `Stream`s of each item (tokens, conditions, task inputs) that batches carry
+beside it. The split is the manifest's own `split` field, fixed when the corpus was built.
 """
 
 from __future__ import annotations
@@ -37,16 +38,33 @@ class Feature:
     integer: bool = False  # ids (tokens): cached and read as integers, exact for any vocabulary
 
 
+@dataclass(frozen=True)
+class Stream:
+    """A further field of a training item (beside its text and training feature): a feature of the same
+    utterance, and how a batch crops it. "aligned": the same span of time as the training feature's
+    crop, at the stream's own frame rate (semantic tokens beside acoustic tokens, a noisy input beside
+    its clean target); "whole": never cropped (a prompt, an utterance-level condition)."""
+
+    feature: Feature
+    crop: str = "aligned"
+
+    def __post_init__(self):
+        if self.crop not in ("aligned", "whole"):
+            raise ValueError(f"a stream is cropped 'aligned' or 'whole', not {self.crop!r}")
+
+
 MEL = Feature("mel", lambda wav: audio.mel_spectrogram(wav),
               audio.SAMPLE_RATE / audio.MelConfig().hop_length)
 
 
 class SpeechDataset(torch.utils.data.Dataset):
-    """Utterances of one or more splits: text ids, features, speaker index."""
+    """Utterances of one or more splits: text ids, features, speaker index, and each declared stream
+    under its name."""
 
     def __init__(self, manifest: str | Path, splits: tuple[str, ...] = ("train",),
                  frontend: TextFrontend | None = None, feature: Feature = MEL,
-                 cache_dir: str | Path | None = None, max_seconds: float | None = 20.0):
+                 cache_dir: str | Path | None = None, max_seconds: float | None = 20.0,
+                 streams: dict[str, Stream] | None = None):
         self.manifest = Path(manifest)
         rows = mf.read_jsonl(self.manifest)
         self.speakers = sorted({r["speaker"] for r in rows})  # over all splits: stable indices
@@ -56,6 +74,10 @@ class SpeechDataset(torch.utils.data.Dataset):
             raise ValueError(f"{manifest}: no utterances in split(s) {', '.join(splits)}")
         self.frontend = frontend or TextFrontend.default()
         self.feature = feature
+        self.streams = dict(streams or {})
+        clash = set(self.streams) & set(RESERVED)
+        if clash:
+            raise ValueError(f"stream name {sorted(clash)[0]!r} is a field every item has (reserved: {RESERVED})")
         self.cache = Path(cache_dir) if cache_dir else None
 
     def __len__(self) -> int:
@@ -105,7 +127,11 @@ class SpeechDataset(torch.utils.data.Dataset):
     def __getitem__(self, index: int) -> dict:
         row = self.rows[index]
         return {"id": row["id"], "speaker": self.speaker_index[row["speaker"]],
-                "text": torch.tensor(self.text_ids(row), dtype=torch.long), "features": self.features(row)}
+                "text": torch.tensor(self.text_ids(row), dtype=torch.long), "features": self.features(row),
+                **{name: self.features(row, stream.feature) for name, stream in self.streams.items()}}
+
+
+RESERVED = ("id", "speaker", "text", "features")
 
 
 def _read(stored: np.ndarray, feature: Feature) -> torch.Tensor:
@@ -113,9 +139,19 @@ def _read(stored: np.ndarray, feature: Feature) -> torch.Tensor:
 
 
 def collate(items: list[dict]) -> dict:
-    """Pad text and features to the longest in the batch; lengths say what is real."""
+    """Pad text, features and every stream (channels, frames) to the longest in the batch (streams with
+    zeros); `feature_lengths` and `<stream>_lengths` say what is real."""
     texts = torch.nn.utils.rnn.pad_sequence([i["text"] for i in items], batch_first=True)
-    feats = torch.nn.utils.rnn.pad_sequence([i["features"].T for i in items], batch_first=True).transpose(1, 2)
-    return {"ids": [i["id"] for i in items], "speaker": torch.tensor([i["speaker"] for i in items]),
-            "text": texts, "text_lengths": torch.tensor([len(i["text"]) for i in items]),
-            "features": feats, "feature_lengths": torch.tensor([i["features"].shape[-1] for i in items])}
+    batch = {"ids": [i["id"] for i in items], "speaker": torch.tensor([i["speaker"] for i in items]),
+             "text": texts, "text_lengths": torch.tensor([len(i["text"]) for i in items]),
+             "features": _pad_frames([i["features"] for i in items]),
+             "feature_lengths": torch.tensor([i["features"].shape[-1] for i in items])}
+    for name in items[0].keys() - set(RESERVED):
+        batch[name] = _pad_frames([i[name] for i in items])
+        batch[f"{name}_lengths"] = torch.tensor([i[name].shape[-1] for i in items])
+    return batch
+
+
+def _pad_frames(values: list[torch.Tensor]) -> torch.Tensor:
+    """(channels, frames) each -> (batch, channels, longest), zero-padded."""
+    return torch.nn.utils.rnn.pad_sequence([v.T for v in values], batch_first=True).transpose(1, 2)

@@ -40,7 +40,7 @@ from tqdm import tqdm
 from models import audio, registry
 from models.config import parse_config, refuse_fitted
 from models.data.augment import MEL_CONDITIONS
-from models.data.dataset import MEL, Feature, SpeechDataset, collate
+from models.data.dataset import MEL, Feature, SpeechDataset, Stream, collate
 from models.files import atomic_path, replace_folder, write_text_atomic
 from models.roles import Scorers
 
@@ -169,6 +169,12 @@ class Task:
         """The training feature, when the model decides it (e.g. a codec's latents); else data.feature."""
         return None
 
+    def streams(self) -> dict[str, Stream]:
+        """Fields of an item beside its text and training feature, by name, and how each is cropped (e.g.
+        semantic tokens aligned with the acoustic ones): batches carry each under its name, with
+        `<name>_lengths`."""
+        return {}
+
     def prepare(self, train_set: SpeechDataset) -> None:
         """Fit what the model needs from the training data before build() (e.g. feature statistics)."""
 
@@ -223,21 +229,44 @@ def get_task(name: str, model_config: dict) -> Task:
 # ------------------------------------------------------------------ data
 
 
-def crop_batch(batch: dict, segment: int | None, generator: torch.Generator) -> dict:
-    """Random crops of `segment` feature frames (shorter items stay whole, padded and masked); where each
-    crop starts is kept as `crop_starts`, for a recipe that aligns other data with the crops."""
+def crop_batch(batch: dict, segment: int | None, generator: torch.Generator, streams: dict[str, Stream] | None = None,
+               frame_rate: float = MEL.frames_per_second) -> dict:
+    """Random crops of `segment` frames of the training feature (at `frame_rate`; shorter items stay whole,
+    padded and masked), and of each "aligned" stream the same span of time at its own rate: from the frame
+    where the crop starts to the one where it ends, rounded outwards (`<stream>_starts` says where each
+    begins). "whole" streams pass unchanged; `crop_starts` is where each feature crop starts."""
     if segment is None:
         return batch
     features, lengths = batch["features"], batch["feature_lengths"]
     out = features.new_full((features.shape[0], features.shape[1], segment), float(features.amin()))
     new_lengths = torch.minimum(lengths, torch.tensor(segment))
-    starts = []
+    spans = []
     for i, length in enumerate(lengths.tolist()):
         start = int(torch.randint(0, max(1, length - segment + 1), (1,), generator=generator))
         take = min(segment, length)
         out[i, :, :take] = features[i, :, start:start + take]
-        starts.append(start)
-    return {**batch, "features": out, "feature_lengths": new_lengths, "crop_starts": torch.tensor(starts)}
+        spans.append((start, take))
+    cropped = {**batch, "features": out, "feature_lengths": new_lengths,
+               "crop_starts": torch.tensor([start for start, _ in spans])}
+    for name, stream in (streams or {}).items():
+        if stream.crop == "aligned":
+            cropped.update(_crop_aligned(name, batch, spans, stream.feature.frames_per_second / frame_rate,
+                                         segment))
+    return cropped
+
+
+def _crop_aligned(name: str, batch: dict, spans: list[tuple[int, int]], ratio: float, segment: int) -> dict:
+    """A stream's frames over each item's cropped span of time (`ratio` = its frames per feature frame)."""
+    values, lengths = batch[name], batch[f"{name}_lengths"].tolist()
+    out = values.new_zeros((values.shape[0], values.shape[1], math.ceil(segment * ratio) + 1))
+    starts, kept = [], []
+    for i, ((start, take), length) in enumerate(zip(spans, lengths)):
+        lo = min(length, math.floor(start * ratio))
+        hi = min(length, math.ceil((start + take) * ratio))
+        out[i, :, : hi - lo] = values[i, :, lo:hi]
+        starts.append(lo)
+        kept.append(hi - lo)
+    return {name: out, f"{name}_lengths": torch.tensor(kept), f"{name}_starts": torch.tensor(starts)}
 
 
 def epoch_batches(n_items: int, batch_size: int, epoch: int, seed: int, rank: int, world: int,
@@ -401,8 +430,10 @@ class Trainer:
         data = self.config.get("data", {})
         feature = self.task.feature() or FEATURES[data.get("feature", "mel")]
         cache = data.get("cache") or str(manifest.parent / "cache")
-        train_set = SpeechDataset(manifest, ("train",), feature=feature, cache_dir=cache, max_seconds=t.max_seconds)
-        valid_set = SpeechDataset(manifest, ("valid",), feature=feature, cache_dir=cache, max_seconds=t.max_seconds)
+        self.streams = self.task.streams()
+        train_set, valid_set = (SpeechDataset(manifest, (split,), feature=feature, cache_dir=cache,
+                                              max_seconds=t.max_seconds, streams=self.streams)
+                                for split in ("train", "valid"))
         self.task.prepare(train_set)
 
         model = self.task.build().to(device)
@@ -453,7 +484,8 @@ class Trainer:
                 # crops drawn from (seed, rank, step) alone, so a resumed run crops exactly as an unbroken one
                 crop_rng = torch.Generator().manual_seed((t.seed * 1_000_003 + state["step"]) * 1009 + rank)
                 batch = {k: v.to(device) if torch.is_tensor(v) else v for k, v in
-                         crop_batch(batch, t.segment_frames, crop_rng).items()}
+                         crop_batch(batch, t.segment_frames, crop_rng, self.streams,
+                                    feature.frames_per_second).items()}
                 step_logs = self._step(wrapped, wrapped_discriminator, optimizers, schedulers, batch, state["step"],
                                        autocast)
                 for key, value in step_logs.items():
@@ -536,7 +568,8 @@ class Trainer:
             for start in range(0, min(len(valid_set), t.val_batches * t.batch_size), t.batch_size):
                 batch = collate([valid_set[i] for i in range(start, min(start + t.batch_size, len(valid_set)))])
                 batch = {k: v.to(device) if torch.is_tensor(v) else v for k, v in
-                         crop_batch(batch, t.segment_frames, generator).items()}
+                         crop_batch(batch, t.segment_frames, generator, self.streams,
+                                    valid_set.feature.frames_per_second).items()}
                 _, logs, _ = self.task.losses(model, batch, state["step"])
                 for key, value in logs.items():
                     losses.setdefault(f"val_{key}", []).append(value)

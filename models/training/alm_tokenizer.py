@@ -35,7 +35,7 @@ from torch.nn import functional as F
 
 from models import audio
 from models.alm_tokenizer import ALMTokenizer, ALMTokenizerConfig, to_sphere
-from models.data.dataset import SpeechDataset
+from models.data.dataset import SpeechDataset, Stream
 from models.data.manifest import resolve_audio
 from models.files import atomic_path, write_text_atomic
 from models.modules import Transformer, sequence_mask
@@ -152,18 +152,19 @@ class ALMTokenizerTask(Task):
         super().__init__(model_config)
         self.config = ALMTokenizerConfig.from_dict(model_config)
         self.prior: torch.Tensor | None = None
-        self.semantic_rows: dict[str, tuple[SpeechDataset, dict]] = {}
+
+    def streams(self) -> dict[str, Stream]:
+        """Stage 2 with a semantic loss: the semantic features of the same span of time as each mel crop."""
+        c = self.config
+        if c.stage == 2 and c.semantic_encoder and c.lambda_semantic > 0:
+            return {"semantic": Stream(semantic_feature(c.semantic_encoder))}
+        return {}
 
     def prepare(self, train_set: SpeechDataset) -> None:
         c = self.config
         if c.stage == 2 and c.semantic_encoder:
             prior = self.semantic_prior(train_set)
             self.prior, self.semantic_mean, self.semantic_std = prior["codebooks"], prior["mean"], prior["std"]
-        if c.stage == 2 and c.semantic_encoder and c.lambda_semantic > 0:
-            self.feature = semantic_feature(c.semantic_encoder)
-            every = SpeechDataset(train_set.manifest, ("train", "valid", "test"), feature=self.feature,
-                                  cache_dir=train_set.cache, max_seconds=None)
-            self.semantic_rows = {row["id"]: (every, row) for row in every.rows}
 
     def semantic_prior(self, train_set: SpeechDataset) -> dict[str, torch.Tensor]:
         """Residual k-means of standardized semantic features at the default window's query rate, with the
@@ -211,20 +212,22 @@ class ALMTokenizerTask(Task):
         return to_sphere(standardized) if self.config.spherical else standardized
 
     def semantic_targets(self, batch: dict, window: int, queries: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """The standardized semantic features averaged over each query's span of each (cropped) item, in the VQ space:
-        (batch, N, vq_dim) targets and a (batch, N) mask of the spans the features cover."""
+        """The standardized semantic features (the batch's aligned `semantic` stream) averaged over each
+        query's span of each cropped item, in the VQ space: (batch, N, vq_dim) targets and a (batch, N) mask
+        of the spans the features cover."""
         c = self.config
-        mel_rate, rate = c.patch_rate * c.downsample, self.feature.frames_per_second
-        starts = batch.get("crop_starts", torch.zeros(len(batch["ids"]), dtype=torch.long)).tolist()
-        targets = torch.zeros(len(starts), queries, c.vq_dim)
-        covered = torch.zeros(len(starts), queries, dtype=torch.bool)
+        mel_rate, rate = c.patch_rate * c.downsample, semantic_feature(c.semantic_encoder).frames_per_second
+        count = len(batch["ids"])
+        starts = batch.get("crop_starts", torch.zeros(count, dtype=torch.long)).tolist()
+        offsets = batch.get("semantic_starts", torch.zeros(count, dtype=torch.long)).tolist()
+        targets = torch.zeros(count, queries, c.vq_dim)
+        covered = torch.zeros(count, queries, dtype=torch.bool)
         span = window * c.downsample
-        for i, (key, start) in enumerate(zip(batch["ids"], starts)):
-            dataset, row = self.semantic_rows[key]
-            features = (dataset.features(row).T - self.semantic_mean) / self.semantic_std  # (frames, vq_dim)
-            for k in range(queries):
-                a = int((start + k * span) / mel_rate * rate)
-                b = max(a + 1, int((start + (k + 1) * span) / mel_rate * rate))
+        for i, (start, offset, length) in enumerate(zip(starts, offsets, batch["semantic_lengths"].tolist())):
+            features = (batch["semantic"][i, :, :length].T.float().cpu() - self.semantic_mean) / self.semantic_std
+            for k in range(queries):  # the query's span in the utterance's semantic frames, then in the crop's
+                a = max(0, int((start + k * span) / mel_rate * rate) - offset)  # rounding can differ by one
+                b = max(a + 1, int((start + (k + 1) * span) / mel_rate * rate) - offset)
                 if a < len(features):
                     targets[i, k], covered[i, k] = features[a:b].mean(0), True
         targets = self.to_space(targets)

@@ -358,19 +358,16 @@ def test_bench_tokens_times_encode_and_decode_per_window(tmp_path, arctic_path, 
 
 def test_semantic_targets_average_each_querys_span_of_the_crop():
     task = ALMTokenizerTask(tiny(semantic_encoder="whisper-tiny.en", vq_dim=2, lambda_semantic=1.0, spherical=False))
-    from models.data.dataset import Feature
 
-    task.feature = Feature("semantic_test", lambda wav: None, 50.0)
     task.semantic_mean, task.semantic_std = torch.zeros(2), torch.ones(2)
-
-    class Frames:  # a dataset whose features are each frame's own index at 50 Hz: (2, 1000)
-        def features(self, row):
-            return torch.arange(1000, dtype=torch.float32)[None].repeat(2, 1)
-
-    task.semantic_rows = {"a": (Frames(), {"id": "a"})}
-    batch = {"ids": ["a"], "crop_starts": torch.tensor([86]), "features": torch.zeros(1, 80, 24)}
-    targets, covered = task.semantic_targets(batch, window=2, queries=3)  # a query spans 2 x 2 mel frames
+    # A crop of 24 mel frames from frame 86 of an utterance whose semantic features are each frame's own
+    # index at 50 Hz: the aligned stream as crop_batch leaves it, from semantic frame 49 on.
     mel_rate = task.config.patch_rate * task.config.downsample
+    first, last = int(86 / mel_rate * 50), int((86 + 24) / mel_rate * 50) + 1
+    batch = {"ids": ["a"], "crop_starts": torch.tensor([86]), "features": torch.zeros(1, 80, 24),
+             "semantic": torch.arange(first, last, dtype=torch.float32)[None].repeat(2, 1)[None],
+             "semantic_starts": torch.tensor([first]), "semantic_lengths": torch.tensor([last - first])}
+    targets, covered = task.semantic_targets(batch, window=2, queries=3)  # a query spans 2 x 2 mel frames
     for k in range(3):
         a = int((86 + 4 * k) / mel_rate * 50)
         b = max(a + 1, int((86 + 4 * (k + 1)) / mel_rate * 50))

@@ -4,6 +4,7 @@ import re
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
@@ -211,3 +212,49 @@ def test_trainable_is_the_allow_list_beside_freeze():
         frozen_parameters(model, TrainConfig.from_dict({"trainable": ["lora"]}), "m")
     with pytest.raises(ValueError, match="give one of the two"):
         frozen_parameters(model, TrainConfig.from_dict({"trainable": ["adapter"], "freeze": ["encoder"]}), "m")
+
+
+def test_a_recipe_declares_several_streams_and_the_harness_crops_them_together(mini, tmp_path):
+    """A test-only recipe whose items carry, beside the mel, integer tokens at 50 Hz (cropped to the same
+    span of time as the mel) and a prompt (never cropped): every batch the harness hands its losses holds
+    each stream under its name, the tokens still integers and over the crop's seconds."""
+    from models.data.dataset import MEL, Feature, SpeechDataset, Stream
+    from models.training import Task, task
+
+    # a token per 20 ms: the index of that 20 ms in the utterance (so where a crop starts can be read off)
+    clock = Feature("clock_tokens", lambda wav: torch.arange(len(wav) * 50 // 22050)[None], 50.0, integer=True)
+    prompt = Feature("first_frames", lambda mel: mel[:, :10], 1.0, source=MEL)
+    seen: list[dict] = []
+
+    @task("two_streams_test")
+    class TwoStreams(Task):
+        def streams(self):
+            return {"tokens": Stream(clock), "prompt": Stream(prompt, crop="whole")}
+
+        def build(self):
+            return torch.nn.Linear(1, 1)
+
+        def losses(self, model, batch, step):
+            seen.append(batch)
+            return model.weight.sum() * batch["features"].mean(), {}, None
+
+    with pytest.raises(ValueError, match="'aligned' or 'whole'"):
+        Stream(clock, crop="random")
+    with pytest.raises(ValueError, match="reserved"):
+        SpeechDataset(mini[0] / "manifest.jsonl", streams={"text": Stream(clock)})
+    config = {"model": {}, "train": {"steps": 2, "batch_size": 2, "segment_frames": 40, "val_every": 100,
+                                     "val_batches": 1, "val_samples": 0, "warmup_steps": 1}}
+    Trainer("two_streams_test", config, data=str(mini[0]), out=str(tmp_path / "run"), device="cpu",
+            log=lambda _: None).run()
+    assert len(seen) >= 2
+    ratio = 50.0 / MEL.frames_per_second
+    for batch in seen:
+        tokens, lengths = batch["tokens"], batch["tokens_lengths"]
+        assert tokens.dtype == torch.int64 and tokens.shape[-1] == int(np.ceil(40 * ratio)) + 1
+        assert batch["prompt"].shape[1:] == (80, 10) and batch["prompt_lengths"].tolist() == [10] * len(lengths)
+        for i, (start, length) in enumerate(zip(batch["crop_starts"].tolist(), lengths.tolist())):
+            assert batch["tokens_starts"][i] == int(np.floor(start * ratio))
+            assert torch.equal(tokens[i, 0, :length], torch.arange(length) + batch["tokens_starts"][i])
+            end = (start + int(batch["feature_lengths"][i])) * ratio  # where the mel crop ends, in tokens
+            # to that moment, rounded up (one less where the utterance's last token ends before its last mel frame)
+            assert np.ceil(end) - 1 <= batch["tokens_starts"][i] + length <= np.ceil(end)

@@ -376,3 +376,56 @@ class LatentLanguageModel(nn.Module):
         before = torch.cat([p - 1 for p in frame_positions])
         last = torch.stack([p[-1] for p in frame_positions])
         return h[rows, before], h[torch.arange(len(last)), last]
+
+
+# ------------------------------------------------------------------ low-rank adaptation (Metis fine-tunes)
+
+
+class LoRALinear(nn.Module):
+    """A linear layer with a low-rank update (LoRA, Hu et al. 2021): y = W x + (alpha / r) B A x. B starts at
+    zero, so a fine-tune starts from the base model; the recipe trains only A and B (`train.trainable`)."""
+
+    def __init__(self, base: nn.Linear, rank: int, alpha: float | None = None):
+        super().__init__()
+        if rank < 1:
+            raise ValueError(f"LoRA rank must be at least 1, not {rank}")
+        self.base, self.scale = base, (alpha or rank) / rank
+        self.lora_a = nn.Parameter(torch.randn(rank, base.in_features) / rank ** 0.5)
+        self.lora_b = nn.Parameter(torch.zeros(base.out_features, rank))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.base(x) + F.linear(F.linear(x, self.lora_a), self.lora_b) * self.scale
+
+    def merged(self) -> nn.Linear:
+        """The plain linear layer with the update folded into its weight."""
+        out = nn.Linear(self.base.in_features, self.base.out_features, bias=self.base.bias is not None)
+        with torch.no_grad():
+            out.weight.copy_(self.base.weight + self.scale * self.lora_b @ self.lora_a)
+            if self.base.bias is not None:
+                out.bias.copy_(self.base.bias)
+        return out.to(self.base.weight.device)
+
+
+def add_lora(model: nn.Module, rank: int, targets: tuple[str, ...], alpha: float | None = None) -> list[str]:
+    """Wrap every nn.Linear whose name ends with one of `targets` (e.g. "attn.qkv", "mlp.0") in a LoRALinear;
+    returns the wrapped names (none matching is an error)."""
+    wrapped = []
+    for name, module in list(model.named_modules()):
+        for child_name, child in list(module.named_children()):
+            full = f"{name}.{child_name}" if name else child_name
+            if isinstance(child, nn.Linear) and full.endswith(tuple(targets)):
+                setattr(module, child_name, LoRALinear(child, rank, alpha))
+                wrapped.append(full)
+    if not wrapped:
+        raise ValueError(f"LoRA targets {list(targets)} match no linear layer")
+    return wrapped
+
+
+def merge_lora(model: nn.Module) -> nn.Module:
+    """Fold every LoRALinear back into a plain linear layer: the model's parameter names are the base's
+    again, so the export loads strictly into the model without LoRA."""
+    for module in list(model.modules()):
+        for child_name, child in list(module.named_children()):
+            if isinstance(child, LoRALinear):
+                setattr(module, child_name, child.merged())
+    return model

@@ -19,7 +19,8 @@ from models.alm_tokenizer import (
     spread,
 )
 from models.training import load_config
-from models.training.alm_tokenizer import ALMTokenizerTask, ALMTraining, residual_kmeans, residual_usage
+from models.training.alm_tokenizer import ALMTokenizerTask, ALMTraining
+from models.training.quantization import residual_kmeans, residual_usage
 from tests.conftest import REPO
 
 TINY = load_config(REPO / "models" / "configs" / "alm_tokenizer_tiny.yaml")

@@ -15,6 +15,8 @@ import typing
 from dataclasses import dataclass, field, fields
 from typing import ClassVar, TypeVar
 
+from models.roles import LATENT_CODEC
+
 T = TypeVar("T")
 FITTED = "fitted"
 
@@ -66,6 +68,9 @@ class ModelConfig:
     config.json (parse_config) and runs `check`, the rules between settings; `to_dict` writes it back."""
 
     label: ClassVar[str] = "model"  # how error messages name the source by default
+    # The checkpoints this model composes, by setting name and role (models.roles), e.g. a TTS's codec: what
+    # a pipeline loads by name, and what tests replace with tiny checkpoints of the same role.
+    STAGES: ClassVar[dict[str, str]] = {}
     legacy_fitted: ClassVar[tuple[str, ...]] = ()  # keys older checkpoints kept at the top level (move_to_fitted)
 
     @classmethod
@@ -98,6 +103,8 @@ class LatentStatistics:
 class LatentLMConfig(ModelConfig):
     """The settings every language model over codec latents (SLED, KALL-E) has; a model's config adds its
     own (and may change a default by redeclaring the field)."""
+
+    STAGES: ClassVar[dict[str, str]] = {"codec": LATENT_CODEC}
 
     codec: str = "flow_vae"  # the Flow-VAE checkpoint whose latents are modelled
     latent_dim: int = 64

@@ -43,7 +43,16 @@ from torch import nn
 from models import registry
 from models.config import LatentLMConfig
 from models.modules import SPEAKER, LatentLanguageModel, layout, positions
-from models.roles import STREAMING, TEST_TIME_TRAINING, TTS, VOICE_SEEDS, Control, TTSRequest
+from models.roles import (
+    LATENT_CODEC,
+    SPEAKER_ENCODER,
+    STREAMING,
+    TEST_TIME_TRAINING,
+    TTS,
+    VOICE_SEEDS,
+    Control,
+    TTSRequest,
+)
 
 END_MEAN, END_LOG_STD = 1.0, 1.0  # N_end = N(1, e): log e = 1
 
@@ -51,6 +60,8 @@ END_MEAN, END_LOG_STD = 1.0, 1.0  # N_end = N(1, e): log e = 1
 @dataclass
 class KALLEConfig(LatentLMConfig):
     label: ClassVar[str] = "KALL-E"
+
+    STAGES: ClassVar[dict[str, str]] = {"codec": LATENT_CODEC, "speaker_encoder": SPEAKER_ENCODER}
 
     speaker_encoder: str = "speaker_encoder"  # the frozen encoder whose embedding gives S
     speaker_dim: int = 192  # its embedding size

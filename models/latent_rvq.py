@@ -23,7 +23,7 @@ from torch import nn
 
 from models import audio, registry
 from models.config import ModelConfig
-from models.roles import TOKEN_CODEC
+from models.roles import LATENT_CODEC, TOKEN_CODEC
 
 
 @dataclass
@@ -39,6 +39,7 @@ class LatentRVQFitted:
 @dataclass
 class LatentRVQConfig(ModelConfig):
     label: ClassVar[str] = "latent RVQ"
+    STAGES: ClassVar[dict[str, str]] = {"latent_codec": LATENT_CODEC}
 
     latent_codec: str = "flow_vae"  # the latent codec checkpoint whose posterior means are quantized
     codebooks: int = 8

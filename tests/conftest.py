@@ -131,3 +131,21 @@ def pytest_collection_modifyitems(items):
     for item in items:
         if VOICE_FIXTURES & set(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.voices)
+
+
+@pytest.fixture(scope="session")
+def acoustic_decoder_run(tmp_path_factory):
+    """An untrained tiny Metis S2A over the shipped ALMTokenizer and semantic tokenizer, saved as a checkpoint:
+    the acoustic decoder a tiny Metis T2S speaks through."""
+    import torch
+
+    from models import registry
+    from models.training import get_task, load_config
+
+    config = load_config(REPO / "models" / "configs" / "metis_s2a_tiny.yaml")
+    recipe = get_task("metis_s2a", config["model"])
+    recipe.fit_to_stages()
+    torch.manual_seed(0)
+    card = {"data": "none (untrained)", "steps": 0, "wall_time_s": 0.0, "device": "cpu", "metrics": {}}
+    return registry.save_checkpoint(recipe.build(), {**recipe.model_config, "model": "metis_s2a"}, card,
+                                    tmp_path_factory.mktemp("s2a") / "export")

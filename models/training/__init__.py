@@ -269,6 +269,12 @@ def _crop_aligned(name: str, batch: dict, spans: list[tuple[int, int]], ratio: f
     return {name: out, f"{name}_lengths": torch.tensor(kept), f"{name}_starts": torch.tensor(starts)}
 
 
+def step_generator(step: int, salt: int) -> torch.Generator:
+    """Random draws of a recipe (masks, dropped conditions) from the step alone, so that a resumed run draws
+    them as an unbroken one; `salt` keeps two recipes' or two uses' streams apart."""
+    return torch.Generator().manual_seed(step * 1_000_003 + salt)
+
+
 def epoch_batches(n_items: int, batch_size: int, epoch: int, seed: int, rank: int, world: int,
                   lengths: list[int] | None = None) -> list[list[int]]:
     """A seeded permutation per epoch cut into batches; rank r takes batches r, r+world, ...

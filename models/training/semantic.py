@@ -48,6 +48,12 @@ def token_feature(tokenizer: str, model: SemanticTokenizer) -> Feature:
                    integer=True)
 
 
+def semantic_tokens(tokenizer: str) -> Feature:
+    """The token feature of a semantic tokenizer checkpoint (loaded by name)."""
+    model, _, _ = registry.load_model(tokenizer, "cpu")
+    return token_feature(tokenizer, model)
+
+
 def dataset(corpus: str | Path, feature: Feature, splits: tuple[str, ...]) -> SpeechDataset:
     """A corpus folder's utterances, or a task-set folder's (tasks.json) distinct audio files."""
     manifest = Path(corpus)

@@ -113,9 +113,18 @@ def smoke(model, role: str):
     raise AssertionError(f"no smoke call for role {role}")
 
 
+def with_stages(name: str, config: dict, stages: dict[str, str]) -> None:
+    """Each checkpoint the model's config composes (its config class's STAGES: setting -> role) becomes the tiny
+    checkpoint of that role the test has, where it has one."""
+    for key, role in getattr(registry.config_class(name), "STAGES", {}).items():
+        if role in stages:
+            config["model"][key] = stages[role]
+
+
 @pytest.mark.parametrize("path", TINY_CONFIGS, ids=lambda p: p.stem)
-def test_builds_round_trips_and_answers_its_role(path, tmp_path):
+def test_builds_round_trips_and_answers_its_role(path, tmp_path, acoustic_decoder_run):
     name, config = tiny(path)
+    with_stages(name, config, {ACOUSTIC_DECODER: str(acoustic_decoder_run)})
     role = registry.role_of(name)
     torch.manual_seed(0)
     model = registry.builder(name)(config["model"]).eval()
@@ -127,14 +136,11 @@ def test_builds_round_trips_and_answers_its_role(path, tmp_path):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("path", TINY_CONFIGS, ids=lambda p: p.stem)
-def test_two_steps_train_with_finite_losses_and_resume(path, tmp_path, mini, sled_run, speaker_encoder_run):
+def test_two_steps_train_with_finite_losses_and_resume(path, tmp_path, mini, sled_run, speaker_encoder_run,
+                                                       acoustic_decoder_run):
     name, config = tiny(path)
-    # A stage the config names by checkpoint (its codec, its speaker encoder, ...) becomes the tiny trained
-    # checkpoint of the same role, whatever the key that names it.
-    stages = {LATENT_CODEC: str(sled_run.parents[1] / "vae" / "export"), SPEAKER_ENCODER: str(speaker_encoder_run)}
-    for key, value in config["model"].items():
-        if isinstance(value, str) and key != "model" and registry.checkpoint_role(value) in stages:
-            config["model"][key] = stages[registry.checkpoint_role(value)]
+    with_stages(name, config, {LATENT_CODEC: str(sled_run.parents[1] / "vae" / "export"),
+                               SPEAKER_ENCODER: str(speaker_encoder_run), ACOUSTIC_DECODER: str(acoustic_decoder_run)})
     config["train"].update(steps=2, checkpoint_every=2, val_every=100, log_every=1)
     run = tmp_path / "run"
     state = Trainer(name, config, data=str(mini[0]), out=str(run), device="cpu", log=lambda _: None).run()

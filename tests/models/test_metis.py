@@ -1,0 +1,121 @@
+"""Metis (models/metis.py, models/metis_s2a.py) and its recipes: tiny models overfit one utterance, LoRA merges
+at export, lengths follow the prompt's pace."""
+
+import torch
+
+from models.masked import MASK_FLOOR
+from models.metis import MetisConfig, MetisT2S
+from models.metis_s2a import MetisS2A, MetisS2AConfig
+from models.training.metis import MetisTask
+from models.training.metis_s2a import MetisS2ATask
+
+TINY = {"dim": 32, "layers": 2, "heads": 2, "ff_mult": 2}
+
+
+def t2s_config(**extra) -> dict:
+    return {**TINY, "condition_dropout": 0.0, "prompt_probability": 0.3,
+            "fitted": {"vocabulary": 16, "token_rate": 25.0, "tokens_per_symbol": 2.0}, **extra}
+
+
+def s2a_config(**extra) -> dict:
+    return {**TINY, "condition_dropout": 0.0, "steps": [6, 3, 1],
+            "fitted": {"codebooks": 3, "codebook_size": 16, "acoustic_rate": 20.0, "semantic_vocabulary": 16,
+                       "semantic_rate": 25.0}, **extra}
+
+
+def fit(recipe, model, batch, steps: int, lr: float = 3e-3) -> list[float]:
+    optimizer = torch.optim.Adam(model.parameters(), lr=lr)
+    losses = []
+    model.train()
+    for step in range(steps):
+        loss, logs, _ = recipe.losses(model, batch, step)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(logs["ce"])
+    return losses
+
+
+def test_a_tiny_t2s_overfits_one_utterance_and_decodes_it_greedily():
+    torch.manual_seed(0)
+    recipe = MetisTask(t2s_config())
+    model = recipe.build()
+    target = torch.randint(16, (24,))
+    text = torch.randint(1, 20, (10,))
+    batch = {"ids": ["a"], "features": target[None, None], "feature_lengths": torch.tensor([24]),
+             "text": text[None], "text_lengths": torch.tensor([10])}
+    losses = fit(recipe, model, batch, 300)
+    assert losses[-1] < 0.1 * losses[0]
+    model.eval()
+    out = model.generate(text.tolist(), None, 24, cfg=0.0, seed=0, steps=8, temperature=0.0)
+    assert (out == target).float().mean() >= 0.9
+    prompt = model.generate(text.tolist(), target[:8], 16, cfg=0.0, seed=0, steps=8, temperature=0.0)
+    assert (prompt == target[8:]).float().mean() >= 0.9  # continues a prompt it was given
+
+
+def test_a_tiny_s2a_overfits_one_utterance_layer_by_layer():
+    torch.manual_seed(0)
+    recipe = MetisS2ATask(s2a_config(prompt_probability=0.3))
+    model = recipe.build()
+    tokens = torch.randint(16, (3, 20))
+    semantic = torch.randint(16, (25,))  # 1 s at 25 Hz for 20 frames at 20 Hz
+    batch = {"ids": ["a"], "features": tokens[None], "feature_lengths": torch.tensor([20]),
+             "semantic": semantic[None, None], "semantic_lengths": torch.tensor([25])}
+    losses = fit(recipe, model, batch, 400)
+    assert losses[-1] < 0.1 * losses[0]
+    model.eval()
+    out = torch.from_numpy(model.generate_tokens(semantic.numpy(), None, 0, {"steps": 6, "temperature": 0.0}))
+    assert out.shape == (3, 20) and (out == tokens).float().mean() >= 0.9
+    prompted = model.generate_tokens(semantic.numpy(), tokens[:, :5].numpy(), 0, {"temperature": 0.0})
+    assert (torch.from_numpy(prompted)[:, :5] == tokens[:, :5]).all()  # the prompt's frames are kept
+
+
+def test_the_t2s_mask_keeps_its_floor():
+    recipe = MetisTask(t2s_config(prompt_probability=0.0))
+    model = recipe.build()
+    seen = {}
+
+    def spy(texts, tokens, t):
+        seen["masked"] = sum(int((x == model.mask_id).sum()) for x in tokens)
+        return MetisT2S.logits(model, texts, tokens, t)
+
+    model.forward = spy
+    batch = {"ids": ["a"], "features": torch.randint(16, (1, 1, 50)), "feature_lengths": torch.tensor([50]),
+             "text": torch.randint(1, 20, (1, 5)), "text_lengths": torch.tensor([5])}
+    for step in range(20):
+        recipe.losses(model, batch, step)
+        assert seen["masked"] >= MASK_FLOOR * 50
+
+
+def test_lora_fine_tunes_export_merged_and_load_as_a_plain_model():
+    from models.modules import LoRALinear
+
+    torch.manual_seed(0)
+    recipe = MetisTask(t2s_config(lora_rank=4))
+    model = recipe.build()
+    assert any(isinstance(m, LoRALinear) for m in model.modules())
+    for module in model.modules():
+        if isinstance(module, LoRALinear):
+            torch.nn.init.normal_(module.lora_b, std=0.1)  # as if trained
+    exported = recipe.exported(model)
+    plain = MetisT2S(MetisConfig.from_dict(recipe.model_config))
+    plain.load_state_dict(exported.state_dict(), strict=True)
+    text, tokens, t = [torch.tensor([3, 4, 5])], [torch.randint(17, (12,))], torch.tensor([0.5])
+    with torch.no_grad():
+        assert torch.allclose(plain.eval().logits(text, tokens, t)[0], model.eval().logits(text, tokens, t)[0],
+                              atol=1e-5)
+    assert any(isinstance(m, LoRALinear) for m in model.modules())  # the training model keeps its LoRA
+
+
+def test_the_target_length_follows_the_prompt_or_the_training_pace_or_the_duration():
+    model = MetisT2S(MetisConfig.from_dict(t2s_config()))
+    assert model.target_length(text_symbols=30, prompt_frames=50, prompt_symbols=25, duration=0.0) == 60
+    assert model.target_length(30, 0, 0, 0.0) == 60  # fitted: 2 tokens per symbol
+    assert model.target_length(30, 50, 25, 2.0) == 50  # 2 s at 25 Hz
+
+
+def test_s2a_reads_the_semantic_token_of_each_acoustic_moment():
+    model = MetisS2A(MetisS2AConfig.from_dict(s2a_config()))
+    semantic = torch.arange(25)
+    at_rate = model.semantic_at_acoustic_rate(semantic, 20)  # 20 Hz frames over 25 Hz tokens
+    assert at_rate.tolist() == [int(j / 20 * 25) for j in range(20)]

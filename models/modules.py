@@ -381,29 +381,35 @@ class LatentLanguageModel(nn.Module):
 # ------------------------------------------------------------------ low-rank adaptation (Metis fine-tunes)
 
 
-class LoRALinear(nn.Module):
-    """A linear layer with a low-rank update (LoRA, Hu et al. 2021): y = W x + (alpha / r) B A x. B starts at
-    zero, so a fine-tune starts from the base model; the recipe trains only A and B (`train.trainable`)."""
+class LoRALinear(nn.Linear):
+    """A linear layer with a low-rank update (LoRA, Hu et al. 2021): y = W x + b + (alpha / r) B A x. It keeps the
+    base layer's parameter names (`weight`, `bias`), so a base checkpoint loads into it; B starts at zero, so a
+    fine-tune starts from the base model, and the recipe trains only A and B (`train.trainable`)."""
 
     def __init__(self, base: nn.Linear, rank: int, alpha: float | None = None):
-        super().__init__()
         if rank < 1:
             raise ValueError(f"LoRA rank must be at least 1, not {rank}")
-        self.base, self.scale = base, (alpha or rank) / rank
-        self.lora_a = nn.Parameter(torch.randn(rank, base.in_features) / rank ** 0.5)
-        self.lora_b = nn.Parameter(torch.zeros(base.out_features, rank))
+        super().__init__(base.in_features, base.out_features, bias=base.bias is not None,
+                         device=base.weight.device, dtype=base.weight.dtype)
+        with torch.no_grad():
+            self.weight.copy_(base.weight)
+            if base.bias is not None:
+                self.bias.copy_(base.bias)
+        self.scale = (alpha or rank) / rank
+        self.lora_a = nn.Parameter(torch.randn(rank, base.in_features, device=base.weight.device) / rank ** 0.5)
+        self.lora_b = nn.Parameter(torch.zeros(base.out_features, rank, device=base.weight.device))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.base(x) + F.linear(F.linear(x, self.lora_a), self.lora_b) * self.scale
+        return super().forward(x) + F.linear(F.linear(x, self.lora_a), self.lora_b) * self.scale
 
     def merged(self) -> nn.Linear:
         """The plain linear layer with the update folded into its weight."""
-        out = nn.Linear(self.base.in_features, self.base.out_features, bias=self.base.bias is not None)
+        out = nn.Linear(self.in_features, self.out_features, bias=self.bias is not None, device=self.weight.device)
         with torch.no_grad():
-            out.weight.copy_(self.base.weight + self.scale * self.lora_b @ self.lora_a)
-            if self.base.bias is not None:
-                out.bias.copy_(self.base.bias)
-        return out.to(self.base.weight.device)
+            out.weight.copy_(self.weight + self.scale * self.lora_b @ self.lora_a)
+            if self.bias is not None:
+                out.bias.copy_(self.bias)
+        return out
 
 
 def add_lora(model: nn.Module, rank: int, targets: tuple[str, ...], alpha: float | None = None) -> list[str]:
@@ -413,7 +419,7 @@ def add_lora(model: nn.Module, rank: int, targets: tuple[str, ...], alpha: float
     for name, module in list(model.named_modules()):
         for child_name, child in list(module.named_children()):
             full = f"{name}.{child_name}" if name else child_name
-            if isinstance(child, nn.Linear) and full.endswith(tuple(targets)):
+            if type(child) is nn.Linear and full.endswith(tuple(targets)):
                 setattr(module, child_name, LoRALinear(child, rank, alpha))
                 wrapped.append(full)
     if not wrapped:

@@ -21,6 +21,7 @@ needs no training code.
 from __future__ import annotations
 
 import csv
+import fnmatch
 import json
 import math
 import os
@@ -70,8 +71,8 @@ class TrainConfig:
     val_batches: int = 8
     val_samples: int = 6  # utterances decoded to audio and scored at each validation
     init_from: str | None = None  # start from this checkpoint's weights (a registry name or folder): fine-tuning
-    freeze: tuple[str, ...] = ()  # parameter-name prefixes left untouched, e.g. [encoder, flow]
-    trainable: tuple[str, ...] = ()  # or the other way round: only these prefixes train (a LoRA, an adapter)
+    freeze: tuple[str, ...] = ()  # parameter-name prefixes (or globs) left untouched, e.g. [encoder, flow]
+    trainable: tuple[str, ...] = ()  # or the other way round: only these train (an adapter, "*.lora_*")
     # With init_from: copy only the parameters under these name prefixes, from a checkpoint that may be of
     # another model sharing them (KALL-E's transformer from SLED's); empty copies everything, strictly.
     init_modules: tuple[str, ...] = ()
@@ -144,17 +145,22 @@ def unwrap(model: torch.nn.Module) -> torch.nn.Module:
 
 def frozen_parameters(model: torch.nn.Module, train: TrainConfig, name: str) -> list[torch.nn.Parameter]:
     """The parameters a run leaves untouched: those under `freeze`, or all but those under `trainable`
-    (one of the two); a prefix that matches no parameter is an error naming it."""
+    (one of the two). Each entry is a name prefix or a glob (`*.lora_*`: every LoRA factor); one that
+    matches no parameter is an error naming it."""
     if train.freeze and train.trainable:
         raise ValueError("train.freeze and train.trainable: give one of the two")
     named = list(model.named_parameters())
-    for key, prefixes in (("freeze", train.freeze), ("trainable", train.trainable)):
-        unmatched = [p for p in prefixes if not any(n.startswith(p) for n, _ in named)]
+
+    def matches(name: str, patterns: tuple[str, ...]) -> bool:
+        return any(name.startswith(p) or fnmatch.fnmatchcase(name, p) for p in patterns)
+
+    for key, patterns in (("freeze", train.freeze), ("trainable", train.trainable)):
+        unmatched = [p for p in patterns if not any(matches(n, (p,)) for n, _ in named)]
         if unmatched:
             raise ValueError(f"train.{key} {unmatched} matches no parameter of {name}")
     if train.trainable:
-        return [p for n, p in named if not n.startswith(tuple(train.trainable))]
-    return [p for n, p in named if n.startswith(tuple(train.freeze))] if train.freeze else []
+        return [p for n, p in named if not matches(n, train.trainable)]
+    return [p for n, p in named if matches(n, train.freeze)]
 
 
 class Task:

@@ -184,3 +184,14 @@ def test_lora_merged_and_unmerged_give_the_same_outputs():
     assert set(merged.state_dict()) == set(MaskedTransformer(16, 2, 2).state_dict())  # loads strictly as the base
     with pytest.raises(ValueError, match="match no linear layer"):
         add_lora(model, 4, ("nothing",))
+
+
+def test_a_base_checkpoint_loads_into_its_lora_model_by_the_same_names():
+    base = MaskedTransformer(16, 1, 2)
+    adapted = MaskedTransformer(16, 1, 2)
+    add_lora(adapted, rank=2, targets=("attn.qkv",))
+    missing, unexpected = adapted.load_state_dict(base.state_dict(), strict=False)
+    assert not unexpected and set(missing) == {"blocks.0.attn.qkv.lora_a", "blocks.0.attn.qkv.lora_b"}
+    x, t = torch.randn(1, 4, 16), torch.tensor([0.5])
+    with torch.no_grad():
+        assert torch.allclose(adapted(x, t), base(x, t), atol=1e-6)  # B = 0: the base model

@@ -208,6 +208,10 @@ def test_trainable_is_the_allow_list_beside_freeze():
     assert {id(p) for p in only} == {id(p) for p in model["encoder"].parameters()}
     assert {id(p) for p in frozen_parameters(model, TrainConfig.from_dict({"freeze": ["adapter"]}), "m")} == \
         {id(p) for p in model["adapter"].parameters()}
+    lora = torch.nn.ModuleDict({"block": torch.nn.Linear(2, 2)})
+    lora["block"].lora_a = torch.nn.Parameter(torch.zeros(1, 2))
+    kept = frozen_parameters(lora, TrainConfig.from_dict({"trainable": ["*.lora_*"]}), "m")  # a glob
+    assert {id(p) for p in kept} == {id(lora["block"].weight), id(lora["block"].bias)}
     with pytest.raises(ValueError, match=r"train.trainable \['lora'\] matches no parameter of m"):
         frozen_parameters(model, TrainConfig.from_dict({"trainable": ["lora"]}), "m")
     with pytest.raises(ValueError, match="give one of the two"):

@@ -119,3 +119,26 @@ def test_s2a_reads_the_semantic_token_of_each_acoustic_moment():
     semantic = torch.arange(25)
     at_rate = model.semantic_at_acoustic_rate(semantic, 20)  # 20 Hz frames over 25 Hz tokens
     assert at_rate.tolist() == [int(j / 20 * 25) for j in range(20)]
+
+
+def test_metis_speaks_through_the_tts_pipeline_with_a_reference_and_a_set_duration(acoustic_decoder_run, arctic_wav,
+                                                                                    tmp_path):
+    """An untrained tiny T2S over the tiny S2A: the pipeline's reference, transcript and controls reach it, the
+    prompt's own frames are not spoken again, and `duration` sets the length."""
+    from models import pipelines, registry
+    from models.training import load_config
+    from tests.conftest import REPO
+
+    config = load_config(REPO / "models" / "configs" / "metis_tiny.yaml")["model"]
+    config["acoustic_decoder"] = str(acoustic_decoder_run)
+    torch.manual_seed(0)
+    model = MetisT2S(MetisConfig.from_dict(config))
+    card = {"data": "none (untrained)", "steps": 0, "wall_time_s": 0.0, "device": "cpu", "metrics": {}}
+    folder = registry.save_checkpoint(model, {**config, "model": "metis"}, card, tmp_path / "metis")
+    wav, info = pipelines.tts("Hello there.", model=str(folder), ref_wav=arctic_wav, ref_sr=22050,
+                              ref_text="and you always want to see it in the superlative degree", seed=1,
+                              duration=2.0, t2s_steps=4, s2a_steps=2)
+    assert info["reference"] and info["duration"] == 2.0 and info["codec"] == "alm_tokenizer"
+    assert abs(len(wav) / 22050 - 2.0) < 0.25  # the two seconds asked for, not the reference's four as well
+    again, _ = pipelines.tts("Hello there.", model=str(folder), seed=1, duration=1.0, t2s_steps=4, s2a_steps=2)
+    assert abs(len(again) / 22050 - 1.0) < 0.25  # no reference: a voice of its own

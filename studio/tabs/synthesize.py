@@ -143,10 +143,15 @@ def sampling_names() -> list[str]:
 
 def declared_controls(model: str | None) -> set[str]:
     """The sampling settings the selected model declares (none for an unknown model)."""
+    return set(model_controls(model))
+
+
+def model_controls(model: str | None) -> dict:
+    """The selected model's declared settings by name, with their ranges (none for an unknown model)."""
     try:
-        return set(pipelines.tts_controls(model)) if model else set()
+        return dict(pipelines.tts_controls(model)) if model else {}
     except ValueError:
-        return set()
+        return {}
 
 
 def capabilities(model: str | None) -> frozenset[str]:
@@ -164,8 +169,9 @@ def fits_voices(model: str | None) -> bool:
 def visible_controls(model: str | None):
     """Show the sliders the selected model declares, hide the others; then the voice-seed tools and the
     test-time-training box, when the model has them."""
-    declared = declared_controls(model)
-    updates = [gr.update(visible=name in declared) for name in sampling_names()]
+    declared = model_controls(model)
+    updates = [setting_update(declared[name]) if name in declared else gr.update(visible=False)
+               for name in sampling_names()]
     return updates + [gr.update(visible=VOICE_SEEDS in capabilities(model)), gr.update(visible=fits_voices(model))]
 
 
@@ -197,6 +203,16 @@ def setting_widget(control, **options) -> gr.components.Component:
                      **options)
 
 
+def setting_update(control) -> dict:
+    """A setting's widget shown with the selected model's own range and default: two models may declare a
+    setting of one name (a temperature) with different ones."""
+    if (control.minimum, control.maximum, control.step) == (0, 1, 1):
+        return gr.update(visible=True, value=bool(control.default), label=control.label)
+    return gr.update(visible=True, minimum=control.minimum, maximum=control.maximum, value=control.default,
+                     label=control.label, **({} if control.step == 1 and control.maximum - control.minimum > 10_000
+                                             else {"step": control.step}))
+
+
 def build(config: StudioConfig) -> None:
     specs = pipelines.all_tts_controls()
     library = voices.read_library(config.voice_library)
@@ -218,8 +234,9 @@ def build(config: StudioConfig) -> None:
                     seed = gr.Number(value=0, minimum=0, maximum=pipelines.MAX_SEED, label="Seed")  # no rounding:
                     # a fraction is refused with a message (pipelines.check_seed), not silently changed
                     randomize = gr.Checkbox(value=False, label="Randomize seed")
-                declared = declared_controls(model.value)
-                sliders = [setting_widget(specs[name], visible=name in declared) for name in sampling_names()]
+                declared = model_controls(model.value)
+                sliders = [setting_widget(declared.get(name, specs[name]), visible=name in declared)
+                           for name in sampling_names()]
                 # Columns, not Groups: a Group draws its buttons as thin strips over grey blocks.
                 with gr.Column(visible=VOICE_SEEDS in capabilities(model.value)) as voice_tools:
                     with gr.Row(equal_height=True):

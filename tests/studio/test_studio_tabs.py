@@ -278,3 +278,23 @@ def test_settings_get_the_widget_their_range_calls_for():
         assert isinstance(setting_widget(Control("Temperature", 0.0, 1.5, 1.0, 0.05)), gr.Slider)
     with pytest.raises(ValueError, match="whole number"):
         Control("Voice seed", 0, 2**32 - 1, 0, 1).check("voice_seed", 3.7)
+
+
+def test_a_setting_two_models_declare_takes_the_selected_models_range_and_default(monkeypatch):
+    """KALL-E and Metis both declare a temperature, with different ranges and defaults: the widget follows the
+    model chosen, never the other's."""
+    from models.roles import Control
+    from studio.tabs import synthesize as tab
+
+    declared = {"a": {"temperature": Control("Temperature", 0.0, 1.5, 1.0, 0.05)},
+                "b": {"temperature": Control("Temperature", 0.0, 2.0, 0.9, 0.05),
+                      "top_k": Control("Top-k", 0, 1024, 20, 1)}}
+    monkeypatch.setattr(tab.pipelines, "tts_controls", lambda model: declared[model])
+    monkeypatch.setattr(tab, "sampling_names", lambda: ["temperature", "top_k"])
+    monkeypatch.setattr(tab, "capabilities", lambda model: frozenset())
+    monkeypatch.setattr(tab, "fits_voices", lambda model: False)
+    temperature, top_k, *_ = tab.visible_controls("a")
+    assert (temperature["maximum"], temperature["value"]) == (1.5, 1.0) and not top_k["visible"]
+    temperature, top_k, *_ = tab.visible_controls("b")
+    assert (temperature["maximum"], temperature["value"]) == (2.0, 0.9)
+    assert top_k["visible"] and (top_k["maximum"], top_k["value"], top_k["step"]) == (1024, 20, 1)

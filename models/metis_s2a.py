@@ -45,6 +45,7 @@ class MetisS2AConfig(ModelConfig):
     dim: int = 256
     layers: int = 6
     heads: int = 4
+    token_dim: int = 64  # each layer's token embeddings, shared by its input and output (tied, projected to dim)
     ff_mult: int = 4
     prompt_probability: float = 0.85  # training: the acoustic prompt, a prefix of [min(T/4, 5), T/2) frames
     steps: tuple[int, ...] = (16, 8, 4, 2, 1)  # decoding steps per layer from the lowest (the last repeats)
@@ -67,10 +68,15 @@ class MetisS2A(nn.Module):
         f = c.fitted
         self.mask_id = f.codebook_size
         self.semantic_embedding = nn.Embedding(f.semantic_vocabulary, c.dim)
-        self.layer_embeddings = nn.ModuleList([nn.Embedding(f.codebook_size + 1, c.dim) for _ in range(f.codebooks)])
+        # Per layer, token embeddings of token_dim (+ the mask token), projected to dim on the way in and tied to
+        # the layer's output logits: a 16-layer codec costs 1 M parameters here, not 8 M.
+        self.layer_embeddings = nn.ModuleList([nn.Embedding(f.codebook_size + 1, c.token_dim)
+                                               for _ in range(f.codebooks)])
+        self.token_in = nn.Linear(c.token_dim, c.dim)
+        self.token_out = nn.Linear(c.dim, c.token_dim)
+        self.layer_bias = nn.Parameter(torch.zeros(f.codebooks, f.codebook_size))
         self.target_layer = nn.Embedding(f.codebooks, c.dim)  # which layer is being generated
         self.transformer = MaskedTransformer(c.dim, c.layers, c.heads, c.ff_mult)
-        self.heads = nn.ModuleList([nn.Linear(c.dim, f.codebook_size) for _ in range(f.codebooks)])
 
     def semantic_at_acoustic_rate(self, semantic: torch.Tensor, frames: int) -> torch.Tensor:
         """(semantic_frames,) ids -> (frames,) the id at each acoustic frame's moment (nearest earlier)."""
@@ -88,9 +94,11 @@ class MetisS2A(nn.Module):
         in_prompt = torch.zeros(len(tokens), frames, dtype=torch.bool, device=x.device)
         if prompt_lengths is not None:
             in_prompt = torch.arange(frames, device=x.device)[None] < prompt_lengths[:, None]
+        tokens_in = torch.zeros(*x.shape[:2], self.config.token_dim, device=x.device, dtype=x.dtype)
         for k, embedding in enumerate(self.layer_embeddings):
             read = (k <= layer)[:, None] | in_prompt  # (batch, frames)
-            x = x + embedding(tokens[:, k]) * read[..., None].to(x.dtype)
+            tokens_in = tokens_in + embedding(tokens[:, k]) * read[..., None].to(x.dtype)
+        x = x + self.token_in(tokens_in)
         real = None
         if lengths is not None:
             real = torch.arange(frames, device=x.device)[None] < lengths[:, None]
@@ -99,7 +107,9 @@ class MetisS2A(nn.Module):
     forward = hidden
 
     def layer_logits(self, h: torch.Tensor, layer: int) -> torch.Tensor:
-        return self.heads[layer](h)
+        """Hidden states (..., dim) -> logits (..., codebook_size) of `layer`'s tokens."""
+        table = self.layer_embeddings[layer].weight[: self.config.fitted.codebook_size]
+        return self.token_out(h) @ table.T + self.layer_bias[layer]
 
     @torch.no_grad()
     def generate_tokens(self, semantic: np.ndarray, prompt: np.ndarray | None, seed: int,
@@ -107,7 +117,7 @@ class MetisS2A(nn.Module):
         """models.roles.AcousticDecoder: semantic ids (frames,) at the semantic rate, the prompt's codec tokens
         (codebooks, prompt_frames) covering its first frames, or None -> (codebooks, frames') codec tokens."""
         c = self.config
-        device = self.heads[0].weight.device
+        device = self.token_out.weight.device
         semantic = torch.as_tensor(np.asarray(semantic), dtype=torch.long)
         frames = max(1, math.ceil(len(semantic) / c.fitted.semantic_rate * c.fitted.acoustic_rate))
         at_rate = self.semantic_at_acoustic_rate(semantic, frames).to(device)[None]

@@ -206,6 +206,28 @@ class Task:
         return model
 
 
+class SignalScores:
+    """A codec recipe's validation: reconstructions saved to a folder, each scored against its input with the
+    harness's signal scorers (PESQ-wb, STOI) when it hands them in; `means()` is the metrics row."""
+
+    def __init__(self, out_dir: Path, scorers: Scorers):
+        self.out_dir, self.scorers = out_dir, scorers
+        self.scores: dict[str, list[float]] = {}
+
+    def add(self, item_id: str, reference: np.ndarray, output: np.ndarray, suffix: str = "") -> None:
+        audio.save_audio(self.out_dir / f"{item_id}{suffix}.wav", output)
+        if self.scorers.signal is None:
+            return
+        try:
+            for name, value in self.scorers.signal(reference, output, audio.SAMPLE_RATE).items():
+                self.scores.setdefault(f"{name}{suffix}", []).append(value)
+        except ValueError:  # too short or silent to score
+            return
+
+    def means(self) -> dict:
+        return {k: float(np.mean(v)) for k, v in self.scores.items() if v}
+
+
 TASKS: dict[str, Callable[[dict], Task]] = {}
 
 

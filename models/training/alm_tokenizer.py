@@ -27,7 +27,6 @@ import random
 import sys
 from pathlib import Path
 
-import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
@@ -40,7 +39,7 @@ from models.data.manifest import resolve_audio
 from models.files import atomic_path, write_text_atomic
 from models.modules import Transformer, sequence_mask
 from models.semantic_tokenizer import pool
-from models.training import Scorers, Task, task, unwrap
+from models.training import Scorers, SignalScores, Task, task, unwrap
 from models.training.quantization import perplexity, residual_kmeans, residual_usage
 from models.training.semantic import semantic_feature
 from models.vocoder import get_vocoder
@@ -267,7 +266,7 @@ class ALMTokenizerTask(Task):
     def validate(self, model: nn.Module, items: list[dict], out_dir: Path, scorers: Scorers) -> dict:
         """Reconstruct validation utterances at each window (stage 2) or through the autoencoder
         (stage 1), with PESQ-wb and STOI when the harness hands in signal scorers."""
-        scores: dict[str, list[float]] = {}
+        scores = SignalScores(out_dir, scorers)
         windows = self.config.windows if self.config.stage == 2 else (None,)
         for item in items:
             wav = audio.load_audio(resolve_audio(item["manifest"], item["path"]), audio.SAMPLE_RATE, max_seconds=None)
@@ -279,13 +278,5 @@ class ALMTokenizerTask(Task):
                     out = get_vocoder(str(mel_hat.device)).synthesize(mel_hat).cpu().numpy()
                 else:
                     out = model.decode_tokens(model.encode_wav(wav, window), window)
-                suffix = "" if window is None else f"_w{window}"
-                audio.save_audio(out_dir / f"{item['id']}{suffix}.wav", out)
-                if scorers.signal is None:
-                    continue
-                try:
-                    for name, value in scorers.signal(wav, out[: len(wav)], audio.SAMPLE_RATE).items():
-                        scores.setdefault(f"{name}{suffix}", []).append(value)
-                except ValueError:  # too short or silent to score
-                    continue
-        return {k: float(np.mean(v)) for k, v in scores.items() if v}
+                scores.add(item["id"], wav, out[: len(wav)], "" if window is None else f"_w{window}")
+        return scores.means()

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
 import torch
 from torch import nn
 
@@ -20,7 +19,7 @@ from models.modules import (
     generator_adversarial_loss,
     sequence_mask,
 )
-from models.training import Scorers, Task, task
+from models.training import Scorers, SignalScores, Task, task
 
 
 def warp_frequencies(mel: torch.Tensor, factors: torch.Tensor) -> torch.Tensor:
@@ -94,17 +93,9 @@ class FlowVAETask(Task):
     def validate(self, model: nn.Module, items: list[dict], out_dir: Path, scorers: Scorers) -> dict:
         """Reconstruct validation utterances through the mel head and the shared vocoder; with signal
         scorers, their PESQ-wb and STOI against the input."""
-        scores: dict[str, list[float]] = {}
+        scores = SignalScores(out_dir, scorers)
         for item in items:
             wav = audio.load_audio(resolve_audio(item["manifest"], item["path"]), audio.SAMPLE_RATE, max_seconds=None)
             mu, _ = model.encode_wav(wav)
-            out = model.decode_wav(mu)
-            audio.save_audio(out_dir / f"{item['id']}.wav", out)
-            if scorers.signal is None:
-                continue
-            try:
-                for name, value in scorers.signal(wav, out, audio.SAMPLE_RATE).items():
-                    scores.setdefault(name, []).append(value)
-            except ValueError:  # too short or silent to score
-                continue
-        return {k: float(np.mean(v)) for k, v in scores.items() if v}
+            scores.add(item["id"], wav, model.decode_wav(mu))
+        return scores.means()

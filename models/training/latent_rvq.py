@@ -9,7 +9,6 @@ from __future__ import annotations
 import random
 from pathlib import Path
 
-import numpy as np
 import torch
 from torch import nn
 
@@ -18,7 +17,7 @@ from models.data.dataset import Feature, SpeechDataset
 from models.data.manifest import resolve_audio
 from models.latent_rvq import LatentRVQ, LatentRVQConfig, nearest
 from models.modules import sequence_mask
-from models.training import Scorers, Task, task, unwrap
+from models.training import Scorers, SignalScores, Task, task, unwrap
 from models.training.latents import codec_latents
 from models.training.quantization import perplexity, residual_kmeans
 
@@ -86,20 +85,12 @@ class LatentRVQTask(Task):
         return loss, logs, None
 
     def validate(self, model: nn.Module, items: list[dict], out_dir: Path, scorers: Scorers) -> dict:
-        scores: dict[str, list[float]] = {}
+        scores = SignalScores(out_dir, scorers)
         layer_sets = sorted({model.num_codebooks, min(3, model.num_codebooks)})
         for item in items:
             wav = audio.load_audio(resolve_audio(item["manifest"], item["path"]), audio.SAMPLE_RATE, max_seconds=None)
             tokens = model.encode_wav(wav)
             for layers in layer_sets:
-                out = model.decode_tokens(tokens[:layers])
                 suffix = "" if layers == model.num_codebooks else f"_q{layers}"
-                audio.save_audio(out_dir / f"{item['id']}{suffix}.wav", out)
-                if scorers.signal is None:
-                    continue
-                try:
-                    for name, value in scorers.signal(wav, out[: len(wav)], audio.SAMPLE_RATE).items():
-                        scores.setdefault(f"{name}{suffix}", []).append(value)
-                except ValueError:  # too short or silent to score
-                    continue
-        return {k: float(np.mean(v)) for k, v in scores.items() if v}
+                scores.add(item["id"], wav, model.decode_tokens(tokens[:layers])[: len(wav)], suffix)
+        return scores.means()

@@ -72,6 +72,8 @@ class MetisS2A(nn.Module):
         # the layer's output logits: a 16-layer codec costs 1 M parameters here, not 8 M.
         self.layer_embeddings = nn.ModuleList([nn.Embedding(f.codebook_size + 1, c.token_dim)
                                                for _ in range(f.codebooks)])
+        for embedding in self.layer_embeddings:  # unit-norm rows: logits start near uniform, not at +-10
+            nn.init.normal_(embedding.weight, std=c.token_dim ** -0.5)
         self.token_in = nn.Linear(c.token_dim, c.dim)
         self.token_out = nn.Linear(c.dim, c.token_dim)
         self.layer_bias = nn.Parameter(torch.zeros(f.codebooks, f.codebook_size))

@@ -25,7 +25,7 @@ from torch import nn
 from models import audio, registry
 from models.config import ModelConfig
 from models.masked import MaskedTransformer, guide, masked_decode
-from models.roles import ACOUSTIC_DECODER, SEMANTIC_TOKENIZER, TTS, Control, TTSRequest
+from models.roles import ACOUSTIC_DECODER, SEMANTIC_TOKENIZER, TTS, AcousticPrompt, Control, TTSRequest
 from models.text import TextFrontend
 
 TEXT_PART, TOKEN_PART = 0, 1  # what a T2S position holds (a learned embedding each)
@@ -199,11 +199,7 @@ class MetisT2S(nn.Module):
         tokens = self.generate(prompt_ids + text_ids, semantic, length, scale, request.seed,
                                int(controls["t2s_steps"]), float(controls["temperature"]), int(controls["top_k"]))
         decoder = self.acoustic()
-        whole = tokens if semantic is None else torch.cat([semantic.long(), tokens])
-        acoustic_prompt = None if prompt is None else prompt["acoustic"]
-        acoustic = decoder.generate_tokens(whole.numpy(), acoustic_prompt, request.seed,
-                                           {"steps": controls["s2a_steps"]})
-        if acoustic_prompt is not None:  # the prompt's frames were given: speak only what follows
-            acoustic = acoustic[:, acoustic_prompt.shape[1]:]
+        voice = None if prompt is None else AcousticPrompt(prompt["acoustic"], semantic.numpy())
+        acoustic = decoder.generate_tokens(tokens.numpy(), voice, request.seed, {"steps": controls["s2a_steps"]})
         codec = registry.load_model(decoder.codec, str(self.to_logits.weight.device))[0]
         return codec.decode_tokens(acoustic) if acoustic.shape[1] else np.zeros(0, np.float32)

@@ -21,7 +21,7 @@ from torch import nn
 from models import registry
 from models.config import ModelConfig
 from models.masked import MaskedTransformer, decode_layers, guide
-from models.roles import ACOUSTIC_DECODER, SEMANTIC_TOKENIZER, TOKEN_CODEC, Control
+from models.roles import ACOUSTIC_DECODER, SEMANTIC_TOKENIZER, TOKEN_CODEC, AcousticPrompt, Control
 
 
 @dataclass
@@ -114,26 +114,31 @@ class MetisS2A(nn.Module):
         return self.token_out(h) @ table.T + self.layer_bias[layer]
 
     @torch.no_grad()
-    def generate_tokens(self, semantic: np.ndarray, prompt: np.ndarray | None, seed: int,
+    def generate_tokens(self, semantic: np.ndarray, prompt: AcousticPrompt | None, seed: int,
                         controls: dict[str, float]) -> np.ndarray:
-        """models.roles.AcousticDecoder: semantic ids (frames,) at the semantic rate, the prompt's codec tokens
-        (codebooks, prompt_frames) covering its first frames, or None -> (codebooks, frames') codec tokens."""
+        """models.roles.AcousticDecoder: semantic ids (frames,) at the semantic rate -> (codebooks, frames') codec
+        tokens of that speech. A prompt's frames go first (every layer given, its own semantic tokens beside
+        them) and the speech continues its voice; they are not returned."""
         c = self.config
         device = self.token_out.weight.device
         semantic = torch.as_tensor(np.asarray(semantic), dtype=torch.long)
         frames = max(1, math.ceil(len(semantic) / c.fitted.semantic_rate * c.fitted.acoustic_rate))
-        at_rate = self.semantic_at_acoustic_rate(semantic, frames).to(device)[None]
-        given = torch.zeros(c.fitted.codebooks, frames, dtype=torch.long)
-        fixed = torch.zeros(c.fitted.codebooks, frames, dtype=torch.bool)
+        at_rate = self.semantic_at_acoustic_rate(semantic, frames)
+        prompt_frames = 0
         if prompt is not None:
-            prompt = torch.as_tensor(np.asarray(prompt), dtype=torch.long)[:, :frames]
-            given[:, : prompt.shape[1]], fixed[:, : prompt.shape[1]] = prompt, True
+            voice = torch.as_tensor(np.asarray(prompt.tokens), dtype=torch.long)
+            prompt_frames = voice.shape[1]
+            voice_semantic = torch.as_tensor(np.asarray(prompt.semantic), dtype=torch.long)
+            at_rate = torch.cat([self.semantic_at_acoustic_rate(voice_semantic, prompt_frames), at_rate])
+        at_rate = at_rate.to(device)[None]
+        given = torch.zeros(c.fitted.codebooks, prompt_frames + frames, dtype=torch.long)
+        fixed = torch.zeros(c.fitted.codebooks, prompt_frames + frames, dtype=torch.bool)
+        if prompt is not None:
+            given[:, :prompt_frames], fixed[:, :prompt_frames] = voice, True
         first = int(controls.get("steps", self.CONTROLS["steps"].default))
         steps = tuple(min(first, s) for s in c.steps)
         steps = (first,) + steps[1:]
         cfg = float(controls.get("cfg", self.CONTROLS["cfg"].default))
-        prompt_frames = 0 if prompt is None else prompt.shape[1]
-
         prompt_lengths = torch.tensor([prompt_frames], device=device)
 
         def step_logits(layer: int, tokens: torch.Tensor, masked: torch.Tensor, t: float) -> torch.Tensor:
@@ -148,4 +153,4 @@ class MetisS2A(nn.Module):
         generator = torch.Generator().manual_seed(int(seed))
         temperature = float(controls.get("temperature", self.CONTROLS["temperature"].default))
         tokens = decode_layers(step_logits, given, fixed, c.fitted.codebook_size, steps, temperature, 0, generator)
-        return tokens.numpy().astype(np.int64)
+        return tokens[:, prompt_frames:].numpy().astype(np.int64)

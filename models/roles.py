@@ -135,10 +135,19 @@ class AcousticDecoder(Protocol):
     codec: str               # the token codec whose tokens it generates
     semantic_tokenizer: str  # the semantic tokenizer whose tokens it reads
 
-    def generate_tokens(self, semantic: np.ndarray, prompt: np.ndarray | None, seed: int,
+    def generate_tokens(self, semantic: np.ndarray, prompt: AcousticPrompt | None, seed: int,
                         controls: dict[str, float]) -> np.ndarray:
-        """semantic (frames,) ids, prompt (num_codebooks, prompt_frames) codec tokens of the voice or None
-        -> (num_codebooks, frames') codec tokens at the codec's default window."""
+        """semantic (frames,) ids of what to say, the voice to say it in (or None) -> (num_codebooks, frames')
+        codec tokens of that speech alone (not the prompt's), at the codec's default window."""
+
+
+@dataclass
+class AcousticPrompt:
+    """The voice an acoustic decoder speaks in: a clip's codec tokens and the semantic tokens of the same clip
+    (a decoder that continues the clip reads both)."""
+
+    tokens: np.ndarray  # (num_codebooks, frames) codec tokens
+    semantic: np.ndarray  # (frames',) semantic ids
 
 
 @dataclass

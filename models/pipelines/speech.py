@@ -11,7 +11,15 @@ import numpy as np
 from models import audio, registry
 from models.pipelines.codecs import fit_length, token_codec
 from models.pipelines.common import check_controls, check_seed, checkpoint_model, declared
-from models.roles import ACOUSTIC_DECODER, SEMANTIC_TOKENIZER, SPEECH_TASKS, SPEECH_TO_SPEECH, Control, SpeechRequest
+from models.roles import (
+    ACOUSTIC_DECODER,
+    SEMANTIC_TOKENIZER,
+    SPEECH_TASKS,
+    SPEECH_TO_SPEECH,
+    AcousticPrompt,
+    Control,
+    SpeechRequest,
+)
 
 TASK_NAMES = {"convert": "voice-conversion", "enhance": "speech-enhancement", "extract": "target-speaker-extraction"}
 
@@ -105,7 +113,8 @@ def semantic_resynthesis(wav: np.ndarray, sr: int, decoder: str, prompt: np.ndar
     if prompt is not None:
         if prompt_sr is None:
             raise ValueError("prompt_sr: the prompt audio's sample rate is required")
-        acoustic_prompt = codec.encode_wav(_speech_input(prompt, prompt_sr, "prompt audio"))
+        voice = _speech_input(prompt, prompt_sr, "prompt audio")
+        acoustic_prompt = AcousticPrompt(codec.encode_wav(voice), tokenizer.tokens_wav(voice))
     semantic = tokenizer.tokens_wav(wav)
     tokens = model.generate_tokens(semantic, acoustic_prompt, seed, settings)
     out = fit_length(codec.decode_tokens(tokens), len(wav))

@@ -302,10 +302,9 @@ class LevelDecoder(torch.nn.Module):
         self.codec, self.semantic_tokenizer = config["codec"], config["semantic_tokenizer"]
         self.unit = torch.nn.Parameter(torch.ones(1))
 
-    def generate_tokens(self, semantic: np.ndarray, prompt: np.ndarray | None, seed: int,
-                        controls: dict[str, float]) -> np.ndarray:
+    def generate_tokens(self, semantic: np.ndarray, prompt, seed: int, controls: dict[str, float]) -> np.ndarray:
         crossings = np.clip(np.repeat(semantic, 2) * 4, 0, 63)  # two codec frames per semantic frame
-        level = int(np.median(prompt[0])) if prompt is not None else int(controls["level"])
+        level = int(np.median(prompt.tokens[0])) if prompt is not None else int(controls["level"])
         return np.stack([np.full_like(crossings, level), crossings]).astype(np.int64)
 
 

@@ -1,6 +1,8 @@
 """Metis (models/metis.py, models/metis_s2a.py) and its recipes: tiny models overfit one utterance, LoRA merges
 at export, lengths follow the prompt's pace."""
 
+import math
+
 import torch
 
 from models.masked import MASK_FLOOR
@@ -66,8 +68,12 @@ def test_a_tiny_s2a_overfits_one_utterance_layer_by_layer():
     model.eval()
     out = torch.from_numpy(model.generate_tokens(semantic.numpy(), None, 0, {"steps": 6, "temperature": 0.0}))
     assert out.shape == (3, 20) and (out == tokens).float().mean() >= 0.9
-    prompted = model.generate_tokens(semantic.numpy(), tokens[:, :5].numpy(), 0, {"temperature": 0.0})
-    assert (torch.from_numpy(prompted)[:, :5] == tokens[:, :5]).all()  # the prompt's frames are kept
+    from models.roles import AcousticPrompt
+
+    # the first quarter second as the voice, the rest to speak: it continues the utterance it learned
+    voice = AcousticPrompt(tokens[:, :5].numpy(), semantic[:6].numpy())
+    rest = model.generate_tokens(semantic[6:].numpy(), voice, 0, {"steps": 6, "temperature": 0.0})
+    assert rest.shape == (3, math.ceil(19 / 25 * 20))  # the speech alone (19 semantic tokens), not the prompt
 
 
 def test_the_t2s_mask_keeps_its_floor():

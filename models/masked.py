@@ -121,7 +121,7 @@ def masked_decode(logits_fn: LogitsFn, given: torch.Tensor, fixed: torch.Tensor,
         if not masked.any():
             break
         t = 1.0 - step / steps
-        logits = top_k_filter(logits_fn(tokens, masked, t).float(), top_k)
+        logits = top_k_filter(logits_fn(tokens, masked, t).float().to(given.device), top_k)  # a GPU model's too
         last = step == steps - 1
         if last or temperature <= 0:
             sampled = logits.argmax(-1)

@@ -135,9 +135,10 @@ class MetisS2A(nn.Module):
         fixed = torch.zeros(c.fitted.codebooks, prompt_frames + frames, dtype=torch.bool)
         if prompt is not None:
             given[:, :prompt_frames], fixed[:, :prompt_frames] = voice, True
+        # the control sets the first layer's steps; the configured counts above it, never more than that
         first = int(controls.get("steps", self.CONTROLS["steps"].default))
-        steps = tuple(min(first, s) for s in c.steps)
-        steps = (first,) + steps[1:]
+        above = c.steps[1:] or c.steps
+        steps = (first,) + tuple(min(first, s) for s in above)
         cfg = float(controls.get("cfg", self.CONTROLS["cfg"].default))
         prompt_lengths = torch.tensor([prompt_frames], device=device)
 

@@ -298,9 +298,10 @@ def _crop_aligned(name: str, batch: dict, spans: list[tuple[int, int]], ratio: f
 
 
 def step_generator(step: int, salt: int) -> torch.Generator:
-    """Random draws of a recipe (masks, dropped conditions) from the step alone, so that a resumed run draws
-    them as an unbroken one; `salt` keeps two recipes' or two uses' streams apart."""
-    return torch.Generator().manual_seed(step * 1_000_003 + salt)
+    """Random draws of a recipe (masks, dropped conditions) from the step and the DDP rank alone, so that a
+    resumed run draws them as an unbroken one and ranks draw apart; `salt` keeps two uses' streams apart."""
+    rank = int(os.environ.get("RANK", 0))
+    return torch.Generator().manual_seed((step * 1_000_003 + salt) * 1009 + rank)
 
 
 def epoch_batches(n_items: int, batch_size: int, epoch: int, seed: int, rank: int, world: int,

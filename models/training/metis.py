@@ -60,12 +60,14 @@ class MetisTask(Task):
 
     def losses(self, model: nn.Module, batch: dict, step: int) -> tuple[torch.Tensor, dict, None]:
         core, c = unwrap(model), self.config
+        if c.text and "crop_starts" in batch:
+            raise ValueError("Metis TTS trains on whole utterances (the phonemes must match the tokens): set "
+                             "train.segment_frames: null")
         tokens, lengths = batch["features"][:, 0], batch["feature_lengths"]
         generator = step_generator(step, 11)
-        masked, prompts, _ = training_mask(lengths.cpu(), tokens.shape[1], generator, c.prompt_probability,
+        # the drawn time, not the floored masked share's: decoding runs t down to 1/S (the authors' code too)
+        masked, prompts, t = training_mask(lengths.cpu(), tokens.shape[1], generator, c.prompt_probability,
                                            c.prompt_fraction, MASK_FLOOR)
-        ratio = masked.sum(1).float() / (lengths.cpu() - prompts).clamp_min(1).float()
-        t = torch.arcsin(ratio.clamp(0, 1)) * 2 / torch.pi  # the time the masked share stands for: gamma^-1
         dropped = torch.rand(len(lengths), generator=generator) < (c.condition_dropout if model.training else 0.0)
         texts, inputs, targets, where = [], [], [], []
         for i, n in enumerate(lengths.tolist()):

@@ -87,9 +87,7 @@ class MetisS2ATask(Task):
         if model.training:
             prompts[torch.rand(batch_size, generator=generator) < c.condition_dropout] = 0
         fixed = torch.arange(frames)[None] < prompts[:, None]
-        masked, _, _ = training_mask(lengths, frames, generator, floor=0.0, fixed=fixed)
-        ratio = masked.sum(1).float() / (lengths - prompts).clamp_min(1).float()
-        t = torch.arcsin(ratio.clamp(0, 1)) * 2 / torch.pi
+        masked, _, t = training_mask(lengths, frames, generator, floor=0.0, fixed=fixed)
         rows = torch.arange(batch_size)
         inputs = tokens.clone()
         current = inputs[rows, layers]

@@ -148,3 +148,15 @@ def test_metis_speaks_through_the_tts_pipeline_with_a_reference_and_a_set_durati
     assert abs(len(wav) / 22050 - 2.0) < 0.25  # the two seconds asked for, not the reference's four as well
     again, _ = pipelines.tts("Hello there.", model=str(folder), seed=1, duration=1.0, t2s_steps=4, s2a_steps=2)
     assert abs(len(again) / 22050 - 1.0) < 0.25  # no reference: a voice of its own
+
+
+def test_a_tts_fine_tune_refuses_cropped_utterances():
+    """Cropped tokens would be paired with the whole utterance's phonemes: the recipe says so instead."""
+    import pytest
+
+    recipe = MetisTask(t2s_config())
+    model = recipe.build()
+    batch = {"ids": ["a"], "features": torch.randint(16, (1, 1, 20)), "feature_lengths": torch.tensor([20]),
+             "text": torch.randint(1, 20, (1, 5)), "text_lengths": torch.tensor([5]), "crop_starts": torch.tensor([3])}
+    with pytest.raises(ValueError, match="segment_frames: null"):
+        recipe.losses(model, batch, 0)

@@ -147,6 +147,25 @@ def _transform(model: str, device: str, seed: int = 0, **controls: float) -> Gen
     return generate
 
 
+def _resynthesize(decoder: str, device: str, seed: int = 0, **controls: float) -> Generate:
+    """An acoustic decoder on the item's reference audio: its semantic tokens turned back into speech, in the
+    voice of the item's enrollment clip (a different utterance), or of the reference itself when the item has
+    none. Each item's seed is `seed` + a hash of its key."""
+    import zlib
+
+    from models import pipelines
+
+    def generate(item: Item) -> tuple[np.ndarray, int]:
+        wav = audio.load_audio(item.reference, audio.SAMPLE_RATE, max_seconds=None)
+        voice = wav if item.enrollment is None else audio.load_audio(
+            item.enrollment, audio.SAMPLE_RATE, max_seconds=pipelines.MAX_REFERENCE_SECONDS)
+        out, _ = pipelines.semantic_resynthesis(wav, audio.SAMPLE_RATE, decoder, voice, audio.SAMPLE_RATE, device,
+                                                seed + zlib.crc32(item.key.encode()) % 100_000, **controls)
+        return out, audio.SAMPLE_RATE
+
+    return generate
+
+
 TTS_OPTIONS = {"cfg": float, "seed": int}  # plus the model's own controls (a float each)
 OPTION_ALIASES = {"stop": "stop_threshold"}  # short names kept from earlier command lines
 
@@ -190,13 +209,15 @@ class System:
     """name, and either a folder of wavs, a manifest field (gt, input), a codec, a TTS model, or a generator."""
 
     name: str
-    kind: str  # "folder", "manifest", "codec", "tts", "speech" (speech to speech) or "generator"
+    # "folder", "manifest", "codec", "tts", "speech" (speech to speech), "resynthesis" (an acoustic decoder) or
+    # "generator"
+    kind: str
     source: str
     options: tuple[tuple[str, float], ...] = ()
 
     @property
     def generated(self) -> bool:
-        return self.kind in ("codec", "tts", "speech", "generator")
+        return self.kind in ("codec", "tts", "speech", "resynthesis", "generator")
 
     def generator(self, device: str) -> Generate:
         if self.kind == "codec":
@@ -205,6 +226,8 @@ class System:
             return _speak(self.source, device, **dict(self.options))
         if self.kind == "speech":
             return _transform(self.source, device, **dict(self.options))
+        if self.kind == "resynthesis":
+            return _resynthesize(self.source, device, **dict(self.options))
         return GENERATORS[self.source](device)
 
     def missing(self, item: Item) -> str | None:
@@ -216,7 +239,7 @@ class System:
             if item.input is None:
                 return "an input recording"
             return "an enrollment clip" if _needs_reference(self.source) and item.enrollment is None else None
-        if self.kind == "codec" or (self.kind == "manifest" and self.source == "gt"):
+        if self.kind in ("codec", "resynthesis") or (self.kind == "manifest" and self.source == "gt"):
             return None if item.reference is not None else "reference audio"
         if self.kind == "manifest":
             return None if item.input is not None else "an input recording"
@@ -277,11 +300,12 @@ def _options(spec: str, text: str, model: str) -> tuple[tuple[str, float], ...]:
     return tuple(options)
 
 
-def _speech_options(spec: str, text: str, model: str) -> tuple[tuple[str, float], ...]:
-    """`seed=3:<control>=<value>` for a speech-to-speech model, each checked against its declared range."""
+def _speech_options(spec: str, text: str, model: str, controls: dict | None = None) -> tuple[tuple[str, float], ...]:
+    """`seed=3:<control>=<value>` for a speech-to-speech model (or an acoustic decoder: its `controls`), each
+    checked against its declared range."""
     from models import pipelines
 
-    controls = pipelines.speech_controls(model)
+    controls = pipelines.speech_controls(model) if controls is None else controls
     options = []
     for part in text.split(":") if text else []:
         key, sep, value = part.partition("=")
@@ -325,15 +349,18 @@ def parse_system(spec: str) -> System:
     kind = _role(source)
     if source in pipelines.CODECS or kind == "codec":  # before folders: a checkpoint is a folder too
         return System(name, "codec", source, _codec_options(spec, options, source))
-    if options and kind not in ("tts", "speech"):
+    if options and kind not in ("tts", "speech", "resynthesis"):
         raise ValueError(f"system {spec!r}: only TTS models and token codecs take options (and speech-to-speech "
-                         "models: a seed and their controls)")
+                         "models and acoustic decoders: a seed and their controls)")
     if kind == "tts":
         return System(name, "tts", source, _options(spec, options, source))
     if kind == "speech":
         if not pipelines.checkpoint_tasks(source):
             raise ValueError(f"system {spec!r}: {source} lists no tasks in its config")
         return System(name, "speech", source, _speech_options(spec, options, source))
+    if kind == "resynthesis":
+        return System(name, "resynthesis", source, _speech_options(spec, options, source,
+                                                                   pipelines.acoustic_decoder_controls(source)))
     if source in MANIFEST_SYSTEMS:
         return System(name, "manifest", source)
     if source in GENERATORS:
@@ -345,9 +372,9 @@ def parse_system(spec: str) -> System:
 
 
 def _role(source: str) -> str | None:
-    """"codec", "tts" or "speech" when source names a checkpoint of that role, else None."""
+    """"codec", "tts", "speech" or "resynthesis" when source names a checkpoint of that role, else None."""
     from models import registry
-    from models.roles import LATENT_CODEC, SPEECH_TO_SPEECH, TOKEN_CODEC, TTS
+    from models.roles import ACOUSTIC_DECODER, LATENT_CODEC, SPEECH_TO_SPEECH, TOKEN_CODEC, TTS
 
-    return {LATENT_CODEC: "codec", TOKEN_CODEC: "codec", TTS: "tts",
-            SPEECH_TO_SPEECH: "speech"}.get(registry.checkpoint_role(source))
+    return {LATENT_CODEC: "codec", TOKEN_CODEC: "codec", TTS: "tts", SPEECH_TO_SPEECH: "speech",
+            ACOUSTIC_DECODER: "resynthesis"}.get(registry.checkpoint_role(source))

@@ -231,7 +231,7 @@ class ResidualVQ(nn.Module):
 
     def lookup(self, ids: torch.Tensor) -> torch.Tensor:
         """(batch, N, layers) -> per-layer codewords (batch, N, layers, dim)."""
-        return torch.stack([codebook[ids[..., i]] for i, codebook in enumerate(self.codebooks)], dim=2)
+        return torch.stack([self.codebooks[i][ids[..., i]] for i in range(ids.shape[-1])], dim=2)
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> dict:
         """Quantize (batch, N, dim); losses averaged over the positions `mask` marks real."""
@@ -376,8 +376,8 @@ class ALMTokenizer(nn.Module):
 
     def check_tokens(self, tokens: np.ndarray | torch.Tensor) -> torch.Tensor:
         tokens = torch.as_tensor(np.asarray(tokens), dtype=torch.long, device=self._device())
-        if tokens.dim() != 2 or tokens.shape[0] != self.num_codebooks or tokens.shape[1] < 1:
-            raise ValueError(f"tokens must be ({self.num_codebooks} codebooks, frames), not {tuple(tokens.shape)}")
+        if tokens.dim() != 2 or not 1 <= tokens.shape[0] <= self.num_codebooks or tokens.shape[1] < 1:
+            raise ValueError(f"tokens must be (1..{self.num_codebooks} codebooks, frames), not {tuple(tokens.shape)}")
         if tokens.min() < 0 or tokens.max() >= self.codebook_size:
             raise ValueError(f"token ids must lie in 0..{self.codebook_size - 1}")
         return tokens

@@ -28,7 +28,7 @@ from models.roles import ACOUSTIC_DECODER, SEMANTIC_TOKENIZER, TOKEN_CODEC, Acou
 class MetisS2AFitted:
     """Read off the codec and the semantic tokenizer by the recipe, never chosen."""
 
-    codebooks: int = 8  # the codec's layers and codebook size
+    codebooks: int = 8  # the codec's layers it generates (config.codebooks, or all) and its codebook size
     codebook_size: int = 1024
     acoustic_rate: float = 22050 / 256 / 4  # codec token frames per second
     semantic_vocabulary: int = 1024
@@ -42,6 +42,7 @@ class MetisS2AConfig(ModelConfig):
 
     codec: str = "latent_rvq"  # the token codec whose layered tokens it generates
     semantic_tokenizer: str = "semantic_tokenizer"  # whose tokens it reads
+    codebooks: int | None = None  # generate the codec's first layers only (None: all); the rest decode as absent
     dim: int = 256
     layers: int = 6
     heads: int = 4
@@ -50,6 +51,9 @@ class MetisS2AConfig(ModelConfig):
     prompt_probability: float = 0.85  # training: the acoustic prompt, a prefix of [min(T/4, 5), T/2) frames
     steps: tuple[int, ...] = (16, 8, 4, 2, 1)  # decoding steps per layer from the lowest (the last repeats)
     condition_dropout: float = 0.1  # training: the prompt dropped, for classifier-free guidance
+    # training: the layer each item learns is drawn with weights falling linearly with depth (None, the
+    # authors'), or as layer_decay ** k from the lowest: more of the budget on the low, predictable layers
+    layer_decay: float | None = None
     fitted: MetisS2AFitted = field(default_factory=MetisS2AFitted)
 
 
@@ -78,6 +82,10 @@ class MetisS2A(nn.Module):
         self.token_out = nn.Linear(c.dim, c.token_dim)
         self.layer_bias = nn.Parameter(torch.zeros(f.codebooks, f.codebook_size))
         self.target_layer = nn.Embedding(f.codebooks, c.dim)  # which layer is being generated
+        # The semantic and layer embeddings start at the scale of the projected tokens they are summed with:
+        # at N(0, 1) they would drown the codec tokens (norm 16 against about 1) before the first norm.
+        for embedding in (self.semantic_embedding, self.target_layer):
+            nn.init.normal_(embedding.weight, std=c.dim ** -0.5)
         self.transformer = MaskedTransformer(c.dim, c.layers, c.heads, c.ff_mult)
 
     def semantic_at_acoustic_rate(self, semantic: torch.Tensor, frames: int) -> torch.Tensor:
@@ -126,7 +134,7 @@ class MetisS2A(nn.Module):
         at_rate = self.semantic_at_acoustic_rate(semantic, frames)
         prompt_frames = 0
         if prompt is not None:
-            voice = torch.as_tensor(np.asarray(prompt.tokens), dtype=torch.long)
+            voice = torch.as_tensor(np.asarray(prompt.tokens), dtype=torch.long)[: c.fitted.codebooks]
             prompt_frames = voice.shape[1]
             voice_semantic = torch.as_tensor(np.asarray(prompt.semantic), dtype=torch.long)
             at_rate = torch.cat([self.semantic_at_acoustic_rate(voice_semantic, prompt_frames), at_rate])

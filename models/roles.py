@@ -88,7 +88,8 @@ class TokenCodec(Protocol):
         """(samples,) -> int64 tokens (num_codebooks, frames)."""
 
     def decode_tokens(self, tokens: np.ndarray, window: int | None = None) -> np.ndarray:
-        """(num_codebooks, frames) -> (samples,)."""
+        """(layers, frames) -> (samples,): all num_codebooks layers, or only the first (lowest) few, which
+        decode coarser speech of the same length (what an acoustic decoder that generates fewer layers needs)."""
 
     def embed(self, tokens: np.ndarray) -> np.ndarray:
         """(num_codebooks, frames) -> (frames, dim): what the tokens stand for, for latent statistics and plots."""

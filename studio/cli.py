@@ -486,6 +486,29 @@ def _corpus_build(args: argparse.Namespace) -> int:
     return 0 if report["finished"] else 1
 
 
+def _corpus_pack(args: argparse.Namespace) -> int:
+    from models.data.pack import pack
+
+    features = {}
+    for spec in args.feature:
+        name, _, channels = spec.partition(":")
+        if channels and not channels.isdigit():
+            raise ValueError(f"--feature {spec!r}: CHANNELS must be a whole number")
+        features[name] = int(channels) if channels else None
+    summary = pack(args.corpus, features, args.out, tuple(args.splits))
+    print(f"packed {summary['rows']} utterances' {', '.join(summary['features'])} into {args.out} "
+          f"({summary['bytes'] / 2**20:.1f} MiB)")
+    return 0
+
+
+def _corpus_unpack(args: argparse.Namespace) -> int:
+    from models.data.pack import unpack
+
+    summary = unpack(args.packed, args.out)
+    print(f"unpacked {summary['rows']} utterances' {', '.join(summary['features'])} into {args.out}")
+    return 0
+
+
 def _corpus_export(args: argparse.Namespace) -> int:
     from models.data import corpus
 
@@ -637,6 +660,20 @@ def build_parser() -> argparse.ArgumentParser:
     count.add_argument("--encoder", help="a speaker-encoder checkpoint instead of the bench's Resemblyzer")
     count.set_defaults(run=_corpus_speakers)
 
+    packing = corpus_commands.add_parser("pack", help="a corpus's cached token features as one compact file (what "
+                                                      "a GPU machine without the audio trains from)")
+    packing.add_argument("--corpus", required=True, help="folder with the corpus manifest.jsonl and cache/")
+    packing.add_argument("--feature", action="append", required=True, metavar="NAME[:CHANNELS]",
+                         help="a cache folder of integer features (e.g. semantic_tokens_semantic_tokenizer, "
+                              "tokens-<digest>:16 for a codec's first 16 layers); repeat")
+    packing.add_argument("--splits", nargs="+", default=["train", "valid"], help="the splits to pack")
+    packing.add_argument("--out", required=True, help=".npz file to write")
+    packing.set_defaults(run=_corpus_pack)
+    unpacking = corpus_commands.add_parser("unpack", help="a packed file back into a corpus folder of caches")
+    unpacking.add_argument("packed", help="the .npz written by corpus pack")
+    unpacking.add_argument("--out", required=True, help="corpus folder to write (manifest.jsonl, cache/)")
+    unpacking.set_defaults(run=_corpus_unpack)
+
     semantic = commands.add_parser("semantic", help="semantic features and the semantic tokenizer (k-means)")
     semantic_commands = semantic.add_subparsers(dest="semantic_command", required=True, metavar="ACTION")
     fit = semantic_commands.add_parser("fit", help="cache the corpus's features and fit the k-means tokenizer")
@@ -775,9 +812,10 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--manifest", required=True, help="seed-tts-eval .lst or JSONL (corpus or task set)")
     evaluate.add_argument("--split", help="only rows of this split (corpus manifests)")
     evaluate.add_argument("--system", action="append", required=True, metavar="NAME[=DIR_OR_MODEL]",
-                          help="gt, input, vocoder, NAME=FOLDER of <utt>.wav, NAME=CODEC_CHECKPOINT, or "
-                               "NAME=TTS_CHECKPOINT[:cfg=2:seed=0:stop=0.5], NAME=SPEECH_CHECKPOINT[:seed=0]; "
-                               "repeat or comma-separate")
+                          help="gt, input, vocoder, NAME=FOLDER of <utt>.wav, NAME=CODEC_CHECKPOINT, "
+                               "NAME=TTS_CHECKPOINT[:cfg=2:seed=0:stop=0.5], NAME=SPEECH_CHECKPOINT[:seed=0], or "
+                               "NAME=ACOUSTIC_DECODER[:seed=0] (the reference's semantic tokens spoken again, in "
+                               "the enrollment clip's voice); repeat or comma-separate")
     evaluate.add_argument("--metrics", default="wer,sim",
                           help="comma list of the metrics listed below (rtf is measured whenever a system generates)")
     evaluate.format_help = lambda: _with_epilog(evaluate, _metrics_help)  # the registry is read only for help

@@ -1,8 +1,9 @@
 """Training recipe of Metis's masked acoustic decoder (models/metis_s2a.py).
 
 The codec's tokens of each utterance are the training feature (cached as integers), the semantic tokens of the
-same seconds an aligned stream. Each item draws the layer it learns (weights falling linearly with depth), the
-layers below given, an acoustic prompt prefix with probability `prompt_probability` ([min(T/4, 5), T/2)
+same seconds an aligned stream. Each item draws the layer it learns (weights falling linearly with depth, or
+geometrically with `layer_decay`: the upper layers of a residual codec are close to unpredictable noise), the
+layers below given (of the codec's first `codebooks` layers, or all), an acoustic prompt prefix with probability `prompt_probability` ([min(T/4, 5), T/2)
 frames, every layer given; dropped with probability `condition_dropout` for guidance), and masks that layer's
 other frames by the schedule (no floor).
 """
@@ -50,7 +51,12 @@ class MetisS2ATask(Task):
         """The codec's layers, codebook size and rate and the tokenizer's vocabulary and rate, into `fitted`."""
         codec, _, _ = registry.load_model(self.config.codec, "cpu")
         tokenizer, _, _ = registry.load_model(self.config.semantic_tokenizer, "cpu")
-        self.model_config["fitted"] = {"codebooks": int(codec.num_codebooks), "codebook_size": int(codec.codebook_size),
+        layers = int(codec.num_codebooks)
+        if self.config.codebooks is not None and not 1 <= self.config.codebooks <= layers:
+            raise ValueError(f"codebooks must be 1..{layers} (the layers of {self.config.codec}), "
+                             f"not {self.config.codebooks}")
+        layers = self.config.codebooks or layers
+        self.model_config["fitted"] = {"codebooks": layers, "codebook_size": int(codec.codebook_size),
                                        "acoustic_rate": float(codec.frame_rate_at()),
                                        "semantic_vocabulary": int(tokenizer.vocabulary_size),
                                        "semantic_rate": float(tokenizer.frame_rate)}
@@ -58,6 +64,16 @@ class MetisS2ATask(Task):
 
     def build(self) -> MetisS2A:
         return MetisS2A(self.config)
+
+    def layer_weights(self) -> torch.Tensor:
+        """(codebooks,) the chance that an item learns each layer: falling linearly with depth, or
+        geometrically by layer_decay."""
+        c = self.config
+        if c.layer_decay is None:
+            weights = torch.arange(c.fitted.codebooks, 0, -1, dtype=torch.float)
+        else:
+            weights = c.layer_decay ** torch.arange(c.fitted.codebooks, dtype=torch.float)
+        return weights / weights.sum()
 
     def semantic_at_frames(self, batch: dict, frames: int) -> torch.Tensor:
         """(batch, frames) the semantic id at each acoustic frame's moment, from the aligned semantic stream."""
@@ -74,11 +90,11 @@ class MetisS2ATask(Task):
     def losses(self, model: nn.Module, batch: dict, step: int) -> tuple[torch.Tensor, dict, None]:
         core, c = unwrap(model), self.config
         f = c.fitted
-        tokens, lengths = batch["features"].cpu(), batch["feature_lengths"].cpu()
+        tokens, lengths = batch["features"][:, : f.codebooks].cpu(), batch["feature_lengths"].cpu()
         batch_size, _, frames = tokens.shape
         generator = step_generator(step, 23)
-        depth = torch.arange(f.codebooks, 0, -1, dtype=torch.float)  # weights falling linearly with depth
-        layers = torch.multinomial(depth / depth.sum(), batch_size, replacement=True, generator=generator)
+        weights = self.layer_weights()
+        layers = torch.multinomial(weights, batch_size, replacement=True, generator=generator)
         prompts = torch.zeros(batch_size, dtype=torch.long)
         for i, n in enumerate(lengths.tolist()):
             if n >= 4 and float(torch.rand(1, generator=generator)) < c.prompt_probability:

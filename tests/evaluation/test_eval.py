@@ -147,6 +147,20 @@ def test_codec_checkpoint_folder_is_a_codec_system(tmp_path, seen, monkeypatch, 
     assert "--eval takes NAME=FOLDER_OR_FILE" in capsys.readouterr().err
 
 
+def test_an_acoustic_decoder_is_a_resynthesis_system(tmp_path, seen, acoustic_decoder_run):
+    """An S2A checkpoint speaks each item's reference again from its semantic tokens, in the enrollment clip's
+    voice, at the reference's length; its own controls are options, checked against their ranges."""
+    system = parse_system(f"s2a={acoustic_decoder_run}:steps=2:seed=3")
+    assert (system.kind, system.generated, dict(system.options)) == ("resynthesis", True, {"steps": 2, "seed": 3})
+    with pytest.raises(ValueError, match="steps"):
+        parse_system(f"s2a={acoustic_decoder_run}:steps=1000")
+    run_eval(config(seen, tmp_path / "run", systems=(f"s2a={acoustic_decoder_run}:steps=2",), metrics=["stoi"],
+                    limit=1))
+    item = read_items(seen)[0]
+    [wav] = (tmp_path / "run" / "audio" / "s2a").glob("*.wav")
+    assert len(audio.load_audio(wav, audio.SAMPLE_RATE)) == len(audio.load_audio(item.reference, audio.SAMPLE_RATE))
+
+
 def test_existing_run_needs_resume(tmp_path, seen):
     out = tmp_path / "run"
     run_eval(config(seen, out, limit=1, report=False))

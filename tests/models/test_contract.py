@@ -85,6 +85,7 @@ def smoke(model, role: str):
             assert model.bitrate_at(window) > 0 and model.frame_rate_at(window) > 0
             embedded = model.embed(tokens)
             assert embedded.shape[0] == tokens.shape[1] and len(model.decode_tokens(tokens, window)) > 0.5 * SR
+            assert len(model.decode_tokens(tokens[:1], window)) == len(model.decode_tokens(tokens, window))
             outputs += [tokens.ravel().astype(np.float32), embedded.ravel()]
         return np.concatenate(outputs)
     if role == SPEAKER_ENCODER:
@@ -261,7 +262,8 @@ class TwoWindowCodec(torch.nn.Module):
     def decode_tokens(self, tokens: np.ndarray, window: int | None = None) -> np.ndarray:
         hop = HOP * self.check_window(window)
         amplitude = np.repeat(10 ** (tokens[0] / 12 - 5) * math.sqrt(2), hop)
-        frequency = np.repeat(np.maximum(tokens[1], 1) / 128 * SR, hop)
+        crossings = tokens[1] if len(tokens) > 1 else np.full_like(tokens[0], 8)  # the first layer alone: one pitch
+        frequency = np.repeat(np.maximum(crossings, 1) / 128 * SR, hop)
         return (amplitude * np.sin(2 * np.pi * np.cumsum(frequency) / SR)).astype(np.float32)
 
     def embed(self, tokens: np.ndarray) -> np.ndarray:

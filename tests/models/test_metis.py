@@ -160,3 +160,35 @@ def test_a_tts_fine_tune_refuses_cropped_utterances():
              "text": torch.randint(1, 20, (1, 5)), "text_lengths": torch.tensor([5]), "crop_starts": torch.tensor([3])}
     with pytest.raises(ValueError, match="segment_frames: null"):
         recipe.losses(model, batch, 0)
+
+
+def test_an_s2a_over_the_first_layers_learns_and_generates_only_those():
+    """`codebooks: 2` of a 3-layer codec: the recipe never reads the third layer, a prompt's third layer is
+    ignored, and the output has two layers (the codec decodes them coarser); a count above the codec's is
+    refused by name."""
+    import pytest
+
+    from models.roles import AcousticPrompt
+
+    config = s2a_config(prompt_probability=0.0)
+    config["fitted"]["codebooks"] = 2
+    recipe = MetisS2ATask(config)
+    model = recipe.build()
+    tokens = torch.randint(16, (1, 3, 20))
+    batch = {"ids": ["a"], "features": tokens, "feature_lengths": torch.tensor([20]),
+             "semantic": torch.randint(16, (1, 1, 25)), "semantic_lengths": torch.tensor([25])}
+    loss, _, _ = recipe.losses(model, batch, 0)
+    beyond = {**batch, "features": torch.cat([tokens[:, :2], torch.full((1, 1, 20), 99)], 1)}  # 99: no such id
+    assert torch.equal(recipe.losses(model, beyond, 0)[0], loss)
+    model.eval()
+    voice = AcousticPrompt(tokens[0, :, :5].numpy(), torch.randint(16, (6,)).numpy())
+    assert model.generate_tokens(torch.randint(16, (10,)).numpy(), voice, 0, {"steps": 2}).shape == (2, 8)
+    with pytest.raises(ValueError, match="codebooks must be 1..32"):
+        MetisS2ATask({**s2a_config(), "codec": "latent_rvq", "codebooks": 40}).fit_to_stages()
+
+
+def test_the_layer_draw_falls_linearly_or_by_the_configured_decay():
+    linear = MetisS2ATask(s2a_config()).layer_weights()
+    assert torch.allclose(linear, torch.tensor([3.0, 2.0, 1.0]) / 6)
+    decayed = MetisS2ATask(s2a_config(layer_decay=0.5)).layer_weights()
+    assert torch.allclose(decayed, torch.tensor([4.0, 2.0, 1.0]) / 7)

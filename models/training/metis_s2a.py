@@ -4,8 +4,8 @@ The codec's tokens of each utterance are the training feature (cached as integer
 same seconds an aligned stream. Each item draws the layer it learns (weights falling linearly with depth, or
 geometrically with `layer_decay`: the upper layers of a residual codec are close to unpredictable noise), the
 layers below given (of the codec's first `codebooks` layers, or all), an acoustic prompt prefix with
-probability `prompt_probability` ([min(T/4, 5), T/2) frames, every layer given; dropped with probability `condition_dropout` for guidance), and masks that layer's
-other frames by the schedule (no floor).
+probability `prompt_probability` ([min(T/4, 5), T/2) frames, every layer given; dropped with probability
+`condition_dropout` for guidance), and masks that layer's other frames by the schedule (no floor).
 """
 
 from __future__ import annotations

@@ -43,7 +43,8 @@ def test_a_packed_corpus_unpacks_to_the_same_ids_and_trains_without_audio(tmp_pa
         raise AssertionError("the unpacked corpus must be read from its caches")
 
     data = SpeechDataset(tmp_path / "copy" / "manifest.jsonl", ("train",),
-                         feature=Feature("tokens-x", no_audio, 21.5, integer=True), cache_dir=tmp_path / "copy" / "cache",
+                         feature=Feature("tokens-x", no_audio, 21.5, integer=True),
+                         cache_dir=tmp_path / "copy" / "cache",
                          streams={"semantic": Stream(Feature("semantic", no_audio, 25.0, integer=True))})
     item = data[1]
     assert item["features"].shape == (4, 21) and item["semantic"].dtype == torch.long

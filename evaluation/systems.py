@@ -14,7 +14,8 @@ JSONL rows from the corpus and task sets. Field names map onto one item:
 Systems: `gt` and `input` read the manifest's own audio; a codec (`vocoder`, the shared
 HiFi-GAN's analysis-resynthesis and the ceiling of every mel-based model; a classical codec,
 `codec2_700c`, `codec2_1200`, `opus_6k`; or a codec checkpoint such as `flow_vae`, or a token codec
-at a window, `alm=alm_tokenizer:window=3`) reconstructs the reference, its bitrate recorded; a TTS checkpoint (`sled`)
+at a window, `alm=alm_tokenizer:window=3`, or from its first layers alone, `rvq4=latent_rvq:layers=4`)
+reconstructs the reference, its bitrate recorded; a TTS checkpoint (`sled`)
 speaks the item's text, continuing the enrollment clip (with its prompt_text) when the
 manifest gives one; a speech-to-speech checkpoint (`se=metis_se:seed=1`) does the first task its
 config lists on the item's input recording (with its enrollment clip as the voice); a folder holds
@@ -105,14 +106,15 @@ Generate = Callable[[Item], tuple]
 GENERATORS: dict[str, Callable[[str], Generate]] = {}
 
 
-def _reconstruct(codec: str, device: str, window: int | None = None) -> Generate:
+def _reconstruct(codec: str, device: str, window: int | None = None, layers: int | None = None) -> Generate:
     from models import pipelines
 
     def generate(item: Item) -> tuple[np.ndarray, int, dict]:
         if item.reference is None:
             raise ValueError("no reference audio to reconstruct")
         wav = audio.load_audio(item.reference, audio.SAMPLE_RATE, max_seconds=None)
-        out, info = pipelines.reconstruct(wav, audio.SAMPLE_RATE, codec, device, max_seconds=None, window=window)
+        out, info = pipelines.reconstruct(wav, audio.SAMPLE_RATE, codec, device, max_seconds=None, window=window,
+                                          layers=layers)
         return out, audio.SAMPLE_RATE, {"bitrate": info["bitrate"]} if "bitrate" in info else {}
 
     return generate
@@ -321,25 +323,30 @@ def _speech_options(spec: str, text: str, model: str, controls: dict | None = No
 
 
 def _codec_options(spec: str, text: str, codec: str) -> tuple[tuple[str, int], ...]:
-    """`window=2` for a token codec (its bitrate); other codecs take no options."""
+    """`window=2` for a token codec (its bitrate) and `layers=4` (its first layers alone); other codecs take no
+    options."""
     from models import pipelines
 
     windows = pipelines.codec_windows(codec)
     options = []
     for part in text.split(":") if text else []:
         key, sep, value = part.partition("=")
-        if not windows or key != "window" or not sep:
-            raise ValueError(f"system {spec!r}: " + (f"a token codec takes window= (one of {list(windows)})"
-                                                     if windows else f"{codec} takes no options"))
-        if not value.isdigit() or int(value) not in windows:
+        if not windows or key not in ("window", "layers") or not sep:
+            raise ValueError(f"system {spec!r}: " + (f"a token codec takes window= (one of {list(windows)}) and "
+                                                     "layers=" if windows else f"{codec} takes no options"))
+        if key == "window" and (not value.isdigit() or int(value) not in windows):
             raise ValueError(f"system {spec!r}: window must be one of {list(windows)}, not {value!r}")
-        options.append(("window", int(value)))
+        if key == "layers":
+            count = pipelines.codec_layers(codec)
+            if not value.isdigit() or not 1 <= int(value) <= count:
+                raise ValueError(f"system {spec!r}: layers must be 1..{count}, not {value!r}")
+        options.append((key, int(value)))
     return tuple(options)
 
 
 def parse_system(spec: str) -> System:
     """`NAME` (a built-in) or `NAME=FOLDER_OR_BUILTIN`; a TTS model takes `:key=value` options, a token
-    codec `:window=W`."""
+    codec `:window=W` and `:layers=K`."""
     from models import pipelines
 
     name, _, source = spec.partition("=")

@@ -62,7 +62,19 @@ class FlowVAEConfig(ModelConfig):
     # Training-time voice variety: each crop's mel axis is stretched by a factor in [1 - warp, 1 + warp]
     # (vocal-tract-length perturbation), so a dozen training voices cover more of the unseen ones.
     warp: float = 0.0
+    # Training the decoder for a token codec over these latents (the encoder and flow frozen): each crop's
+    # posterior means pass through the first k layers of `quantizer` (a latent RVQ checkpoint), k drawn per
+    # crop in `quantizer_layers` (None: 1 to all), so the decoder learns to speak coarse latents too
+    # (quantizer dropout, after SoundStream); the RVQ then decodes through it (its `decoder`).
+    quantizer: str | None = None
+    quantizer_layers: tuple[int, int] | None = None
     model: str = field(default="flow_vae", init=False)
+
+    def check(self, source: str) -> None:
+        if self.quantizer_layers is not None and not 1 <= self.quantizer_layers[0] <= self.quantizer_layers[1]:
+            raise ValueError(f"{source}: quantizer_layers must be [lowest, highest] with 1 <= lowest <= highest")
+        if self.quantizer and self.waveform_head:
+            raise ValueError(f"{source}: a quantizer trains the mel decoder alone; set waveform_head: false")
 
     @property
     def downsample(self) -> int:

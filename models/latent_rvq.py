@@ -39,9 +39,13 @@ class LatentRVQFitted:
 @dataclass
 class LatentRVQConfig(ModelConfig):
     label: ClassVar[str] = "latent RVQ"
-    STAGES: ClassVar[dict[str, str]] = {"latent_codec": LATENT_CODEC}
+    STAGES: ClassVar[dict[str, str]] = {"latent_codec": LATENT_CODEC, "decoder": LATENT_CODEC}
 
     latent_codec: str = "flow_vae"  # the latent codec checkpoint whose posterior means are quantized
+    # the latent codec checkpoint whose decoder speaks the tokens: one whose decoder was fine-tuned on these
+    # codebooks' latents at random depths (quantizer dropout: the flow_vae recipe's `quantizer`), so that the
+    # first layers alone decode intelligibly; None: the latent codec's own decoder
+    decoder: str | None = None
     codebooks: int = 8
     codebook_size: int = 1024
     fitted: LatentRVQFitted = field(default_factory=LatentRVQFitted)
@@ -107,9 +111,24 @@ class LatentRVQ(nn.Module):
         """ids (layers, n), layers <= codebooks from the lowest -> standardized latents (n, dim)."""
         return sum(self.codewords[layer][tokens[layer]] for layer in range(tokens.shape[0]))
 
+    def quantize_latents(self, latents: torch.Tensor, layers: torch.Tensor) -> torch.Tensor:
+        """Latents (batch, latent_dim, frames) -> the latents each item's first `layers[b]` layers give back
+        (batch, latent_dim, frames): what a decoder trained with quantizer dropout learns from."""
+        batch, dim, frames = latents.shape
+        x = self.standardize(latents.transpose(1, 2).reshape(-1, dim))
+        ids, _ = self.quantize(x, int(layers.max()))
+        chosen = torch.stack([self.codewords[k][ids[k]] for k in range(len(ids))])  # (layers, n, dim)
+        keep = torch.arange(len(ids), device=x.device)[:, None] < layers.repeat_interleave(frames)[None]
+        quantized = (chosen * keep[..., None].to(chosen.dtype)).sum(0) * self.std + self.mean
+        return quantized.reshape(batch, frames, dim).transpose(1, 2)
+
     def latent_codec(self):
         """The resident latent codec this codec quantizes, on its device."""
         return registry.load_model(self.config.latent_codec, str(self.mean.device))[0]
+
+    def decoder_codec(self):
+        """The resident latent codec whose decoder speaks the tokens (`decoder`, or the quantized one)."""
+        return registry.load_model(self.config.decoder or self.config.latent_codec, str(self.mean.device))[0]
 
     # ---------------------------------------------------------------- models.roles.TokenCodec
 
@@ -130,7 +149,7 @@ class LatentRVQ(nn.Module):
         if tokens.numel() and (tokens.min() < 0 or tokens.max() >= self.codebook_size):
             raise ValueError(f"token ids must lie in 0..{self.codebook_size - 1}")
         latents = self.dequantize(tokens) * self.std + self.mean
-        return self.latent_codec().decode_wav(latents.cpu().numpy())
+        return self.decoder_codec().decode_wav(latents.cpu().numpy())
 
     @torch.no_grad()
     def embed(self, tokens: np.ndarray) -> np.ndarray:

@@ -231,16 +231,30 @@ def save_checkpoint(model: torch.nn.Module, config: dict, card: dict, out_dir: s
     return replace_folder(Path(out_dir), fill)
 
 
-def publish(source: str | os.PathLike, name: str, card_updates: dict | None = None, half: bool = False) -> Path:
+def publish(source: str | os.PathLike, name: str, card_updates: dict | None = None, half: bool = False,
+            stages: dict[str, str] | None = None) -> Path:
     """Copy a checkpoint folder (a run's export/) to `assets/checkpoints/<name>`, merging `card_updates`
     into its card; metrics merge key by key, so evaluation results join the training ones. With `half`,
     floating-point weights are stored as float16 (half the size; loading casts them back to the model's
-    dtype), and the card says so."""
+    dtype), and the card says so. `stages` sets checkpoints the model composes (its config class's STAGES,
+    each to a checkpoint of the declared role), e.g. the decoder a token codec speaks through; the card
+    records them."""
     source = resolve(source)
     card = read_card(source / CARD)
+    config = json.loads((source / CONFIG).read_text())
+    declared = getattr(config_class(config["model"]), "STAGES", {})
+    for key, checkpoint in (stages or {}).items():
+        if key not in declared:
+            raise ValueError(f"{config['model']} composes no stage {key!r} (its stages: "
+                             f"{', '.join(declared) or 'none'})")
+        if checkpoint_role(checkpoint) != declared[key]:
+            raise ValueError(f"stage {key}: {checkpoint!r} is not a {declared[key]} checkpoint")
+        config[key] = str(checkpoint)
     updates = dict(card_updates or {})
     card["metrics"] = {**(card.get("metrics") or {}), **updates.pop("metrics", {})}
     card.update(updates)
+    if stages:
+        card["stages"] = {**(card.get("stages") or {}), **{k: str(v) for k, v in stages.items()}}
     if half:
         card["weights_dtype"] = "float16"
 
@@ -252,7 +266,7 @@ def publish(source: str | os.PathLike, name: str, card_updates: dict | None = No
             save_file({k: v.half() if v.is_floating_point() else v for k, v in tensors.items()}, str(tmp / WEIGHTS))
         else:
             shutil.copyfile(source / WEIGHTS, tmp / WEIGHTS)
-        shutil.copyfile(source / CONFIG, tmp / CONFIG)
+        (tmp / CONFIG).write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
         (tmp / CARD).write_text(render_card(card))
 
     return replace_folder(CHECKPOINT_DIR / name, fill)

@@ -245,7 +245,8 @@ def _publish(args: argparse.Namespace) -> int:
     updates = {"metrics": metrics}
     if commands:
         updates["evaluation"] = commands
-    target = registry.publish(args.checkpoint, args.name, updates, half=args.half)
+    stages = dict(_named(spec, "--stage") for spec in args.stage)
+    target = registry.publish(args.checkpoint, args.name, updates, half=args.half, stages=stages)
     print(f"published {target} ({(target / registry.WEIGHTS).stat().st_size / 2**20:.1f} MiB)")
     return 0
 
@@ -727,6 +728,9 @@ def build_parser() -> argparse.ArgumentParser:
     publish.add_argument("--system", default="model", help="the checkpoint's system name in those runs")
     publish.add_argument("--half", action="store_true",
                          help="store floating-point weights as float16 (half the size; loaded back as float32)")
+    publish.add_argument("--stage", action="append", default=[], metavar="SETTING=CHECKPOINT",
+                         help="a checkpoint the model composes, set to another of the same role (e.g. a latent RVQ's "
+                              "decoder=flow_vae_rvq); repeatable")
     publish.set_defaults(run=_publish)
 
     tts = commands.add_parser("tts", help="text to speech with any TTS checkpoint; a model's own settings are options "

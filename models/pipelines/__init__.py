@@ -14,6 +14,7 @@ from models.pipelines.codecs import (
     available_latent_codecs,
     available_token_codecs,
     codec_bitrate,
+    codec_layers,
     codec_windows,
     encode_latents,
     encode_tokens,
@@ -65,8 +66,8 @@ __all__ = [
     "TASK_NAMES", "TTS_VOCODER_PRECISION", "TTT_CHECK_TEXTS", "TTT_LR", "TTT_LR_RANGE", "acoustic_decoder_controls",
     "all_tts_controls", "available_acoustic_decoders", "available_codecs", "available_latent_codecs",
     "available_speech_models", "available_token_codecs", "available_tts_models", "check_sampling", "check_seed",
-    "checkpoint_tasks", "clear_fitted_voices", "codec_bitrate", "codec_windows", "convert", "cut_reference",
-    "decode_file", "encode_file", "encode_latents", "encode_tokens", "enhance", "extract", "fit_voice",
+    "checkpoint_tasks", "clear_fitted_voices", "codec_bitrate", "codec_layers", "codec_windows", "convert",
+    "cut_reference", "decode_file", "encode_file", "encode_latents", "encode_tokens", "enhance", "extract", "fit_voice",
     "fits_voices", "read_tts_lines", "reconstruct", "semantic_resynthesis", "speech_controls", "tts", "tts_batch",
     "tts_capabilities", "tts_controls", "tts_kind",
 ]

@@ -51,6 +51,11 @@ def codec_windows(codec: str) -> tuple[int, ...]:
     return tuple(token_codec(codec).windows) if is_token_codec(codec) else ()
 
 
+def codec_layers(codec: str) -> int:
+    """How many token layers a token codec checkpoint has (its first ones decode alone); 0 for any other."""
+    return int(token_codec(codec).num_codebooks) if is_token_codec(codec) else 0
+
+
 def codec_bitrate(codec: str, window: int | None = None, device: str | None = None) -> float | None:
     """Bits per second of a codec (at a token codec's window); None for the vocoder and latent codecs,
     whose frames are continuous."""
@@ -66,18 +71,21 @@ def fit_length(wav: np.ndarray, length: int) -> np.ndarray:
 
 def reconstruct(
     wav: np.ndarray, sr: int, codec: str = "vocoder", device: str | None = None,
-    max_seconds: float | None = audio.MAX_SECONDS, window: int | None = None,
+    max_seconds: float | None = audio.MAX_SECONDS, window: int | None = None, layers: int | None = None,
 ) -> tuple[np.ndarray, dict]:
     """Analysis-resynthesis through a codec; returns (audio at 22.05 kHz, info).
 
     "vocoder" is the mel -> HiFi-GAN round trip, the ceiling for every mel-based model; a classical
     codec (Codec 2, Opus) runs its reference tools; a latent codec decodes its posterior mean; a token
-    codec its tokens at `window` (its bitrate; default the checkpoint's).
+    codec its tokens at `window` (its bitrate; default the checkpoint's), all its layers or the first
+    `layers` (what an acoustic decoder generating that many would be heard through at best).
     """
     wav = audio.prepare_audio(wav, sr, max_seconds=max_seconds, name="input audio")
     tokens_codec = is_token_codec(codec)
     if window is not None and not tokens_codec:
         raise ValueError(f"only a token codec takes a window (bitrate); {codec} is not one")
+    if layers is not None and not tokens_codec:
+        raise ValueError(f"only a token codec takes layers; {codec} is not one")
     extra: dict = {}
     if codec == "vocoder":
         vocoder = get_vocoder(device)
@@ -91,11 +99,15 @@ def reconstruct(
     elif tokens_codec:
         model = token_codec(codec, device)
         window = model.check_window(window)
+        layers = model.num_codebooks if layers is None else layers
+        if not 1 <= layers <= model.num_codebooks:
+            raise ValueError(f"layers must be 1..{model.num_codebooks} for {codec}, not {layers}")
         run_device = str(next(model.parameters()).device)
         start = time.perf_counter()
-        tokens = model.encode_wav(wav, window)
+        tokens = model.encode_wav(wav, window)[:layers]
         out = fit_length(model.decode_tokens(tokens, window), len(wav))
-        extra = {"window": window, "bitrate": round(model.bitrate_at(window), 1), "tokens": list(tokens.shape)}
+        bitrate = model.bitrate_at(window) * layers / model.num_codebooks
+        extra = {"window": window, "bitrate": round(bitrate, 1), "tokens": list(tokens.shape)}
     else:
         model = latent_codec(codec, device)
         run_device = str(next(model.parameters()).device)

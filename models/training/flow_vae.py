@@ -1,6 +1,8 @@
 """Training recipe of the Flow-VAE (models/flow_vae.py): mel L1 + KL on random crops, a training-time
-frequency warp, and with the waveform head LSGAN + feature matching; validation reconstructs
-utterances and scores them with the signal scorers the harness hands in."""
+frequency warp, and with the waveform head LSGAN + feature matching; or, with a `quantizer`, the decoder
+alone on a latent RVQ's quantized latents at a random depth per crop (quantizer dropout). Validation
+reconstructs utterances (through the quantizer at its lowest and highest depth, when there is one) and
+scores them with the signal scorers the harness hands in."""
 
 from __future__ import annotations
 
@@ -9,7 +11,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from models import audio
+from models import audio, registry
 from models.data.manifest import resolve_audio
 from models.flow_vae import FlowVAE, FlowVAEConfig
 from models.modules import (
@@ -19,7 +21,7 @@ from models.modules import (
     generator_adversarial_loss,
     sequence_mask,
 )
-from models.training import Scorers, SignalScores, Task, task
+from models.training import Scorers, SignalScores, Task, step_generator, task, unwrap
 
 
 def warp_frequencies(mel: torch.Tensor, factors: torch.Tensor) -> torch.Tensor:
@@ -68,6 +70,8 @@ class FlowVAETask(Task):
         if c.warp and model.training:
             factors = 1 + c.warp * (2 * torch.rand(mel.shape[0], device=mel.device) - 1)
             mel = warp_frequencies(mel, factors)
+        if c.quantizer:
+            return self.quantized_losses(unwrap(model), mel, lengths, step)
         out = model(mel, lengths)
         mask = sequence_mask(lengths, mel.shape[-1]).unsqueeze(1).to(mel.dtype)
         recon = ((out["mel_hat"] - mel).abs() * mask).sum() / (mask.sum() * mel.shape[1])
@@ -85,6 +89,33 @@ class FlowVAETask(Task):
         logs.update({"wave_mel": wave_mel.item(), "adv": adv.item(), "fm": fm.item()})
         return loss, logs, (wav, wav_hat.detach())
 
+    def quantizer(self, device: torch.device):
+        """The latent RVQ whose quantized latents the decoder learns from (frozen)."""
+        codec = registry.load_model(self.config.quantizer, str(device))[0]
+        if not hasattr(codec, "quantize_latents") or codec.config.fitted.latent_dim != self.config.latent_dim:
+            raise ValueError(f"quantizer {self.config.quantizer!r} must be a latent RVQ over {self.config.latent_dim}"
+                             "-dim latents of this codec (models/latent_rvq.py)")
+        return codec
+
+    def depths(self, codec, count: int, step: int) -> torch.Tensor:
+        low, high = self.config.quantizer_layers or (1, codec.num_codebooks)
+        if high > codec.num_codebooks:
+            raise ValueError(f"quantizer_layers: {self.config.quantizer} has {codec.num_codebooks} layers, not {high}")
+        return torch.randint(low, high + 1, (count,), generator=step_generator(step, 17))
+
+    def quantized_losses(self, model: FlowVAE, mel: torch.Tensor, lengths: torch.Tensor, step: int
+                         ) -> tuple[torch.Tensor, dict, None]:
+        """Mel L1 of the decoder given each crop's posterior means through its drawn number of RVQ layers."""
+        codec = self.quantizer(mel.device)
+        layers = self.depths(codec, len(mel), step).to(mel.device)
+        with torch.no_grad(), torch.autocast(mel.device.type, enabled=False):  # nearest codewords in fp32
+            mu, _ = model.encode(mel.float())
+            z = codec.quantize_latents(mu, layers)
+        mel_hat = model.decode(z)[..., : mel.shape[-1]]
+        mask = sequence_mask(lengths, mel.shape[-1]).unsqueeze(1).to(mel.dtype)
+        recon = ((mel_hat - mel).abs() * mask).sum() / (mask.sum() * mel.shape[1])
+        return self.config.lambda_recon * recon, {"recon": recon.item(), "layers": float(layers.float().mean())}, None
+
     def discriminator_loss(self, discriminator: nn.Module, cache: tuple) -> tuple[torch.Tensor, dict]:
         wav, wav_hat = cache
         loss = discriminator_loss(discriminator(wav), discriminator(wav_hat))
@@ -94,8 +125,16 @@ class FlowVAETask(Task):
         """Reconstruct validation utterances through the mel head and the shared vocoder; with signal
         scorers, their PESQ-wb and STOI against the input."""
         scores = SignalScores(out_dir, scorers)
+        codec = self.quantizer(next(model.parameters()).device) if self.config.quantizer else None
         for item in items:
             wav = audio.load_audio(resolve_audio(item["manifest"], item["path"]), audio.SAMPLE_RATE, max_seconds=None)
             mu, _ = model.encode_wav(wav)
-            scores.add(item["id"], wav, model.decode_wav(mu))
+            if codec is None:
+                scores.add(item["id"], wav, model.decode_wav(mu))
+                continue
+            low, high = self.config.quantizer_layers or (1, codec.num_codebooks)
+            latents = torch.from_numpy(mu).T[None].to(codec.mean.device)
+            for layers in sorted({low, high}):
+                z = codec.quantize_latents(latents, torch.tensor([layers], device=latents.device))
+                scores.add(item["id"], wav, model.decode_wav(z[0].T)[: len(wav)], f"_q{layers}")
         return scores.means()

@@ -161,6 +161,25 @@ def test_an_acoustic_decoder_is_a_resynthesis_system(tmp_path, seen, acoustic_de
     assert len(audio.load_audio(wav, audio.SAMPLE_RATE)) == len(audio.load_audio(item.reference, audio.SAMPLE_RATE))
 
 
+def test_a_token_codec_system_decodes_its_first_layers_alone(arctic_wav):
+    """`layers=K`: a token codec reconstructs from its lowest K layers (what an acoustic decoder generating K
+    layers is heard through at best), at K / all of its bitrate; out of range is one clear line."""
+    from models import pipelines
+
+    system = parse_system("alm1=alm_tokenizer:layers=1")
+    assert (system.kind, dict(system.options)) == ("codec", {"layers": 1})
+    count = pipelines.codec_layers("alm_tokenizer")
+    with pytest.raises(ValueError, match=f"layers must be 1..{count}"):
+        parse_system(f"alm=alm_tokenizer:layers={count + 1}")
+    with pytest.raises(ValueError, match="only a token codec takes layers"):
+        pipelines.reconstruct(arctic_wav, audio.SAMPLE_RATE, "vocoder", layers=1)
+    clip = arctic_wav[: audio.SAMPLE_RATE]
+    full, full_info = pipelines.reconstruct(clip, audio.SAMPLE_RATE, "alm_tokenizer")
+    low, low_info = pipelines.reconstruct(clip, audio.SAMPLE_RATE, "alm_tokenizer", layers=1)
+    assert len(low) == len(full) == len(clip) and not np.allclose(low, full)
+    assert low_info["tokens"][0] == 1 and low_info["bitrate"] == pytest.approx(full_info["bitrate"] / count, abs=0.1)
+
+
 def test_existing_run_needs_resume(tmp_path, seen):
     out = tmp_path / "run"
     run_eval(config(seen, out, limit=1, report=False))

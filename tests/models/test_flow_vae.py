@@ -7,6 +7,7 @@ from models.flow_vae import AffineCoupling, Flow, FlowVAE, FlowVAEConfig, flow_k
 from models.modules import MultiDiscriminator, discriminator_loss, feature_matching_loss
 from models.training.flow_vae import FlowVAETask, warp_frequencies
 
+CARD = {"data": "none", "steps": 0, "wall_time_s": 0.0, "device": "cpu", "metrics": {}}
 TINY = dict(latent_dim=8, channels=16, dilations=(1, 3), flow_layers=2, flow_hidden=16, flow_kernel=3)
 
 
@@ -155,3 +156,38 @@ def test_bench_codec_separates_encoder_from_decoder(sled_run, mini, tmp_path):
     no_truth.write_text("".join(f"{r[0]}|{r[1]}|{(seen.parent / r[2]).resolve()}|{r[3]}\n" for r in rows))
     with pytest.raises(ValueError, match="no utterance with a reference"):
         bench_codec(str(codec), no_truth, per_speaker=1, steps=1)
+
+
+def test_a_quantizer_trains_the_decoder_alone_on_coarse_latents_of_random_depth(tmp_path):
+    """With `quantizer` (a latent RVQ over the codec's latents), each crop's posterior means reach the decoder
+    through a drawn number of the RVQ's layers: the loss moves the decoder only, the depths follow
+    `quantizer_layers` and the step, and validation scores the lowest and highest depth."""
+    from models.latent_rvq import LatentRVQ, LatentRVQConfig
+    from models.roles import Scorers
+
+    torch.manual_seed(0)
+    rvq = LatentRVQ(LatentRVQConfig.from_dict({"codebooks": 4, "codebook_size": 16, "fitted": {"latent_dim": 8}}))
+    folder = registry.save_checkpoint(rvq, {**rvq.config.to_dict(), "model": "latent_rvq"}, CARD, tmp_path / "rvq")
+    task = FlowVAETask({**TINY, "quantizer": str(folder), "quantizer_layers": [1, 3]})
+    model = task.build()
+    batch = {"features": torch.randn(4, 80, 32).cumsum(-1) * 0.1 - 5, "feature_lengths": torch.tensor([32] * 4)}
+    loss, logs, _ = task.losses(model, batch, 5)
+    loss.backward()
+    assert "kl" not in logs and 1 <= logs["layers"] <= 3
+    assert model.encoder.net[0].weight.grad is None and model.decoder.mel_head[1].weight.grad.abs().sum() > 0
+    assert task.losses(model, batch, 5)[1]["layers"] == logs["layers"]  # the step's draw: a resume repeats it
+    depths = torch.cat([task.depths(rvq, 64, step) for step in range(4)])
+    assert set(depths.tolist()) == {1, 2, 3}
+    with pytest.raises(ValueError, match="quantizer_layers"):
+        FlowVAEConfig.from_dict({**TINY, "quantizer_layers": [3, 1]})
+    with pytest.raises(ValueError, match="latent RVQ over 16-dim"):
+        FlowVAETask({**TINY, "latent_dim": 16, "quantizer": str(folder)}).quantizer(torch.device("cpu"))
+    model.eval()
+    items = [{"id": "a", "manifest": str(tmp_path / "m.jsonl"), "path": str(tmp_path / "a.wav")}]
+    from models import audio
+    from tests.conftest import tone
+
+    audio.save_audio(tmp_path / "a.wav", tone(1.0))
+    with torch.no_grad():
+        task.validate(model, items, tmp_path / "val", Scorers())
+    assert {p.name for p in (tmp_path / "val").glob("*.wav")} == {"a_q1.wav", "a_q3.wav"}

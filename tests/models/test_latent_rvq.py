@@ -45,3 +45,54 @@ def test_tokens_round_trip_through_the_latent_codec_and_bad_tokens_are_refused()
         model.decode_tokens(np.full((4, 5), 32))
     with pytest.raises(ValueError, match="layers"):
         model.decode_tokens(np.zeros((5, 5), dtype=np.int64))
+
+
+def test_quantized_latents_per_item_depth_match_the_first_layers_tokens():
+    """quantize_latents (what a decoder trained with quantizer dropout learns from) gives each item the latents
+    its first k tokens decode to."""
+    torch.manual_seed(0)
+    model = codec()
+    latents = torch.randn(2, 64, 7)
+    with torch.no_grad():
+        out = model.quantize_latents(latents, torch.tensor([1, 3]))
+        for item, layers in enumerate((1, 3)):
+            ids, _ = model.quantize(model.standardize(latents[item].T))
+            expected = model.dequantize(ids[:layers]) * model.std + model.mean
+            assert torch.allclose(out[item].T, expected, atol=1e-5)
+
+
+def test_the_tokens_are_spoken_by_the_decoder_codec_when_one_is_named():
+    """`decoder` names the latent codec whose decoder speaks the tokens (fine-tuned on them); by default the
+    quantized codec's own decoder."""
+    from models import registry
+
+    base = codec()
+    tokens = base.encode_wav(tone(1.0))
+    own = base.decode_tokens(tokens)
+    config = LatentRVQConfig.from_dict({"codebooks": 4, "codebook_size": 32, "decoder": "flow_vae_v1",
+                                        "fitted": {"latent_dim": 64, "mean": [0.1] * 64, "std": [2.0] * 64}})
+    named = LatentRVQ(config).eval()
+    named.load_state_dict(base.state_dict())
+    latents = (named.dequantize(torch.as_tensor(tokens)) * named.std + named.mean).detach().numpy()
+    expected = registry.load_model("flow_vae_v1", "cpu")[0].decode_wav(latents)
+    assert np.allclose(named.decode_tokens(tokens), expected) and not np.allclose(own, expected)
+
+
+def test_publish_sets_a_declared_stage_to_a_checkpoint_of_its_role(tmp_path, monkeypatch, capsys):
+    """`publish --stage decoder=CKPT` writes a copy whose config composes that checkpoint, and says so on the
+    card; an undeclared setting or a checkpoint of another role is one clear line."""
+    from models import registry
+    from studio.cli import main
+
+    card = {"data": "none", "steps": 0, "wall_time_s": 0.0, "device": "cpu", "metrics": {}}
+    base = codec()
+    folder = registry.save_checkpoint(base, {**base.config.to_dict(), "model": "latent_rvq"}, card, tmp_path / "rvq")
+    decoder = str(registry.resolve("flow_vae_v1"))
+    monkeypatch.setattr(registry, "CHECKPOINT_DIR", tmp_path / "assets")
+    assert main(["publish", str(folder), "rvq_v1dec", "--stage", f"decoder={decoder}"]) == 0
+    assert registry.checkpoint_config(tmp_path / "assets" / "rvq_v1dec")["decoder"] == decoder
+    assert registry.read_card(tmp_path / "assets" / "rvq_v1dec" / registry.CARD)["stages"] == {"decoder": decoder}
+    assert main(["publish", str(folder), "x", "--stage", f"vocoder={decoder}"]) == 2
+    assert "latent_rvq composes no stage 'vocoder'" in capsys.readouterr().err
+    assert main(["publish", str(folder), "x", "--stage", "decoder=semantic_tokenizer"]) == 2
+    assert "'semantic_tokenizer' is not a latent_codec checkpoint" in capsys.readouterr().err

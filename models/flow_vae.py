@@ -246,7 +246,11 @@ class FlowVAE(nn.Module):
         """(batch, latent_dim, latent_frames) -> log-mel (batch, 80, latent_frames * downsample)."""
         return self.decoder(z)[0]
 
-    def forward(self, mel: torch.Tensor, mel_lengths: torch.Tensor) -> dict:
+    def forward(self, mel: torch.Tensor, mel_lengths: torch.Tensor, latents: torch.Tensor | None = None) -> dict:
+        """Encode, sample and decode; with `latents` (batch, latent_dim, frames) given, decode those alone (a
+        decoder trained on another's latents, e.g. a quantizer's): {"mel_hat"}."""
+        if latents is not None:
+            return {"mel_hat": self.decode(latents)[..., : mel.shape[-1]]}
         mu, log_sigma = self.encode(mel)
         mask = sequence_mask(self.latent_lengths(mel_lengths), mu.shape[-1]).unsqueeze(1).to(mu.dtype)
         eps = torch.randn_like(mu)

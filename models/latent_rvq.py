@@ -115,6 +115,9 @@ class LatentRVQ(nn.Module):
         """Latents (batch, latent_dim, frames) -> the latents each item's first `layers[b]` layers give back
         (batch, latent_dim, frames): what a decoder trained with quantizer dropout learns from."""
         batch, dim, frames = latents.shape
+        if layers.shape != (batch,) or not (1 <= layers.min() and layers.max() <= self.num_codebooks):
+            raise ValueError(f"layers must be one count in 1..{self.num_codebooks} per item ({batch}), "
+                             f"not {layers.tolist()}")
         x = self.standardize(latents.transpose(1, 2).reshape(-1, dim))
         ids, _ = self.quantize(x, int(layers.max()))
         chosen = torch.stack([self.codewords[k][ids[k]] for k in range(len(ids))])  # (layers, n, dim)

@@ -242,13 +242,16 @@ def publish(source: str | os.PathLike, name: str, card_updates: dict | None = No
     source = resolve(source)
     card = read_card(source / CARD)
     config = json.loads((source / CONFIG).read_text())
-    declared = getattr(config_class(config["model"]), "STAGES", {})
+    declared = getattr(config_class(config["model"]), "STAGES", {}) if stages else {}
     for key, checkpoint in (stages or {}).items():
         if key not in declared:
             raise ValueError(f"{config['model']} composes no stage {key!r} (its stages: "
                              f"{', '.join(declared) or 'none'})")
-        if checkpoint_role(checkpoint) != declared[key]:
-            raise ValueError(f"stage {key}: {checkpoint!r} is not a {declared[key]} checkpoint")
+        role = checkpoint_role(checkpoint)
+        if role is None:
+            raise ValueError(f"stage {key}: no checkpoint {checkpoint!r} (a name under assets/checkpoints or a folder)")
+        if role != declared[key]:
+            raise ValueError(f"stage {key}: {checkpoint!r} is a {role} checkpoint, not a {declared[key]} one")
         config[key] = str(checkpoint)
     updates = dict(card_updates or {})
     card["metrics"] = {**(card.get("metrics") or {}), **updates.pop("metrics", {})}

@@ -41,6 +41,12 @@ def warp_frequencies(mel: torch.Tensor, factors: torch.Tensor) -> torch.Tensor:
 
 
 
+def masked_l1(mel_hat: torch.Tensor, mel: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+    """Mean absolute log-mel error over each item's real frames."""
+    mask = sequence_mask(lengths, mel.shape[-1]).unsqueeze(1).to(mel.dtype)
+    return ((mel_hat - mel).abs() * mask).sum() / (mask.sum() * mel.shape[1])
+
+
 @task("flow_vae")
 class FlowVAETask(Task):
     """Training recipe: mel L1 + KL on random crops; with the waveform head, also LSGAN + feature matching."""
@@ -48,6 +54,7 @@ class FlowVAETask(Task):
     def __init__(self, model_config: dict):
         super().__init__(model_config)
         self.config = FlowVAEConfig.from_dict(model_config)
+        self._checked_encoder: int | None = None  # the model whose encoder matched the quantizer's
 
     def build(self) -> FlowVAE:
         return FlowVAE(self.config)
@@ -71,10 +78,9 @@ class FlowVAETask(Task):
             factors = 1 + c.warp * (2 * torch.rand(mel.shape[0], device=mel.device) - 1)
             mel = warp_frequencies(mel, factors)
         if c.quantizer:
-            return self.quantized_losses(unwrap(model), mel, lengths, step)
+            return self.quantized_losses(model, mel, lengths, step)
         out = model(mel, lengths)
-        mask = sequence_mask(lengths, mel.shape[-1]).unsqueeze(1).to(mel.dtype)
-        recon = ((out["mel_hat"] - mel).abs() * mask).sum() / (mask.sum() * mel.shape[1])
+        recon = masked_l1(out["mel_hat"], mel, lengths)
         loss = c.lambda_recon * recon + c.lambda_kl * out["kl"]
         sigma = (out["log_sigma"].exp() * out["mask"]).sum() / (out["mask"].sum() * out["mu"].shape[1])
         logs = {"recon": recon.item(), "kl": out["kl"].item(), "sigma": sigma.item()}
@@ -97,23 +103,34 @@ class FlowVAETask(Task):
                              "-dim latents of this codec (models/latent_rvq.py)")
         return codec
 
-    def depths(self, codec, count: int, step: int) -> torch.Tensor:
+    def depth_range(self, codec) -> tuple[int, int]:
+        """The lowest and highest number of the quantizer's layers a crop is decoded from."""
         low, high = self.config.quantizer_layers or (1, codec.num_codebooks)
         if high > codec.num_codebooks:
             raise ValueError(f"quantizer_layers: {self.config.quantizer} has {codec.num_codebooks} layers, not {high}")
+        return low, high
+
+    def depths(self, codec, count: int, step: int) -> torch.Tensor:
+        low, high = self.depth_range(codec)
         return torch.randint(low, high + 1, (count,), generator=step_generator(step, 17))
 
-    def quantized_losses(self, model: FlowVAE, mel: torch.Tensor, lengths: torch.Tensor, step: int
+    def quantized_losses(self, model: nn.Module, mel: torch.Tensor, lengths: torch.Tensor, step: int
                          ) -> tuple[torch.Tensor, dict, None]:
-        """Mel L1 of the decoder given each crop's posterior means through its drawn number of RVQ layers."""
+        """Mel L1 of the decoder given each crop's posterior means through its drawn number of RVQ layers (the
+        encoder frozen; the decoding runs through the wrapped model, so DDP averages its gradients)."""
+        core = unwrap(model)
         codec = self.quantizer(mel.device)
+        if self._checked_encoder != id(core):  # the codebooks hold only for the encoder they were fit on
+            fitted_on = registry.load_model(codec.config.latent_codec, str(mel.device))[0]
+            if fitted_on.posterior_key != core.posterior_key:
+                raise ValueError(f"quantizer {self.config.quantizer!r} was fit on {codec.config.latent_codec}'s "
+                                 "latents: start from that codec (train.init_from) and freeze its encoder")
+            self._checked_encoder = id(core)
         layers = self.depths(codec, len(mel), step).to(mel.device)
         with torch.no_grad(), torch.autocast(mel.device.type, enabled=False):  # nearest codewords in fp32
-            mu, _ = model.encode(mel.float())
+            mu, _ = core.encode(mel.float())
             z = codec.quantize_latents(mu, layers)
-        mel_hat = model.decode(z)[..., : mel.shape[-1]]
-        mask = sequence_mask(lengths, mel.shape[-1]).unsqueeze(1).to(mel.dtype)
-        recon = ((mel_hat - mel).abs() * mask).sum() / (mask.sum() * mel.shape[1])
+        recon = masked_l1(model(mel, lengths, latents=z)["mel_hat"], mel, lengths)
         return self.config.lambda_recon * recon, {"recon": recon.item(), "layers": float(layers.float().mean())}, None
 
     def discriminator_loss(self, discriminator: nn.Module, cache: tuple) -> tuple[torch.Tensor, dict]:
@@ -132,9 +149,8 @@ class FlowVAETask(Task):
             if codec is None:
                 scores.add(item["id"], wav, model.decode_wav(mu))
                 continue
-            low, high = self.config.quantizer_layers or (1, codec.num_codebooks)
             latents = torch.from_numpy(mu).T[None].to(codec.mean.device)
-            for layers in sorted({low, high}):
+            for layers in sorted(set(self.depth_range(codec))):
                 z = codec.quantize_latents(latents, torch.tensor([layers], device=latents.device))
-                scores.add(item["id"], wav, model.decode_wav(z[0].T)[: len(wav)], f"_q{layers}")
+                scores.add(item["id"], wav, model.decode_wav(z[0].T.cpu())[: len(wav)], f"_q{layers}")
         return scores.means()

@@ -59,6 +59,8 @@ def test_quantized_latents_per_item_depth_match_the_first_layers_tokens():
             ids, _ = model.quantize(model.standardize(latents[item].T))
             expected = model.dequantize(ids[:layers]) * model.std + model.mean
             assert torch.allclose(out[item].T, expected, atol=1e-5)
+    with pytest.raises(ValueError, match="layers must be one count in 1..4 per item"):
+        model.quantize_latents(latents, torch.tensor([1, 5]))
 
 
 def test_the_tokens_are_spoken_by_the_decoder_codec_when_one_is_named():
@@ -87,12 +89,14 @@ def test_publish_sets_a_declared_stage_to_a_checkpoint_of_its_role(tmp_path, mon
     card = {"data": "none", "steps": 0, "wall_time_s": 0.0, "device": "cpu", "metrics": {}}
     base = codec()
     folder = registry.save_checkpoint(base, {**base.config.to_dict(), "model": "latent_rvq"}, card, tmp_path / "rvq")
-    decoder = str(registry.resolve("flow_vae_v1"))
+    decoder, tokenizer = str(registry.resolve("flow_vae_v1")), str(registry.resolve("semantic_tokenizer"))
     monkeypatch.setattr(registry, "CHECKPOINT_DIR", tmp_path / "assets")
     assert main(["publish", str(folder), "rvq_v1dec", "--stage", f"decoder={decoder}"]) == 0
     assert registry.checkpoint_config(tmp_path / "assets" / "rvq_v1dec")["decoder"] == decoder
     assert registry.read_card(tmp_path / "assets" / "rvq_v1dec" / registry.CARD)["stages"] == {"decoder": decoder}
     assert main(["publish", str(folder), "x", "--stage", f"vocoder={decoder}"]) == 2
     assert "latent_rvq composes no stage 'vocoder'" in capsys.readouterr().err
-    assert main(["publish", str(folder), "x", "--stage", "decoder=semantic_tokenizer"]) == 2
-    assert "'semantic_tokenizer' is not a latent_codec checkpoint" in capsys.readouterr().err
+    assert main(["publish", str(folder), "x", "--stage", f"decoder={tokenizer}"]) == 2
+    assert "is a semantic_tokenizer checkpoint, not a latent_codec one" in capsys.readouterr().err
+    assert main(["publish", str(folder), "x", "--stage", "decoder=no_such_codec"]) == 2
+    assert "no checkpoint 'no_such_codec'" in capsys.readouterr().err

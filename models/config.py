@@ -85,6 +85,11 @@ class ModelConfig:
     def check(self, source: str) -> None:
         """Raise ValueError naming `source` and the problem when settings contradict each other."""
 
+    def serves_role(self) -> bool:
+        """Whether a checkpoint with these settings does its role's job, and so belongs in that role's menus
+        (an unconditional pre-trained Metis T2S reads no text: a stage of a TTS, not one)."""
+        return True
+
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 

@@ -62,6 +62,9 @@ class MetisConfig(ModelConfig):
     lora_targets: tuple[str, ...] = ("attn.qkv", "attn.out", "mlp.0", "mlp.2")
     fitted: MetisFitted = field(default_factory=MetisFitted)
 
+    def serves_role(self) -> bool:
+        return self.text
+
     def check(self, source: str) -> None:
         low, high = self.prompt_fraction
         if not 0 <= low <= high < 1:

@@ -156,8 +156,14 @@ def checkpoint_role(name: str | os.PathLike) -> str | None:
 
 
 def checkpoints_with_role(role: str) -> list[str]:
-    """Local checkpoint names (assets/checkpoints) whose model plays `role`, for menus."""
-    return [name for name in list_checkpoints() if checkpoint_role(name) == role]
+    """Local checkpoint names (assets/checkpoints) whose model plays `role` with its settings (its config's
+    serves_role), for menus."""
+    def serves(name: str) -> bool:
+        config = checkpoint_config(name)
+        cls = _CONFIGS.get(config["model"])
+        return cls is None or cls.from_dict(config, str(name)).serves_role()
+
+    return [name for name in list_checkpoints() if checkpoint_role(name) == role and serves(name)]
 
 
 def config_class(name: str) -> type | None:

@@ -600,12 +600,14 @@ class Trainer:
         losses: dict[str, list[float]] = {}
         generator = torch.Generator().manual_seed(t.seed)
         with torch.no_grad():
-            for start in range(0, min(len(valid_set), t.val_batches * t.batch_size), t.batch_size):
+            for index, start in enumerate(range(0, min(len(valid_set), t.val_batches * t.batch_size), t.batch_size)):
                 batch = collate([valid_set[i] for i in range(start, min(start + t.batch_size, len(valid_set)))])
                 batch = {k: v.to(device) if torch.is_tensor(v) else v for k, v in
                          crop_batch(batch, t.segment_frames, generator, self.streams,
                                     valid_set.feature.frames_per_second).items()}
-                _, logs, _ = self.task.losses(model, batch, state["step"])
+                # a recipe's draws (masks, diffusion times, dropped conditions) come from the step it is given:
+                # the batch's index gives every validation the same draws, so its numbers compare across steps
+                _, logs, _ = self.task.losses(model, batch, index)
                 for key, value in logs.items():
                     losses.setdefault(f"val_{key}", []).append(value)
             items = [valid_set.rows[i] | {"manifest": str(valid_set.manifest)}

@@ -192,3 +192,21 @@ def test_the_layer_draw_falls_linearly_or_by_the_configured_decay():
     assert torch.allclose(linear, torch.tensor([3.0, 2.0, 1.0]) / 6)
     decayed = MetisS2ATask(s2a_config(layer_decay=0.5)).layer_weights()
     assert torch.allclose(decayed, torch.tensor([4.0, 2.0, 1.0]) / 7)
+
+
+def test_the_pre_trained_t2s_ships_as_a_stage_not_in_the_tts_menus(tmp_path, monkeypatch):
+    """An unconditional pre-training checkpoint (text: false) reads no text: it is not listed where TTS models
+    are, and asked to speak it says why; a fine-tuned one is listed."""
+    import pytest
+
+    from models import pipelines, registry
+
+    card = {"data": "none (untrained)", "steps": 0, "wall_time_s": 0.0, "device": "cpu", "metrics": {}}
+    monkeypatch.setattr(registry, "CHECKPOINT_DIR", tmp_path)
+    for name, text in (("pretrained", False), ("tts", True)):
+        config = t2s_config(text=text)
+        registry.save_checkpoint(MetisT2S(MetisConfig.from_dict(config)), {**config, "model": "metis"}, card,
+                                 tmp_path / name)
+    assert pipelines.available_tts_models() == ["tts"]
+    with pytest.raises(ValueError, match="unconditional pre-trained model"):
+        pipelines.tts("Hello there.", model=str(tmp_path / "pretrained"), seed=1)

@@ -161,7 +161,10 @@ def checkpoints_with_role(role: str) -> list[str]:
     def serves(name: str) -> bool:
         config = checkpoint_config(name)
         cls = _CONFIGS.get(config["model"])
-        return cls is None or cls.from_dict(config, str(name)).serves_role()
+        try:
+            return cls is None or cls.from_dict(config, str(name)).serves_role()
+        except ValueError:  # a broken config stays listed, where using it says what is wrong
+            return True
 
     return [name for name in list_checkpoints() if checkpoint_role(name) == role and serves(name)]
 

@@ -207,6 +207,9 @@ def test_the_pre_trained_t2s_ships_as_a_stage_not_in_the_tts_menus(tmp_path, mon
         config = t2s_config(text=text)
         registry.save_checkpoint(MetisT2S(MetisConfig.from_dict(config)), {**config, "model": "metis"}, card,
                                  tmp_path / name)
-    assert pipelines.available_tts_models() == ["tts"]
+    broken = t2s_config(text=False)
+    registry.save_checkpoint(MetisT2S(MetisConfig.from_dict(broken)),
+                             {**broken, "model": "metis", "prompt_fraction": [0.5, 0.2]}, card, tmp_path / "broken")
+    assert pipelines.available_tts_models() == ["broken", "tts"]  # listed, so using it says what is wrong
     with pytest.raises(ValueError, match="unconditional pre-trained model"):
         pipelines.tts("Hello there.", model=str(tmp_path / "pretrained"), seed=1)

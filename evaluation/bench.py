@@ -36,25 +36,77 @@ def hardware() -> dict:
 
 
 def bench_vocoder(path: str | os.PathLike, device: str | None = None, repeats: int = 3,
-                  precision: str = "fp32") -> dict:
-    """Analysis-resynthesis of one recording: PESQ-wb/nb, STOI, ESTOI and RTF after a warm-up."""
+                  precisions: tuple[str, ...] = ("fp32", "bf16"), names: list[str] | None = None) -> dict:
+    """Analysis-resynthesis of one recording by each vocoder (HiFi-GAN and every vocoder checkpoint, or
+    `names`) at each precision, side by side: PESQ-wb/nb, STOI, ESTOI, RTF (best of `repeats` after a
+    warm-up), GFLOPs per second of audio (torch.utils.flop_counter: convolutions and matrix products; an
+    inverse FFT is not counted) and the speed against HiFi-GAN at fp32."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from models.vocoder import HIFIGAN, vocoder_names
+
     wav = audio.load_audio(path)
-    vocoder = get_vocoder(device, precision)
-    out = vocoder.resynthesize(wav)  # warm-up, and the output we score
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        vocoder.resynthesize(wav)
-        times.append(time.perf_counter() - start)
     seconds = len(wav) / audio.SAMPLE_RATE
-    return {
-        "input": Path(path).name, "seconds": round(seconds, 3), "device": str(vocoder.device), "precision": precision,
-        "pesq_wb": round(pesq_score(wav, out, audio.SAMPLE_RATE, "wb"), 3),
-        "pesq_nb": round(pesq_score(wav, out, audio.SAMPLE_RATE, "nb"), 3),
-        "stoi": round(stoi_score(wav, out, audio.SAMPLE_RATE), 4),
-        "estoi": round(stoi_score(wav, out, audio.SAMPLE_RATE, extended=True), 4),
-        "rtf": round(min(times) / seconds, 4), "hardware": hardware(),
-    }
+    rows = []
+    for name in names or vocoder_names():
+        for precision in precisions:
+            vocoder = get_vocoder(device, precision, name=name)
+            out = vocoder.resynthesize(wav)  # warm-up, and the output we score
+            times = []
+            for _ in range(repeats):
+                start = time.perf_counter()
+                vocoder.resynthesize(wav)
+                times.append(time.perf_counter() - start)
+            counter = FlopCounterMode(display=False)
+            with counter:
+                vocoder.resynthesize(wav)
+            rows.append({
+                "vocoder": name, "precision": precision, "device": str(vocoder.device),
+                "pesq_wb": round(pesq_score(wav, out, audio.SAMPLE_RATE, "wb"), 3),
+                "pesq_nb": round(pesq_score(wav, out, audio.SAMPLE_RATE, "nb"), 3),
+                "stoi": round(stoi_score(wav, out, audio.SAMPLE_RATE), 4),
+                "estoi": round(stoi_score(wav, out, audio.SAMPLE_RATE, extended=True), 4),
+                "rtf": round(min(times) / seconds, 4),
+                "gflops_per_audio_second": round(counter.get_total_flops() / seconds / 1e9, 3),
+            })
+    baseline = next((r["rtf"] for r in rows if r["vocoder"] == HIFIGAN and r["precision"] == "fp32"), None)
+    for row in rows:
+        row["speedup_vs_hifigan_fp32"] = round(baseline / row["rtf"], 2) if baseline and row["rtf"] else None
+    return {"input": Path(path).name, "seconds": round(seconds, 3), "vocoders": rows, "hardware": hardware()}
+
+
+def bench_startup(model: str = "sled", path: str | os.PathLike | None = None, repeats: int = 5,
+                  text: str = "The birch canoe slid on the smooth planks.", seconds: float = 4.0) -> dict:
+    """Process wall time of one-shot commands, each in a fresh process (what a user of the CLI waits for):
+    `vocode` of the first `seconds` of a recording, and `tts` of one sentence with `model`; the median of
+    `repeats` runs each, and their ratio."""
+    import statistics
+    import subprocess
+    import sys
+    import tempfile
+
+    from models.registry import ASSETS
+
+    wav = audio.load_audio(path or ASSETS / "audio" / "arctic_a0007.wav")
+    timings: dict[str, list[float]] = {"vocode": [], "tts": []}
+    with tempfile.TemporaryDirectory() as folder:
+        clip = Path(folder) / "clip.wav"
+        audio.save_audio(clip, wav[: int(seconds * audio.SAMPLE_RATE)])
+        commands = {"vocode": ["vocode", str(clip), str(Path(folder) / "v.wav"), "--overwrite"],
+                    "tts": ["tts", "--model", model, "--text", text, "--seed", "0", "--out",
+                            str(Path(folder) / "t.wav"), "--overwrite"]}
+        for _ in range(repeats):
+            for name, arguments in commands.items():
+                start = time.perf_counter()
+                done = subprocess.run([sys.executable, "-m", "studio", *arguments], capture_output=True, text=True)
+                timings[name].append(time.perf_counter() - start)
+                if done.returncode:
+                    raise ValueError(f"speech-studio {' '.join(arguments)} failed: {done.stderr.strip()[-300:]}")
+    medians = {name: statistics.median(values) for name, values in timings.items()}
+    return {"model": model, "vocode_seconds_of_audio": seconds, "repeats": repeats,
+            "median_s": {k: round(v, 3) for k, v in medians.items()},
+            "runs_s": {k: [round(x, 3) for x in v] for k, v in timings.items()},
+            "tts_over_vocode": round(medians["tts"] / medians["vocode"], 3), "hardware": hardware()}
 
 
 def bench_token_codec(codec: str, path: str | os.PathLike, device: str | None = None, repeats: int = 3) -> dict:

@@ -36,6 +36,7 @@ from evaluation.systems import AUDIO_FIELDS, Item, System, read_items
 from models import audio
 from models.files import write_text_atomic
 from models.registry import REPO_ROOT, pick_device
+from models.vocoder import current_vocoder  # the vocoder systems without their own decode with
 
 WARMUP_TRIES = 3  # items tried in turn until one generates, before the timed loop
 
@@ -252,7 +253,8 @@ def run_eval(config: RunConfig, argv: list[str] | None = None, stop: threading.E
             "manifest": str(Path(config.manifest).resolve()), "split": config.split, "shard": f"{index}/{count}",
             "items": len(items), "systems": {s.name: ":".join([s.kind, s.source] + [f"{k}={v}" for k, v in s.options])
                                                for s in config.systems},
-            "device": device, "hardware": hardware(), "python": platform.python_version(), "seed": config.seed,
+            "device": device, "vocoder": current_vocoder(),
+            "hardware": hardware(), "python": platform.python_version(), "seed": config.seed,
             "options": {k: str(v) for k, v in config.options.items()}, "metrics": {}, "skipped": {}, "timing": {},
             "started": time.strftime("%Y-%m-%dT%H:%M:%S")}
     _write_meta(out, config, meta)

@@ -12,7 +12,8 @@ JSONL rows from the corpus and task sets. Field names map onto one item:
     speaker     speaker | target_speaker | the reference's folder name
 
 Systems: `gt` and `input` read the manifest's own audio; a codec (`vocoder`, the shared
-HiFi-GAN's analysis-resynthesis and the ceiling of every mel-based model; a classical codec,
+vocoder's analysis-resynthesis and the ceiling of every mel-based model, or a vocoder checkpoint's,
+`vocos=vocos`; a classical codec,
 `codec2_700c`, `codec2_1200`, `opus_6k`; or a codec checkpoint such as `flow_vae`, or a token codec
 at a window, `alm=alm_tokenizer:window=3`, or from its first layers alone, `rvq4=latent_rvq:layers=4`)
 reconstructs the reference, its bitrate recorded; a TTS checkpoint (`sled`)
@@ -20,9 +21,10 @@ speaks the item's text, continuing the enrollment clip (with its prompt_text) wh
 manifest gives one; a speech-to-speech checkpoint (`se=metis_se:seed=1`) does the first task its
 config lists on the item's input recording (with its enrollment clip as the voice); a folder holds
 `<key>.wav` files made elsewhere. Generated systems
-take options after the source, `NAME=SOURCE:cfg=1.5:seed=3` (TTS: cfg, seed and the controls the
-model declares, e.g. SLED's stop_threshold, alias stop; and ttt=N, test-time training on N posterior
-samples of each item's enrollment clip, with ttt_lr=its learning rate, for a model that offers it).
+take options after the source, `NAME=SOURCE:cfg=1.5:seed=3` (TTS: cfg, seed, vocoder=NAME (hifigan or a
+vocoder checkpoint) and the controls the model declares, e.g. SLED's stop_threshold, alias stop; and ttt=N,
+test-time training on N posterior samples of each item's enrollment clip, with ttt_lr=its learning rate,
+for a model that offers it).
 Other generated systems are entries of `GENERATORS`: name -> a factory
 `factory(device) -> fn(item) -> (wav, sr)`.
 """
@@ -173,9 +175,10 @@ OPTION_ALIASES = {"stop": "stop_threshold"}  # short names kept from earlier com
 
 
 def _speak(model: str, device: str, cfg: float = 2.0, seed: int = 0, ttt: int = 0, ttt_lr: float | None = None,
-           **controls: float) -> Generate:
+           vocoder: str | None = None, **controls: float) -> Generate:
     """TTS of item.text; with an enrollment clip, its voice continued from prompt_text (after fitting
-    the model to it with `ttt` samples at learning rate `ttt_lr`, when ttt > 0).
+    the model to it with `ttt` samples at learning rate `ttt_lr`, when ttt > 0), decoded by `vocoder`
+    (None: the chosen one).
 
     Each item's seed is `seed` + a hash of its key, so audio does not depend on the order,
     the shard or a resumed run. `controls` are the model's own sampling settings.
@@ -197,7 +200,7 @@ def _speak(model: str, device: str, cfg: float = 2.0, seed: int = 0, ttt: int = 
             raise ValueError("test-time training needs the item's enrollment clip")
         wav, info = pipelines.tts(item.text, model, ref, audio.SAMPLE_RATE, item.prompt_text, cfg=cfg,
                                   seed=seed + zlib.crc32(item.key.encode()) % 100_000, device=device,
-                                  ttt_samples=ttt, scorers=training_scorers(device) if ttt else None,
+                                  ttt_samples=ttt, scorers=training_scorers(device) if ttt else None, vocoder=vocoder,
                                   **({"ttt_lr": ttt_lr} if ttt_lr is not None else {}), **controls)
         if refused := info.get("ttt", {}).get("refused"):  # scored as the unfitted model: said, not hidden
             logging.getLogger(__name__).warning("%s: test-time training refused for %s: %s", model, item.key, refused)
@@ -287,8 +290,17 @@ def _options(spec: str, text: str, model: str) -> tuple[tuple[str, float], ...]:
     for part in text.split(":") if text else []:
         key, sep, value = part.partition("=")
         key = OPTION_ALIASES.get(key, key)
+        if key == "vocoder" and sep:  # a name, not a number: HiFi-GAN or a vocoder checkpoint
+            from models.vocoder import check_vocoder
+
+            try:
+                options.append((key, check_vocoder(value)))
+            except ValueError as error:
+                raise ValueError(f"system {spec!r}: {error}") from None
+            continue
         if not sep or key not in types:
-            raise ValueError(f"system {spec!r}: options are {', '.join(k + '=' for k in types)}, not {part!r}")
+            raise ValueError(f"system {spec!r}: options are {', '.join(k + '=' for k in (*types, 'vocoder'))}, "
+                             f"not {part!r}")
         try:
             number = types[key](value)
         except ValueError:
@@ -381,7 +393,7 @@ def parse_system(spec: str) -> System:
 def _role(source: str) -> str | None:
     """"codec", "tts", "speech" or "resynthesis" when source names a checkpoint of that role, else None."""
     from models import registry
-    from models.roles import ACOUSTIC_DECODER, LATENT_CODEC, SPEECH_TO_SPEECH, TOKEN_CODEC, TTS
+    from models.roles import ACOUSTIC_DECODER, LATENT_CODEC, SPEECH_TO_SPEECH, TOKEN_CODEC, TTS, VOCODER
 
-    return {LATENT_CODEC: "codec", TOKEN_CODEC: "codec", TTS: "tts", SPEECH_TO_SPEECH: "speech",
+    return {LATENT_CODEC: "codec", TOKEN_CODEC: "codec", VOCODER: "codec", TTS: "tts", SPEECH_TO_SPEECH: "speech",
             ACOUSTIC_DECODER: "resynthesis"}.get(registry.checkpoint_role(source))

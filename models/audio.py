@@ -278,11 +278,13 @@ class MelSpectrogram(torch.nn.Module):
 _MEL_CACHE: dict[str, MelSpectrogram] = {}
 
 
-def mel_spectrogram(wav: np.ndarray | torch.Tensor, device: str | torch.device = "cpu") -> torch.Tensor:
-    """Mel of a 22.05 kHz waveform with a cached front-end per device."""
+def mel_spectrogram(wav: np.ndarray | torch.Tensor, device: str | torch.device = "cpu",
+                    grad: bool = False) -> torch.Tensor:
+    """Mel of a 22.05 kHz waveform with a cached front-end per device; with `grad`, differentiable (a loss on
+    a generated waveform's mel)."""
     key = str(device)
     if key not in _MEL_CACHE:
         _MEL_CACHE[key] = MelSpectrogram().to(device)
     wav = torch.as_tensor(wav, dtype=torch.float32, device=device)
-    with torch.no_grad():
+    with torch.set_grad_enabled(grad and torch.is_grad_enabled()):
         return _MEL_CACHE[key](wav)

@@ -21,7 +21,9 @@ import torch
 
 LATENT_CODEC, TOKEN_CODEC, TTS, SPEECH_TO_SPEECH = "latent_codec", "token_codec", "tts", "speech_to_speech"
 SPEAKER_ENCODER, SEMANTIC_TOKENIZER, ACOUSTIC_DECODER = "speaker_encoder", "semantic_tokenizer", "acoustic_decoder"
-ROLES = (LATENT_CODEC, TOKEN_CODEC, TTS, SPEECH_TO_SPEECH, SPEAKER_ENCODER, SEMANTIC_TOKENIZER, ACOUSTIC_DECODER)
+VOCODER = "vocoder"
+ROLES = (LATENT_CODEC, TOKEN_CODEC, TTS, SPEECH_TO_SPEECH, SPEAKER_ENCODER, SEMANTIC_TOKENIZER, ACOUSTIC_DECODER,
+         VOCODER)
 
 # What a TTS backend may declare in CAPABILITIES.
 STREAMING = "streaming"                    # StreamingTTS: frames as they are generated, a streaming decoder
@@ -39,6 +41,20 @@ class StreamingDecoder(Protocol):
     def push(self, frames: list[torch.Tensor]) -> np.ndarray: ...
 
     def flush(self) -> np.ndarray: ...
+
+
+@runtime_checkable
+class MelVocoder(Protocol):
+    """The shared log-mel (models.audio.MelConfig) -> waveform: the last stage of every backend that predicts
+    the mel. HiFi-GAN V1 (models.vocoder) is built in; a registered one (Vocos) is a checkpoint of this role,
+    and models.vocoder.Vocoder runs either (devices, precision, chunks)."""
+
+    n_mels: int
+    hop_length: int
+    receptive_frames: int  # mel frames on each side that reach an output frame: chunking margins
+
+    def __call__(self, mel: torch.Tensor) -> torch.Tensor:
+        """(batch, n_mels, frames) -> (batch, frames x hop_length)."""
 
 
 @runtime_checkable

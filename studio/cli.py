@@ -88,7 +88,8 @@ def _vocode(args: argparse.Namespace) -> int:
     wav = audio.load_audio(args.input, audio.SAMPLE_RATE, max_seconds=args.max_seconds)
     out, info = pipelines.reconstruct(wav, audio.SAMPLE_RATE, codec="vocoder", max_seconds=args.max_seconds)
     audio.save_audio(args.output, out, audio.SAMPLE_RATE)
-    print(f"wrote {args.output}: {len(out) / audio.SAMPLE_RATE:.2f} s, RTF {info['rtf']:.3f} on {info['device']}")
+    print(f"wrote {args.output}: {len(out) / audio.SAMPLE_RATE:.2f} s, RTF {info['rtf']:.3f} on {info['device']} "
+          f"({info['vocoder']})")
     return 0
 
 
@@ -97,7 +98,14 @@ def _bench_vocoder(args: argparse.Namespace) -> dict:
     from models.registry import ASSETS
 
     return bench.bench_vocoder(args.input or ASSETS / "audio" / "arctic_a0007.wav", repeats=args.repeats,
-                               precision=args.precision)
+                               precisions=(args.precision,) if args.precision else ("fp32", "bf16"),
+                               names=["hifigan", args.vocoder] if args.vocoder else None)
+
+
+def _bench_startup(args: argparse.Namespace) -> dict:
+    from evaluation import bench
+
+    return bench.bench_startup(args.model or "sled", args.input, repeats=args.repeats)
 
 
 def _bench_tts(args: argparse.Namespace) -> dict:
@@ -163,12 +171,15 @@ def _bench_upload(args: argparse.Namespace) -> dict:
 # `speech-studio bench TARGET`: what each measures (its help line) and the function that does; the
 # command's choices and help are made from this table.
 BENCH_TARGETS: dict[str, tuple[str, Callable[[argparse.Namespace], dict]]] = {
-    "vocoder": ("speed and quality of the shared vocoder ([--input WAV] [--precision])", _bench_vocoder),
+    "vocoder": ("speed, arithmetic and quality of each vocoder side by side, HiFi-GAN and every vocoder checkpoint "
+                "([--input WAV] [--precision]; with the global --vocoder NAME, HiFi-GAN and that one)", _bench_vocoder),
     "tts": ("a TTS checkpoint's RTF, first streamed chunk and FLOPs ([--model M] [--text])", _bench_tts),
     "codec": ("encoder vs decoder headroom of a latent codec (--model CODEC --manifest LST)", _bench_codec),
     "tokens": ("a token codec's encode and decode speed per window (--model CODEC [--input WAV])", _bench_tokens),
     "voices": ("voice seeds: intelligibility, diversity, novelty (--model M [--corpus])", _bench_voices),
     "studio": ("launch time and UI vs pipeline latency ([--model M])", _bench_studio),
+    "startup": ("process wall time of one-shot `tts` (one sentence) against `vocode` of a 4 s clip, median of "
+                "--repeats fresh processes ([--model M] [--input WAV])", _bench_startup),
     "arena": ("the A/B vote store under concurrent voters", _bench_arena),
     "defaults": ("every tab's main action with its starting values through the served studio", _bench_defaults),
     "upload": ("a large upload against the size limit, with the server's peak memory", _bench_upload),
@@ -191,12 +202,18 @@ def _train(args: argparse.Namespace) -> int:
         raise ValueError(f"{args.config} is a config for {config['model']['model']}, not {args.model}")
     if args.steps is not None:
         config["train"]["steps"] = args.steps
+    if (args.split or args.val_batches) and not args.validate_only:
+        raise ValueError("--split and --val-batches go with --validate-only")
+    if args.val_batches:
+        config["train"]["val_batches"] = args.val_batches
     trainer = Trainer(args.model, config, data=args.data, out=args.out, resume=args.resume,
                       device=os.environ.get("STUDIO_DEVICE"), max_steps=args.stop_after,
-                      validate_only=args.validate_only, scorers=training_scorers())
+                      validate_only=args.validate_only, validate_split=args.split or "valid",
+                      scorers=training_scorers())
     state = trainer.run()
     if args.validate_only:
-        print(f"validated step {state['step']}: {args.out}/val.csv")
+        print(f"validated step {state['step']} on {args.split or 'valid'}: {args.out}/val.csv, batch by batch in "
+              f"{args.out}/val_batches.csv")
         return 0
     print(f"stopped at step {state['step']} after {state['wall_time_s']:.0f} s; checkpoint: {args.out}/export")
     return 0
@@ -593,6 +610,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     parser = _Parser(prog="speech-studio", description=__doc__)
     parser.add_argument("--device", help="cuda, mps or cpu (default: the best available)")
+    parser.add_argument("--vocoder", help="the mel vocoder every command decodes with: hifigan (default) or a "
+                        "vocoder checkpoint name or folder (vocos)")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     serve = commands.add_parser("serve", help="run the Gradio studio")
@@ -615,7 +634,7 @@ def build_parser() -> argparse.ArgumentParser:
                        "beside each visitor's own saved voices (default: $STUDIO_VOICE_LIBRARY, or none)")
     serve.set_defaults(run=_serve)
 
-    vocode = commands.add_parser("vocode", help="analysis-resynthesis through the shared HiFi-GAN vocoder")
+    vocode = commands.add_parser("vocode", help="analysis-resynthesis through the shared vocoder (--vocoder)")
     vocode.add_argument("input", help="audio file (wav, flac, ogg, mp3)")
     vocode.add_argument("output", help="output .wav, .flac or .ogg (22.05 kHz)")
     vocode.add_argument("--max-seconds", type=_number(float, 0.1, 3600), default=600.0,
@@ -708,6 +727,11 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--validate-only", action="store_true",
                        help="validate the loaded weights (train.init_from, or the latest checkpoint with --resume) "
                             "into the run's val.csv and samples/, without training")
+    train.add_argument("--split", choices=["valid", "heldout", "test"],
+                       help="with --validate-only: the corpus split to validate on (default valid; heldout: the "
+                            "voices no run trains on)")
+    train.add_argument("--val-batches", type=_number(int, 1, None),
+                       help="with --validate-only: override train.val_batches")
     train.set_defaults(run=_train)
 
     api = commands.add_parser("api", help="the endpoints an API client may call, as the README lists them")
@@ -862,7 +886,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--per-speaker", type=_number(int, 1, None), default=2,
                        help="codec: recordings per speaker")
     bench.add_argument("--input", help="vocoder, tokens: recording to code (default: the CMU ARCTIC fixture)")
-    bench.add_argument("--precision", choices=["fp32", "bf16"], default="fp32", help="vocoder: synthesis precision")
+    bench.add_argument("--precision", choices=["fp32", "bf16"], help="vocoder: synthesis precision (default: both)")
     bench.add_argument("--model", help="tts, studio: a TTS checkpoint name or folder (default sled); "
                        "codec: a codec checkpoint (default flow_vae)")
     bench.add_argument("--size-mb", type=_number(float, 1, 4096), default=460.0, help="upload: file size")
@@ -873,7 +897,8 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--corpus", help="voices: a corpus whose training speakers measure novelty")
     bench.add_argument("--cfg", type=_number(float, *CFG_RANGE), default=2.0, help="tts: guidance scale")
     bench.add_argument("--repeats", type=_number(int, 1, 100), default=3,
-                       help="vocoder, studio: timed runs after the warm-up (best is kept)")
+                       help="vocoder, studio: timed runs after the warm-up (best is kept); startup: fresh processes "
+                            "per command (the median is kept)")
     bench.add_argument("--out", help="also write the JSON here")
     bench.set_defaults(run=_bench)
     return parser
@@ -887,11 +912,22 @@ def main(argv: list[str] | None = None) -> int:
     args.extra = extra
     if args.device:
         os.environ["STUDIO_DEVICE"] = args.device  # read by models.registry.pick_device
+    before = os.environ.get("STUDIO_VOCODER")
     try:
+        if args.vocoder:
+            from models.vocoder import check_vocoder
+
+            # read by models.vocoder.current_vocoder, in every thread the command starts
+            os.environ["STUDIO_VOCODER"] = check_vocoder(args.vocoder)
         return args.run(args)
     except (ValueError, FileNotFoundError) as error:  # user input; bugs keep their traceback
         print(f"speech-studio {args.command}: error: {error}", file=sys.stderr)
         return 2
+    finally:  # main() called in-process (tests, the studio's bench) leaves the environment as it found it
+        if before is None:
+            os.environ.pop("STUDIO_VOCODER", None)
+        else:
+            os.environ["STUDIO_VOCODER"] = before
 
 
 if __name__ == "__main__":

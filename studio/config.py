@@ -18,7 +18,8 @@ def default_testsets() -> dict[str, str]:
 
 
 def default_systems() -> list[str]:
-    """Ground truth, the vocoder ceiling, the installed classical codecs, every local latent codec, TTS and
+    """Ground truth, the vocoder ceiling, the installed classical codecs, every vocoder checkpoint's round trip,
+    every local latent codec, TTS and
     speech-to-speech checkpoint, and every local token codec at each bitrate it serves."""
     from models import classical_codecs, pipelines, registry
     from models.roles import SPEECH_TO_SPEECH
@@ -26,7 +27,8 @@ def default_systems() -> list[str]:
     classical = [name for name, codec in classical_codecs.CODECS.items() if codec.available() is None]
     tokens = [f"{name}_w{w}={name}:window={w}" for name in pipelines.available_token_codecs()
               for w in pipelines.codec_windows(name)]
-    return ["gt", "vocoder", *classical] + [f"{name}={name}" for name in pipelines.available_latent_codecs()] + \
+    return ["gt", "vocoder", *classical] + [f"{name}={name}" for name in pipelines.available_vocoders()] + \
+        [f"{name}={name}" for name in pipelines.available_latent_codecs()] + \
         tokens + [f"{name}={name}" for name in pipelines.available_tts_models()] + \
         [f"{name}={name}" for name in registry.checkpoints_with_role(SPEECH_TO_SPEECH)]
 

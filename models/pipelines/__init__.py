@@ -13,6 +13,7 @@ from models.pipelines.codecs import (
     available_codecs,
     available_latent_codecs,
     available_token_codecs,
+    available_vocoders,
     codec_bitrate,
     codec_layers,
     codec_windows,
@@ -59,15 +60,17 @@ from models.pipelines.synthesis import (
     tts_controls,
     tts_kind,
 )
+from models.vocoder import vocoder_names  # the TTS menus' choice: HiFi-GAN and every vocoder checkpoint
 
 __all__ = [
     "BATCH_RECORD", "CFG_RANGE", "CODECS", "CODES_FORMAT", "MAX_FITTED_VOICES", "MAX_REFERENCE_SECONDS",
     "MAX_REFERENCE_UPLOAD_SECONDS", "MAX_SEED", "MAX_TTS_CHARS", "PAUSE_SECONDS", "ROLE_NAMES", "SETTINGS",
     "TASK_NAMES", "TTS_VOCODER_PRECISION", "TTT_CHECK_TEXTS", "TTT_LR", "TTT_LR_RANGE", "acoustic_decoder_controls",
     "all_tts_controls", "available_acoustic_decoders", "available_codecs", "available_latent_codecs",
-    "available_speech_models", "available_token_codecs", "available_tts_models", "check_sampling", "check_seed",
+    "available_speech_models", "available_token_codecs", "available_tts_models", "available_vocoders", "check_sampling",
+    "check_seed",
     "checkpoint_tasks", "clear_fitted_voices", "codec_bitrate", "codec_layers", "codec_windows", "convert",
     "cut_reference", "decode_file", "encode_file", "encode_latents", "encode_tokens", "enhance", "extract", "fit_voice",
     "fits_voices", "read_tts_lines", "reconstruct", "semantic_resynthesis", "speech_controls", "tts", "tts_batch",
-    "tts_capabilities", "tts_controls", "tts_kind",
+    "tts_capabilities", "tts_controls", "tts_kind", "vocoder_names",
 ]

@@ -9,17 +9,32 @@ import numpy as np
 
 from models import audio, classical_codecs, registry
 from models.pipelines.common import checkpoint_model
-from models.roles import LATENT_CODEC, TOKEN_CODEC
+from models.roles import LATENT_CODEC, TOKEN_CODEC, VOCODER
 from models.vocoder import get_vocoder
 
 # Built in: the vocoder's analysis-resynthesis and the classical baselines; trained codecs are checkpoints
-# of the latent- or token-codec role.
+# of the latent- or token-codec role, and a vocoder checkpoint (Vocos) codes as the mel round trip through it.
 CODECS = ("vocoder", *classical_codecs.CODECS)
 
 
 def available_codecs() -> list[str]:
-    """The built-in codecs plus every local codec checkpoint, latent and token (for menus)."""
-    return list(CODECS) + available_latent_codecs() + available_token_codecs()
+    """The built-in codecs plus every local codec checkpoint, latent and token, and every vocoder (for menus)."""
+    return list(CODECS) + available_latent_codecs() + available_token_codecs() + available_vocoders()
+
+
+def available_vocoders() -> list[str]:
+    """Every local vocoder checkpoint: the mel round trip through it, beside the shared vocoder's."""
+    return registry.checkpoints_with_role(VOCODER)
+
+
+def is_vocoder(codec: str) -> bool:
+    """The mel round trip: the shared vocoder ("vocoder", whichever is chosen) or a vocoder checkpoint."""
+    return codec == "vocoder" or registry.checkpoint_role(codec) == VOCODER
+
+
+def mel_vocoder(codec: str, device: str | None = None):
+    """The models.vocoder.Vocoder a mel round-trip codec runs (the chosen one for "vocoder")."""
+    return get_vocoder(device, name=None if codec == "vocoder" else codec)
 
 
 def available_latent_codecs() -> list[str]:
@@ -75,7 +90,8 @@ def reconstruct(
 ) -> tuple[np.ndarray, dict]:
     """Analysis-resynthesis through a codec; returns (audio at 22.05 kHz, info).
 
-    "vocoder" is the mel -> HiFi-GAN round trip, the ceiling for every mel-based model; a classical
+    "vocoder" is the mel -> vocoder round trip (HiFi-GAN unless another is chosen; a vocoder checkpoint
+    names its own), the ceiling for every mel-based model; a classical
     codec (Codec 2, Opus) runs its reference tools; a latent codec decodes its posterior mean; a token
     codec its tokens at `window` (its bitrate; default the checkpoint's), all its layers or the first
     `layers` (what an acoustic decoder generating that many would be heard through at best).
@@ -87,8 +103,8 @@ def reconstruct(
     if layers is not None and not tokens_codec:
         raise ValueError(f"only a token codec takes layers; {codec} is not one")
     extra: dict = {}
-    if codec == "vocoder":
-        vocoder = get_vocoder(device)
+    if is_vocoder(codec):
+        vocoder = mel_vocoder(codec, device)
         run_device = str(vocoder.device)
         start = time.perf_counter()
         out = vocoder.resynthesize(wav)
@@ -117,7 +133,8 @@ def reconstruct(
     seconds = time.perf_counter() - start
     duration = len(wav) / audio.SAMPLE_RATE
     return out, {
-        "codec": codec, "device": run_device, "input_seconds": round(duration, 3),
+        "codec": codec, **({"vocoder": vocoder.name} if is_vocoder(codec) else {}), "device": run_device,
+        "input_seconds": round(duration, 3),
         "wall_seconds": round(seconds, 3), "rtf": round(seconds / duration, 4), **extra,
     }
 
@@ -132,8 +149,8 @@ def encode_latents(
     codec's latents are its 80-band log-mel frames, deterministic (std None).
     """
     wav = audio.prepare_audio(wav, sr, max_seconds=max_seconds, name="input audio")
-    if codec == "vocoder":
-        return get_vocoder(device).analyze(wav).T.cpu().numpy(), None
+    if is_vocoder(codec):  # the shared mel, whichever vocoder would hear it
+        return audio.mel_spectrogram(wav, registry.pick_device(device)).T.cpu().numpy(), None
     return latent_codec(codec, device).encode_wav(wav)
 
 

@@ -24,6 +24,7 @@ from models.pipelines.common import (
 from models.pipelines.fitted_voices import fit_voice
 from models.roles import STREAMING, TEST_TIME_TRAINING, TTS, Control, Scorers, TTSRequest
 from models.text import check_text, split_sentences, transcript_prefix
+from models.vocoder import check_vocoder, current_vocoder, use_vocoder
 
 MAX_TTS_CHARS = 2000
 MAX_REFERENCE_SECONDS = 20.0  # a voice prompt longer than this is cut at a pause (cut_reference)
@@ -105,7 +106,7 @@ def tts(
     device: str | None = None, max_chars: int = MAX_TTS_CHARS,
     transcribe: Callable[[np.ndarray], str] | None = None, chunk_frames: tuple[int, int] = (20, 20),
     ttt_samples: int = 0, ttt_progress: Callable[[int, int], None] | None = None, ttt_lr: float = TTT_LR,
-    owner: str = "", scorers: Scorers | None = None, **controls: float,
+    owner: str = "", scorers: Scorers | None = None, vocoder: str | None = None, **controls: float,
 ) -> tuple[np.ndarray, dict] | tuple[Iterator[np.ndarray], dict]:
     """Text to speech at 22.05 kHz with any checkpoint of the TTS role; returns (audio, info), or
     with stream=True (chunk iterator, info).
@@ -120,9 +121,11 @@ def tts(
     (another backend yields each sentence whole); `info` gains timings as it runs. With
     ttt_samples > 0 and a reference, a backend that declares TEST_TIME_TRAINING is first fitted to
     the reference's voice (`fit_voice` at learning rate ttt_lr, checked with `scorers`, cached per
-    reference and owner).
+    reference and owner). `vocoder` names the mel vocoder of a backend that ends in one (None: the one chosen
+    for this thread, models.vocoder.current_vocoder).
     """
     seed = check_sampling(cfg, seed)
+    vocoder = check_vocoder(vocoder or current_vocoder())
     sentences = split_sentences(check_text(text, max_chars))
     backend, _ = checkpoint_model(model, TTS, device)
     settings = check_controls(model, backend.CONTROLS, controls)
@@ -134,15 +137,17 @@ def tts(
         prompt = backend.encode_prompt(ref)
     info = {"model": model, "codec": backend.codec, "cfg": cfg, "seed": seed, "sentences": len(sentences),
             "reference": ref is not None, "ref_text": ref_text, **settings,
-            "vocoder_precision": TTS_VOCODER_PRECISION, "device": str(next(backend.parameters()).device)}
+            "vocoder": vocoder, "vocoder_precision": TTS_VOCODER_PRECISION,
+            "device": str(next(backend.parameters()).device)}
     if ref is not None:
         info["reference_cut"] = cut
     delta = None
     if ttt_samples:
         if ref is None:
             raise ValueError("test-time training needs a reference clip and its transcript")
-        delta, info["ttt"] = fit_voice(model, ref, prompt_text, ttt_samples, device, ttt_progress, ttt_lr,
-                                       owner, scorers)
+        with use_vocoder(vocoder):  # the fit's check listens through the request's vocoder
+            delta, info["ttt"] = fit_voice(model, ref, prompt_text, ttt_samples, device, ttt_progress, ttt_lr,
+                                           owner, scorers)
     requests = [TTSRequest(sentence, prompt, prompt_text, None if cfg == 1.0 else cfg, seed + index, settings,
                            reference=ref) for index, sentence in enumerate(sentences)]
 
@@ -152,8 +157,22 @@ def tts(
             yield
 
     if stream:
-        return _streamed(backend, requests, voice, chunk_frames, info), info
-    return _offline(backend, model, requests, voice, info), info
+        return _with_vocoder(_streamed(backend, requests, voice, chunk_frames, info), vocoder), info
+    with use_vocoder(vocoder):
+        return _offline(backend, model, requests, voice, info), info
+
+
+def _with_vocoder(chunks: Iterator[np.ndarray], vocoder: str) -> Iterator[np.ndarray]:
+    """The chunks, each made with `vocoder` chosen (and the caller's choice restored between them)."""
+    try:
+        while True:
+            with use_vocoder(vocoder):
+                chunk = next(chunks, None)
+            if chunk is None:
+                return
+            yield chunk
+    finally:  # a listener who stops early releases the backend's turn now, not at garbage collection
+        chunks.close()
 
 
 def _pause() -> np.ndarray:

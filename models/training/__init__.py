@@ -422,6 +422,7 @@ class Trainer:
     device: str | None = None
     max_steps: int | None = None  # stop this process early (the schedule still follows train.steps)
     validate_only: bool = False  # one validation of the loaded weights (init_from or --resume), no training
+    validate_split: str = "valid"  # the corpus split validation reads (heldout: the voices no run trains on)
     log: Callable[[str], None] = print
     scorers: Scorers = field(default_factory=Scorers)  # validation's quality measures (none: losses only)
     train: TrainConfig = field(init=False)
@@ -468,7 +469,7 @@ class Trainer:
         self.streams = self.task.streams()
         train_set, valid_set = (SpeechDataset(manifest, (split,), feature=feature, cache_dir=cache,
                                               max_seconds=t.max_seconds, streams=self.streams)
-                                for split in ("train", "valid"))
+                                for split in ("train", self.validate_split))
         self.task.prepare(train_set)
 
         model = self.task.build().to(device)
@@ -598,6 +599,7 @@ class Trainer:
         t = self.train
         model.eval()
         losses: dict[str, list[float]] = {}
+        batches: list[dict] = []
         generator = torch.Generator().manual_seed(t.seed)
         with torch.no_grad():
             for index, start in enumerate(range(0, min(len(valid_set), t.val_batches * t.batch_size), t.batch_size)):
@@ -610,12 +612,18 @@ class Trainer:
                 _, logs, _ = self.task.losses(model, batch, index)
                 for key, value in logs.items():
                     losses.setdefault(f"val_{key}", []).append(value)
+                if self.validate_only:
+                    batches.append({"step": state["step"], "split": self.validate_split, "batch": index,
+                                    "first_id": batch["ids"][0], **logs})
             items = [valid_set.rows[i] | {"manifest": str(valid_set.manifest)}
                      for i in range(min(t.val_samples, len(valid_set)))]
             metrics = self.task.validate(model, items, run / "samples" / f"step-{state['step']}", self.scorers)
         model.train()
-        row = {"step": state["step"], **{k: float(np.mean(v)) for k, v in losses.items()}, **metrics}
+        row = {"step": state["step"], **({"split": self.validate_split} if self.validate_only else {}),
+               **{k: float(np.mean(v)) for k, v in losses.items()}, **metrics}
         self._record(run / "val.csv", row)
+        for logged in batches:  # batch by batch, for paired comparisons of runs on the same batches and draws
+            self._append_csv(run / "val_batches.csv", logged)
         state["last_validation"] = row
         self.log("validation " + ", ".join(f"{k} {v:.4g}" for k, v in row.items() if isinstance(v, float)))
 

@@ -87,7 +87,7 @@ class FlowVAETask(Task):
         if wav is None or "wav_hat" not in out:
             return loss, logs, None
         wav_hat = out["wav_hat"][:, : wav.shape[-1]]
-        wave_mel = (audio.mel_spectrogram(wav_hat, wav.device)[..., : mel.shape[-1]] - mel).abs().mean()
+        wave_mel = (audio.mel_spectrogram(wav_hat, wav.device, grad=True)[..., : mel.shape[-1]] - mel).abs().mean()
         discriminator = self._discriminator
         real, fake = discriminator(wav), discriminator(wav_hat)
         adv, fm = generator_adversarial_loss(fake), feature_matching_loss(real, fake)

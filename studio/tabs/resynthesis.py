@@ -47,7 +47,8 @@ def resynthesize(audio_path: str | None, codec: str = "vocoder", window: int | N
 def build() -> None:
     with gr.Tab("Resynthesis"):
         gr.Markdown("Analysis-resynthesis: the input through a codec and back. `vocoder` is the 80-band mel "
-                    "through the universal HiFi-GAN (the ceiling of every mel-based codec); `codec2_700c`, "
+                    "through the universal HiFi-GAN (the ceiling of every mel-based codec), and a vocoder "
+                    "checkpoint (Vocos) is the same round trip through it; `codec2_700c`, "
                     "`codec2_1200` and `opus_6k` are classical codecs at their bitrates; a token codec "
                     "(ALMTokenizer) offers a bitrate per window. PESQ-wb and STOI compare the result with the "
                     "input at 16 kHz.")

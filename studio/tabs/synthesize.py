@@ -62,15 +62,15 @@ def _mel(wav: np.ndarray):
                       hop_seconds=audio.MelConfig().hop_length / audio.SAMPLE_RATE)
 
 
-def _settings(values: tuple) -> tuple[dict, int]:
+def _settings(values: tuple) -> tuple[dict, int, str | None]:
     """Split the trailing inputs: one value per `sampling_names()`, then optionally (use the fitted
-    voice, test-time-training samples). -> (sampling settings, ttt samples or 0)."""
+    voice, test-time-training samples, vocoder). -> (sampling settings, ttt samples or 0, vocoder or None)."""
     names = sampling_names()
     sampling, rest = dict(zip(names, values[: len(names)])), values[len(names):]
-    use_fitted, samples = (list(rest) + [False, 0])[:2]
+    use_fitted, samples, vocoder = (list(rest) + [False, 0, None])[:3]
     if not use_fitted:
-        return sampling, 0
-    return sampling, int(pipelines.SETTINGS["ttt"].check("test-time training samples", samples))
+        return sampling, 0, vocoder or None
+    return sampling, int(pipelines.SETTINGS["ttt"].check("test-time training samples", samples)), vocoder or None
 
 
 @gpu
@@ -78,11 +78,11 @@ def synthesize(model: str | None, text: str, reference: str | None = None, refer
                cfg: float = 2.0, seed=None, randomize: bool = False, *values, owner: str = "",
                progress=gr.Progress()):
     """-> (audio, mel figure, settings JSON, the seed used). `values`: one per `sampling_names()`, then
-    optionally (use the fitted voice, its test-time-training samples); `owner`: whose fitted voices."""
-    sampling, ttt = _settings(values)
+    optionally (use the fitted voice, its test-time-training samples, the vocoder); `owner`: whose fitted voices."""
+    sampling, ttt, vocoder = _settings(values)
     request = _request(model, text, reference, reference_text, seed, randomize, sampling)
     wav, info = pipelines.tts(cfg=float(cfg), ttt_samples=ttt, ttt_progress=_fit_progress(progress), owner=owner,
-                              scorers=_fit_checks(ttt), **request)
+                              scorers=_fit_checks(ttt), vocoder=vocoder, **request)
     return to_gradio_audio(wav, audio.SAMPLE_RATE), _mel(wav), info, info["seed"]
 
 
@@ -94,10 +94,10 @@ def synthesize_stream(model: str | None, text: str, reference: str | None = None
     if shutil.which("ffmpeg") is None:  # Gradio encodes streamed audio with it
         raise ValueError("streamed playback needs ffmpeg on the server (apt-get install ffmpeg; packages.txt lists "
                          "it for a Space); the Synthesize button works without it")
-    sampling, ttt = _settings(values)
+    sampling, ttt, vocoder = _settings(values)
     request = _request(model, text, reference, reference_text, seed, randomize, sampling)
     chunks, info = pipelines.tts(cfg=float(cfg), stream=True, ttt_samples=ttt, owner=owner,
-                                 scorers=_fit_checks(ttt), **request)
+                                 scorers=_fit_checks(ttt), vocoder=vocoder, **request)
     pieces = []
     for chunk in chunks:
         if len(chunk):
@@ -230,6 +230,8 @@ def build(config: StudioConfig) -> None:
                 gr.Examples([[str(EXAMPLE_REFERENCE), EXAMPLE_REFERENCE_TEXT]], inputs=[reference, reference_text],
                             label="Example reference (CMU ARCTIC, slt)")
                 cfg = setting_widget(pipelines.SETTINGS["cfg"])
+                vocoders = pipelines.vocoder_names()  # a menu only when there is a choice: HiFi-GAN and a trained one
+                vocoder = gr.Dropdown(vocoders, value=vocoders[0], label="Vocoder", visible=len(vocoders) > 1)
                 with gr.Row():
                     seed = gr.Number(value=0, minimum=0, maximum=pipelines.MAX_SEED, label="Seed")  # no rounding:
                     # a fraction is refused with a message (pipelines.check_seed), not silently changed
@@ -262,7 +264,8 @@ def build(config: StudioConfig) -> None:
                                     elem_id="tts-stream")
                 settings = gr.JSON(label="Settings used (seed, RTF, ...)")
         mel = gr.Plot(label="Mel spectrogram")
-        inputs = [model, text, reference, reference_text, cfg, seed, randomize, *sliders, use_fitted, fit_samples]
+        inputs = [model, text, reference, reference_text, cfg, seed, randomize, *sliders, use_fitted, fit_samples,
+                  vocoder]
         # Gradio passes the request only to a positional parameter, hence first, before the inputs.
         @user_errors
         def speak(request: gr.Request, model, *rest, progress=gr.Progress()):

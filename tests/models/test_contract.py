@@ -5,8 +5,8 @@ unchanged, answers its role's smoke call, trains two steps with finite losses an
 backend of any role added by registering alone appears in the pipelines, the CLI, the evaluation
 systems, the A/B arena and the studio's menus without an edit anywhere else: this file defines one
 per role (a latent codec, a non-autoregressive TTS, a token codec with two windows, a semantic
-tokenizer, an acoustic decoder and a speech-to-speech backend whose checkpoints serve one task each)
-and shows each of them there."""
+tokenizer, an acoustic decoder, a speech-to-speech backend whose checkpoints serve one task each, and a
+mel vocoder) and shows each of them there."""
 
 import csv
 import json
@@ -27,9 +27,11 @@ from models.roles import (
     STREAMING,
     TOKEN_CODEC,
     TTS,
+    VOCODER,
     AcousticDecoder,
     Control,
     LatentCodec,
+    MelVocoder,
     SemanticTokenizer,
     SpeakerEncoder,
     SpeechRequest,
@@ -111,6 +113,13 @@ def smoke(model, role: str):
                                             {k: c.default for k, c in model.CONTROLS.items()}))
         assert len(out) and np.isfinite(out).all()
         return out
+    if role == VOCODER:
+        assert isinstance(model, MelVocoder)
+        mel = audio.mel_spectrogram(tone(1.0))[None]
+        with torch.no_grad():
+            wav = model(mel)
+        assert wav.shape == (1, mel.shape[-1] * model.hop_length) and torch.isfinite(wav).all()
+        return wav.numpy()
     raise AssertionError(f"no smoke call for role {role}")
 
 
@@ -329,6 +338,22 @@ class LevelMatch(torch.nn.Module):
         return (request.source * gain).astype(np.float32)
 
 
+@registry.register("hum_vocoder_for_test", role=VOCODER)
+class HumVocoder(torch.nn.Module):
+    """A 150 Hz hum at each mel frame's loudness: the smallest mel vocoder there is."""
+
+    n_mels, hop_length, receptive_frames = 80, HOP, 0
+
+    def __init__(self, config: dict):
+        super().__init__()
+        self.gain = torch.nn.Parameter(torch.ones(1))
+
+    def forward(self, mel: torch.Tensor) -> torch.Tensor:
+        level = mel.float().exp().mean(1).sqrt().repeat_interleave(self.hop_length, -1)  # (batch, samples)
+        t = torch.arange(level.shape[-1], device=mel.device) / SR
+        return (self.gain * level * torch.sin(2 * math.pi * 150 * t)).to(mel.dtype)
+
+
 TEST_CHECKPOINTS = {  # name -> (class, config)
     "ident": (IdentityCodec, {"model": "identity_codec"}),
     "tone": (ToneTTS, {"model": "tone_tts_for_test"}),
@@ -337,6 +362,7 @@ TEST_CHECKPOINTS = {  # name -> (class, config)
     "level": (LevelDecoder, {"model": "level_decoder_for_test", "codec": "twowin", "semantic_tokenizer": "crossings"}),
     "level_enhance": (LevelMatch, {"model": "level_match_for_test", "tasks": ["enhance"]}),
     "level_convert": (LevelMatch, {"model": "level_match_for_test", "tasks": ["convert"]}),
+    "hum": (HumVocoder, {"model": "hum_vocoder_for_test"}),
 }
 
 
@@ -349,6 +375,8 @@ def test_backends(tmp_path, monkeypatch):
     registry.release("model")
     yield tmp_path / "checkpoints"
     registry.release("model")
+    for key in [k for k in registry._RESIDENT if k[:2] == ("vocoder", "hum")]:  # kept by name: not beyond this
+        del registry._RESIDENT[key]  # folder (the session's HiFi-GAN stays resident)
 
 
 @pytest.mark.parametrize("name", TEST_CHECKPOINTS)
@@ -419,6 +447,17 @@ def test_every_role_appears_in_the_pipelines(test_backends, tmp_path):
         pipelines.extract(wav, SR, wav, SR)
     with pytest.raises(ValueError, match="has no setting 'pitch'"):
         pipelines.enhance(wav, SR, pitch=3)
+    # a mel vocoder: a codec of its own (the mel round trip through it), and the decoder of every mel backend
+    assert pipelines.available_vocoders() == ["hum"] and "hum" in pipelines.available_codecs()
+    hummed, info = pipelines.reconstruct(wav, SR, "hum")
+    assert info["vocoder"] == "hum" and len(hummed) == len(wav) // HOP * HOP
+    from models.vocoder import use_vocoder
+
+    with use_vocoder("hum"):
+        assert np.allclose(pipelines.reconstruct(wav, SR, "vocoder")[0], hummed)
+        assert np.allclose(IdentityCodec({}).decode_wav(pipelines.encode_latents(wav, SR)[0]), hummed, atol=1e-6)
+    with pytest.raises(ValueError, match="'tone' is a tts checkpoint, not a vocoder"):
+        pipelines.tts("Hi.", "tone", vocoder="tone")
 
 
 def test_every_role_appears_in_the_cli(test_backends, tmp_path, capsys):
@@ -445,6 +484,10 @@ def test_every_role_appears_in_the_cli(test_backends, tmp_path, capsys):
     assert cli.main(["speech", "convert", str(source), str(tmp_path / "c.wav"), "--voice", str(source)]) == 0
     assert cli.main(["speech", "extract", str(source), str(tmp_path / "x.wav"), "--voice", str(source)]) == 2
     assert "no target-speaker-extraction backend" in capsys.readouterr().err
+    assert cli.main(["--vocoder", "hum", "vocode", str(source), str(tmp_path / "v.wav")]) == 0
+    assert "(hum)" in capsys.readouterr().out
+    assert cli.main(["--vocoder", "tone", "vocode", str(source), str(tmp_path / "v2.wav")]) == 2
+    assert "not a vocoder" in capsys.readouterr().err
 
 
 def test_every_role_appears_in_the_evaluation_the_arena_and_the_studio(test_backends, tmp_path):
@@ -456,20 +499,22 @@ def test_every_role_appears_in_the_evaluation_the_arena_and_the_studio(test_back
     source = tmp_path / "in.wav"
     audio.save_audio(source, tone(1.0, amp=0.3))
     item = Item("u1", text="one tone", reference=source, enrollment=source, input=source, prompt_text="a tone")
-    for spec, kind in (("t=tone:pitch=300:seed=2", "tts"), ("c=twowin:window=2", "codec"),
+    for spec, kind in (("t=tone:pitch=300:seed=2", "tts"), ("c=twowin:window=2", "codec"), ("h=hum", "codec"),
+                       ("tv=tone:vocoder=hum", "tts"),
                        ("e=level_enhance:gain_db=3:seed=1", "speech"), ("v=level_convert", "speech")):
         system = parse_system(spec)
         wav, sr, *_ = system.generator("cpu")(item)
         assert system.kind == kind and system.missing(item) is None and len(wav) and sr == SR
     for spec, message in (("t=tone:pitch=999", "pitch must be between 80 and 400"),
                           ("c=twowin:window=3", r"window must be one of \[1, 2\]"),
-                          ("e=level_enhance:gain_db=30", "gain_db must be between -12 and 12")):
+                          ("e=level_enhance:gain_db=30", "gain_db must be between -12 and 12"),
+                          ("t=tone:vocoder=twowin", "not a vocoder")):
         with pytest.raises(ValueError, match=message):
             parse_system(spec)
     assert parse_system("v=level_convert").missing(Item("u2", input=source)) == "an enrollment clip"
     systems = default_systems()
     assert {"tone=tone", "twowin_w1=twowin:window=1", "twowin_w2=twowin:window=2", "ident=ident",
-            "level_enhance=level_enhance", "level_convert=level_convert"} <= set(systems)
+            "level_enhance=level_enhance", "level_convert=level_convert", "hum=hum"} <= set(systems)
     # the A/B arena draws from those systems: on a text prompt with audio, the TTS and the codecs apply
     (tmp_path / "set.jsonl").write_text(json.dumps({"id": "u1", "text": "one tone", "path": str(source)}) + "\n")
     config = StudioConfig(data_dir=tmp_path / "studio", testsets={"set": str(tmp_path / "set.jsonl")},
@@ -483,6 +528,7 @@ def test_every_role_appears_in_the_evaluation_the_arena_and_the_studio(test_back
     menus = {p.get("label"): [choice[0] if isinstance(choice, (list, tuple)) else choice
                               for choice in p.get("choices") or []] for p in props if "choices" in p}
     assert "tone" in menus["Model (a checkpoint name, or a checkpoint folder)"]
+    assert menus["Vocoder"] == ["hifigan", "hum"] and "hum" in menus["Codec"]
     assert {"twowin", "ident"} <= set(menus["Codec"]) and {"1", "2"} <= set(map(str, menus["Bitrate (window)"]))
     assert any(p.get("label") == "Base pitch (Hz)" and p.get("minimum") == 80 for p in props)
 

@@ -265,6 +265,17 @@ def test_validate_only_measures_a_checkpoint_without_training(sled_run, mini, tm
     assert len(rows) == 1 and int(rows[0]["step"]) == 0 and not (out / "checkpoints").exists()
     # the loss gap to the null text is measured (tiny and untrained: it may have either sign)
     assert np.isfinite(float(rows[0]["val_text_gain"])) and float(rows[0]["val_text_gain"]) != 0.0
+    batches = list(csv.DictReader(open(out / "val_batches.csv")))  # batch by batch, for paired comparisons
+    assert [int(b["batch"]) for b in batches] == list(range(len(batches))) and batches[0]["split"] == "valid"
+    assert np.isclose(np.mean([float(b["text_gain"]) for b in batches]), float(rows[0]["val_text_gain"]))
+    held = tmp_path / "held"
+    assert main(["train", "sled", "--config", str(path), "--data", str(mini[0]), "--out", str(held),
+                 "--validate-only", "--split", "heldout", "--val-batches", "1"]) == 0
+    batches = list(csv.DictReader(open(held / "val_batches.csv")))
+    assert len(batches) == 1 and batches[0]["split"] == "heldout"
+    assert main(["train", "sled", "--config", str(path), "--data", str(mini[0]), "--out", str(tmp_path / "x"),
+                 "--split", "heldout"]) == 2
+    assert "--split and --val-batches go with --validate-only" in capsys.readouterr().err
     config["train"].pop("init_from")
     path.write_text(yaml.safe_dump(config))
     assert main(["train", "sled", "--config", str(path), "--data", str(mini[0]), "--out", str(tmp_path / "none"),

@@ -196,9 +196,11 @@ def bench_tts(model: str = "sled", texts: tuple[str, ...] = BENCH_TEXTS, device:
 
     rtf = total wall time / total audio duration over the texts; first_chunk_s is the time from a
     streaming call to its first non-empty audio chunk (worst and mean over texts); stream_rtf
-    covers whole streams.
+    covers whole streams. Measured as a server runs: the bf16 vocoder's kernels built for every length first.
     """
     from models import pipelines
+
+    os.environ.setdefault("STUDIO_VOCODER_WARM_UP", "1")
 
     def speak(text: str, index: int, stream: bool):
         start = time.perf_counter()

@@ -97,6 +97,9 @@ def launch(demo: gr.Blocks, host: str | None = None, port: int | None = None, sh
     folder with votes, run metadata and system-named clips is blocked. Uploads over the configured
     size are refused before they are stored or decoded."""
     config = demo.studio_config
+    # A server lives long: the bf16 vocoder builds every length's kernels once, at its first request, so no
+    # later request waits for one (a one-shot command skips this: models.vocoder.get_vocoder).
+    os.environ.setdefault("STUDIO_VOCODER_WARM_UP", "1")
     host = host or os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1")
     port = port or int(os.environ.get("GRADIO_SERVER_PORT", 7860))
     demo.launch(server_name=host, server_port=port, share=share, theme=gr.themes.Soft(),

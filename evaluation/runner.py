@@ -8,9 +8,10 @@ flushed to `results/shard-I-of-N.jsonl`:
     {"system", "key", "speaker", "metric", "values": {column: value}}      or
     {"system", "key", "speaker", "metric", "values": null, "reason": "..."}  (NaN, and why)
 
-A crash or Ctrl-C loses at most the unit in flight; `resume` reads every results file
-and skips the (system, key, metric) units already there. Shards take every N-th item
-and write their own files, so shards (or `torchrun` ranks) never share a file.
+A crash or Ctrl-C loses at most the units in flight (up to two per worker, for a metric that
+scores several at once); `resume` reads every results file and skips the (system, key, metric)
+units already there. Shards take every N-th item and write their own files, so shards (or
+`torchrun` ranks) never share a file.
 """
 
 from __future__ import annotations
@@ -23,6 +24,8 @@ import subprocess
 import sys
 import threading
 import time
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -152,6 +155,21 @@ def _sample(system: System, item: Item, run: Path) -> Sample:
                   input_path=item.input, speaker=item.speaker)
 
 
+def _score_unit(scorer, metric: str, system: System, item: Item, run: Path, failed: set) -> dict:
+    """One metric's result row for one system's output on one item (a reason instead of values when it has none)."""
+    sample = _sample(system, item, run)
+    try:
+        if (system.name, item.key) in failed:
+            if not hasattr(scorer, "missing"):
+                return _row(system, item, metric, reason="no audio: generation failed")
+            return _row(system, item, metric, scorer.missing(sample), reason="generation failed: scored as no output")
+        if not sample.audio_path or not Path(sample.audio_path).is_file():
+            raise MetricError(f"no audio file for this system: {sample.audio_path}")
+        return _row(system, item, metric, scorer(sample))
+    except MetricError as reason:
+        return _row(system, item, metric, reason=str(reason))
+
+
 def _score(config: RunConfig, items: list[Item], done: set, failed: set, writer: ResultWriter, device: str,
            meta: dict, stop: threading.Event | None = None) -> None:
     run = Path(config.out)
@@ -171,26 +189,28 @@ def _score(config: RunConfig, items: list[Item], done: set, failed: set, writer:
         meta["metrics"][name] = {"columns": list(spec.columns), "needs": list(spec.needs), **scorer.info}
         _write_meta(run, config, meta)
         start = time.perf_counter()
+
+        # A scorer that declares `workers` > 1 scores that many units at once from threads (its model releases
+        # the GIL). Rows are written in order, with two units per worker queued ahead: a stop loses at most those.
+        workers = getattr(scorer, "workers", 1)
+        units = iter(todo)
         try:
-            for system, item in tqdm(todo, desc=name, unit="utt", dynamic_ncols=True):
-                _check_stop(stop)
-                sample = _sample(system, item, run)
-                if (system.name, item.key) in failed:
-                    if hasattr(scorer, "missing"):
-                        try:
-                            writer.write(_row(system, item, name, scorer.missing(sample),
-                                              reason="generation failed: scored as no output"))
-                        except MetricError as reason:
-                            writer.write(_row(system, item, name, reason=str(reason)))
-                    else:
-                        writer.write(_row(system, item, name, reason="no audio: generation failed"))
-                    continue
+            with ThreadPoolExecutor(workers) as pool, tqdm(total=len(todo), desc=name, unit="utt",
+                                                         dynamic_ncols=True) as progress:
+                queued: deque = deque()
                 try:
-                    if not sample.audio_path or not Path(sample.audio_path).is_file():
-                        raise MetricError(f"no audio file for this system: {sample.audio_path}")
-                    writer.write(_row(system, item, name, scorer(sample)))
-                except MetricError as reason:
-                    writer.write(_row(system, item, name, reason=str(reason)))
+                    while True:
+                        while len(queued) < 2 * workers and (unit := next(units, None)) is not None:
+                            _check_stop(stop)
+                            queued.append(pool.submit(_score_unit, scorer, name, *unit, run, failed))
+                        if not queued:
+                            break
+                        writer.write(queued.popleft().result())
+                        progress.update()
+                except BaseException:  # a stop, Ctrl-C or a crash: units not yet started are dropped
+                    for future in queued:
+                        future.cancel()
+                    raise
         finally:
             scorer.close()
             del scorer

@@ -18,8 +18,9 @@ vocoder's analysis-resynthesis and the ceiling of every mel-based model, or a vo
 at a window, `alm=alm_tokenizer:window=3`, or from its first layers alone, `rvq4=latent_rvq:layers=4`)
 reconstructs the reference, its bitrate recorded; a TTS checkpoint (`sled`)
 speaks the item's text, continuing the enrollment clip (with its prompt_text) when the
-manifest gives one; a speech-to-speech checkpoint (`se=metis_se:seed=1`) does the first task its
-config lists on the item's input recording (with its enrollment clip as the voice); a folder holds
+manifest gives one; a speech-to-speech checkpoint (`se=metis_se:seed=1`) or built-in baseline (`wiener`,
+`noisereduce`, `knn_vc`: models/speech_baselines.py) does the first task its config lists on the item's input
+recording (with its enrollment clip as the voice); a folder holds
 `<key>.wav` files made elsewhere. Generated systems
 take options after the source, `NAME=SOURCE:cfg=1.5:seed=3` (TTS: cfg, seed, vocoder=NAME (hifigan or a
 vocoder checkpoint) and the controls the model declares, e.g. SLED's stop_threshold, alias stop; and ttt=N,
@@ -391,9 +392,13 @@ def parse_system(spec: str) -> System:
 
 
 def _role(source: str) -> str | None:
-    """"codec", "tts", "speech" or "resynthesis" when source names a checkpoint of that role, else None."""
-    from models import registry
+    """"codec", "tts", "speech" or "resynthesis" when source names a checkpoint of that role (or a built-in
+    speech-to-speech baseline), else None."""
+    from models import pipelines, registry
     from models.roles import ACOUSTIC_DECODER, LATENT_CODEC, SPEECH_TO_SPEECH, TOKEN_CODEC, TTS, VOCODER
+
+    if source in pipelines.SPEECH_BASELINES:
+        return "speech"
 
     return {LATENT_CODEC: "codec", TOKEN_CODEC: "codec", VOCODER: "codec", TTS: "tts", SPEECH_TO_SPEECH: "speech",
             ACOUSTIC_DECODER: "resynthesis"}.get(registry.checkpoint_role(source))

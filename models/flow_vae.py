@@ -283,7 +283,7 @@ class FlowVAE(nn.Module):
     def streaming_decoder(self, precision: str = "fp32") -> ChunkedDecoder:
         # the default decoder's receptive field spans ~27 latent frames each side, little of it past ~16
         return ChunkedDecoder(self.decode_mel, self.config.downsample, frame_context=24, frame_lookahead=16,
-                              precision=precision)
+                              precision=precision, device=str(next(self.parameters()).device))
 
     @torch.no_grad()
     def decode_wav(self, z: np.ndarray | torch.Tensor, head: str = "mel", precision: str = "fp32") -> np.ndarray:

@@ -38,6 +38,8 @@ SPEECH_TASKS = ("convert", "enhance", "extract")  # voice conversion, speech enh
 class StreamingDecoder(Protocol):
     """Latent frames in (as they are generated), waveform chunks out."""
 
+    lag: int  # frames pushed before any audio can come out (its decoders' lookahead)
+
     def push(self, frames: list[torch.Tensor]) -> np.ndarray: ...
 
     def flush(self) -> np.ndarray: ...

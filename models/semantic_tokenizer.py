@@ -60,6 +60,7 @@ class WhisperEncoder:
 
     name, dim, frame_rate, sample_rate = WHISPER, 384, 50.0, 16000
     BATCH = 16
+    WINDOW = 3000  # mel frames (30 s) the encoder takes at once
 
     def __init__(self, device: str = "cpu", threads: int = 0):
         try:
@@ -79,9 +80,13 @@ class WhisperEncoder:
     def __call__(self, wavs: list[np.ndarray]) -> list[np.ndarray]:
         import ctranslate2
 
-        mels = [self.mel(np.asarray(w, np.float32), padding=0) for w in wavs]
-        mels = [m[:, : max(2, m.shape[1] // 2 * 2)] for m in mels]  # the encoder's stride-2 conv wants even
-        out: list[np.ndarray | None] = [None] * len(wavs)
+        whole = [self.mel(np.asarray(w, np.float32), padding=0) for w in wavs]
+        whole = [m[:, : max(2, m.shape[1] // 2 * 2)] for m in whole]  # the encoder's stride-2 conv wants even
+        # the encoder reads at most 30 s (its positional table): a longer input goes in 30 s pieces, joined after
+        pieces = [(n, m[:, start:start + self.WINDOW]) for n, m in enumerate(whole)
+                  for start in range(0, m.shape[1], self.WINDOW)]
+        owners, mels = [n for n, _ in pieces], [m for _, m in pieces]
+        out: list[np.ndarray | None] = [None] * len(mels)
         order = sorted(range(len(mels)), key=lambda i: mels[i].shape[1])  # batches of similar length
         for start in range(0, len(order), self.BATCH):
             chunk = order[start:start + self.BATCH]
@@ -92,7 +97,7 @@ class WhisperEncoder:
             encoded = np.array(self.model.encode(ctranslate2.StorageView.from_array(batch)))
             for row, i in enumerate(chunk):
                 out[i] = encoded[row, : mels[i].shape[1] // 2].astype(np.float32)
-        return out
+        return [np.concatenate([o for o, owner in zip(out, owners) if owner == n]) for n in range(len(wavs))]
 
 
 class HuggingFaceSSL:

@@ -154,6 +154,8 @@ class Vocoder:
         # receptive field, so chunked synthesis equals one pass to float precision.
         self.tail_frames = generator.receptive_frames + 3
         self.context_frames = max(32, self.tail_frames)
+        # mel frames a stream holds back, so what it emits no longer depends on mel still to come
+        self.lookahead_frames = generator.receptive_frames
         # a chunk with its context on both sides fills the largest bucket (448 frames for HiFi-GAN)
         self.chunk_frames = chunk_frames or self.buckets[-1] - 2 * self.context_frames
 
@@ -268,27 +270,28 @@ class ChunkedDecoder:  # models.roles.StreamingDecoder
     """Codec frames in, waveform chunks out: the decoder side of streaming generation, for any codec
     that decodes its frames (continuous latents or token columns) to the vocoder's mel.
 
-    Two stages, each decoding a window of new input plus `*_context` frames of input already
-    used (the convolutions' left receptive field) and holding back `*_lookahead` frames whose
-    output still depends on input not yet generated: frames -> mel (`decode_mel`, giving
+    Two stages, each decoding a window of new input plus context frames of input already used
+    (the convolutions' left receptive field) and holding back lookahead frames whose output
+    still depends on input not yet generated: frames -> mel (`decode_mel`, giving
     `mel_per_frame` mel frames per codec frame; the codec sets the margins from its decoder's
-    receptive field), then mel -> waveform (the vocoder). The margins make each chunk match a
-    one-shot decoding closely -- the vocoder turns small mel differences into large phase
-    differences, so a 12-frame lookahead leaves 7 % RMS error where 20 frames leave 1.3 %
-    (arctic_a0007, default Flow-VAE). Consecutive chunks also overlap by `fade` samples,
-    cross-faded, so the joins do not click. `flush()` emits the rest.
+    receptive field), then mel -> waveform (the vocoder, whose receptive field sets its margins,
+    so that stage equals one pass). The margins make each chunk match a one-shot decoding
+    closely -- the vocoder turns small mel differences into large phase differences, so a
+    12-frame lookahead leaves 7 % RMS error where 20 frames leave 1.3 % (arctic_a0007, default
+    Flow-VAE). Consecutive chunks also overlap by `fade` samples, cross-faded, so the joins do
+    not click. `flush()` emits the rest.
     """
 
     def __init__(self, decode_mel: Callable[[torch.Tensor], torch.Tensor], mel_per_frame: int,
-                 frame_context: int = 24, frame_lookahead: int = 16, mel_context: int = 16, mel_lookahead: int = 8,
-                 fade: int = 256, precision: str = "fp32"):
+                 frame_context: int = 24, frame_lookahead: int = 16, fade: int = 256, precision: str = "fp32",
+                 device: str | None = None):
         self.decode_mel = decode_mel  # (frames, dim) -> log-mel (80, frames x mel_per_frame)
-        self.mel_per_frame, self.fade, self.precision = mel_per_frame, fade, precision
+        self.mel_per_frame, self.fade = mel_per_frame, fade
         self.frame_context, self.frame_lookahead = frame_context, frame_lookahead
-        self.mel_context, self.mel_lookahead = mel_context, mel_lookahead
+        # the vocoder chosen when the stream starts speaks all of it; its receptive field sets the mel margins
+        self.vocoder = get_vocoder(device, precision)
         self.hop = MelConfig().hop_length
-        if mel_lookahead * self.hop < fade:
-            raise ValueError("the mel lookahead must cover the cross-fade")
+        self.mel_lookahead = max(self.vocoder.lookahead_frames, -(-fade // self.hop))  # and the cross-fade's
         self.frames: list[torch.Tensor] = []
         self.mel: torch.Tensor | None = None  # final mel frames so far (80, frames)
         self.emitted = 0  # samples
@@ -296,8 +299,8 @@ class ChunkedDecoder:  # models.roles.StreamingDecoder
 
     @property
     def lag(self) -> int:
-        """Codec frames generated before the first sample can be emitted."""
-        return self.frame_lookahead + -(-self.mel_lookahead // self.mel_per_frame) + 1
+        """Codec frames pushed before the first sample can be emitted: the first mel frame no later mel reaches."""
+        return self.frame_lookahead + -(-(self.mel_lookahead + 1) // self.mel_per_frame)
 
     def push(self, frames: list[torch.Tensor]) -> np.ndarray:
         self.frames.extend(frames)
@@ -320,9 +323,8 @@ class ChunkedDecoder:  # models.roles.StreamingDecoder
         end = mel_end * self.hop
         if end <= self.emitted:
             return np.zeros(0, np.float32)
-        vocoder = get_vocoder(str(self.mel.device), self.precision)
-        first = max(0, self.emitted // self.hop - max(self.mel_context, vocoder.context_frames))
-        wav = vocoder.synthesize(self.mel[:, first:]).cpu().numpy()
+        first = max(0, self.emitted // self.hop - self.vocoder.context_frames)
+        wav = self.vocoder.synthesize(self.mel[:, first:]).cpu().numpy()
         offset = first * self.hop
         out = wav[self.emitted - offset: end - offset].copy()
         if self.tail is not None:

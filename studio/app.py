@@ -10,7 +10,7 @@ from gradio import utils as gr_utils
 
 from studio.common import SERVED_MAX_AGE_S
 from studio.config import StudioConfig
-from studio.tabs import cfg_lab, evaluate, latents, listen, resynthesis, synthesize
+from studio.tabs import cfg_lab, evaluate, latents, listen, resynthesis, speech, synthesize
 
 TITLE = "Speech Studio"
 INTRO = (
@@ -39,6 +39,8 @@ def build_app(config: StudioConfig | None = None) -> gr.Blocks:
         gr.Markdown(INTRO)
         with gr.Tabs():
             synthesize.build(config)
+            for task in speech.TABS:
+                speech.build(task)
             listen.build(config)
             cfg_lab.build(config)
             evaluate.build(config)

@@ -170,17 +170,20 @@ def arena_load(voters: int = 20, votes: int = 5, prompts: int = 4) -> dict:
 
 
 # The main action of each tab, called with the values its widgets start with.
-TAB_ACTIONS = ("synthesize", "synthesize_stream", "ab_new_pair", "cfg_sweep", "evaluate", "latents", "resynthesize")
+TAB_ACTIONS = ("synthesize", "synthesize_stream", "ab_new_pair", "cfg_sweep", "evaluate", "latents", "resynthesize",
+               "convert", "enhance")  # extraction has no backend yet: its tab answers that, nothing to time
 
 
 def tab_defaults(config: StudioConfig | None = None) -> dict:
     """Every tab's main action through the served studio with its starting values, plus the
-    Synthesize and Resynthesis examples: whether each gives a result, what, and in how long."""
+    Synthesize example, and the Resynthesis, Voice conversion and Enhancement examples (those tabs start with
+    no audio): whether each gives a result, what, and in how long."""
     import gradio as gr
     from gradio_client import Client, handle_file
 
     from studio.app import build_app
     from studio.tabs.resynthesis import EXAMPLE
+    from studio.tabs.speech import EXAMPLES
     from studio.tabs.synthesize import EXAMPLE_REFERENCE, EXAMPLE_REFERENCE_TEXT
 
     config = config or StudioConfig(data_dir=Path(tempfile.mkdtemp(prefix="studio-defaults-")))
@@ -190,7 +193,12 @@ def tab_defaults(config: StudioConfig | None = None) -> dict:
     example = list(starting["synthesize"])
     example[2:4] = [handle_file(str(EXAMPLE_REFERENCE)), EXAMPLE_REFERENCE_TEXT]
     calls.insert(2, ("synthesize (example reference)", example))
-    calls[-1] = ("resynthesize (example)", [handle_file(str(EXAMPLE)), *starting["resynthesize"][1:]])
+    examples = {"resynthesize": [str(EXAMPLE)], "convert": EXAMPLES["convert"][0], "enhance": EXAMPLES["enhance"][0]}
+    for action, files in examples.items():
+        first = 0 if action == "resynthesize" else 1  # the speech tabs' first input is the model menu
+        values = list(starting[action])
+        values[first:first + len(files)] = [handle_file(f) for f in files]
+        calls[[label for label, _ in calls].index(action)] = (f"{action} (example)", values)
     results = []
     with served(config) as url:
         client = Client(url, verbose=False)

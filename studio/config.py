@@ -20,7 +20,8 @@ def default_testsets() -> dict[str, str]:
 def default_systems() -> list[str]:
     """Ground truth, the vocoder ceiling, the installed classical codecs, every vocoder checkpoint's round trip,
     every local latent codec, TTS and
-    speech-to-speech checkpoint, and every local token codec at each bitrate it serves."""
+    speech-to-speech checkpoint, the built-in speech-to-speech baselines, and every local token codec at each
+    bitrate it serves."""
     from models import classical_codecs, pipelines, registry
     from models.roles import SPEECH_TO_SPEECH
 
@@ -30,7 +31,8 @@ def default_systems() -> list[str]:
     return ["gt", "vocoder", *classical] + [f"{name}={name}" for name in pipelines.available_vocoders()] + \
         [f"{name}={name}" for name in pipelines.available_latent_codecs()] + \
         tokens + [f"{name}={name}" for name in pipelines.available_tts_models()] + \
-        [f"{name}={name}" for name in registry.checkpoints_with_role(SPEECH_TO_SPEECH)]
+        [f"{name}={name}" for name in registry.checkpoints_with_role(SPEECH_TO_SPEECH)] + \
+        [f"{name}={name}" for name in pipelines.SPEECH_BASELINES]
 
 
 @dataclass

@@ -7,6 +7,10 @@ TSE  mixture = target + interferer (another person) at an SIR drawn from [-5, 5]
      enrollment utterance of the target voice reading a different sentence.
 VC   (source utterance, reference of another voice, ground truth = that voice reading the
      source sentence when the corpus has it: always for test sentences, which every voice reads).
+The `real` split, when the corpus has its real-speech set (eval/real_speech.jsonl, recordings of
+people): SE on each recording under the test noise recipes; VC to each real voice from a held-out
+corpus utterance and from each real recording to a held-out corpus voice (no ground truth: SIM is
+to the reference clip).
 Paths in a manifest are relative to the manifest's folder. Finished items are skipped on
 a rerun, and every file is written through a temp file and a rename.
 """
@@ -36,6 +40,7 @@ NOISE_RECIPES = {
     "train": ("white", "pink", "babble3", "hum50"),
     "valid": ("white", "pink", "babble3", "hum50"),
     "test": ("brown", "babble6", "hum60", "recorded"),
+    "real": ("brown", "babble6", "hum60", "recorded"),
 }
 SPLIT_SOURCES = {"train": ("train",), "valid": ("valid",), "test": ("test", "heldout")}
 
@@ -168,9 +173,40 @@ def build_tasks(corpus_dir: str | Path, out_dir: str | Path, seed: int = 0, size
         for task, task_rows in built.items():
             mf.write_jsonl(out / task / f"{split}.jsonl", task_rows)
             counts[f"{task}/{split}"] = len(task_rows)
+    real_manifest = Path(corpus_dir) / "eval" / "real_speech.jsonl"
+    if real_manifest.is_file():
+        counts.update(_build_real(real_manifest, rows, out, seed))
     mf.write_text_atomic(out / "tasks.json", json.dumps({"corpus": str(Path(corpus_dir).resolve()), "seed": seed,
                                                          "counts": counts}, indent=2) + "\n")
     return counts
+
+
+def _build_real(real_manifest: Path, rows: list[dict], out: Path, seed: int) -> dict:
+    """The `real` split: every recording of a person in noise, and converted to and from a held-out voice."""
+    real = [{"id": r["id"], "speaker": r["speaker"], "normalized_text": r["text"],
+             "abs_path": str(mf.resolve_audio(real_manifest, r["gt_wav"]))} for r in mf.read_jsonl(real_manifest)]
+    heldout = [r for r in rows if r["split"] == "heldout"] or [r for r in rows if r["split"] == "test"]
+    enhancement, conversion = [], []
+    for index, recording in enumerate(real):
+        rng = random.Random(f"{seed}/real/enhancement/{index}")
+        enhancement.append(_enhancement_item(index, real, "real", rng, out / "enhancement", source=recording))
+        rng = random.Random(f"{seed}/real/vc/{index}")
+        others = [r for r in real if r["speaker"] == recording["speaker"] and r["id"] != recording["id"]]
+        if others and heldout:  # to this real voice (its other recording as the reference) from a held-out one
+            conversion.append(_vc_pair(f"vc-real-{2 * index:05d}", "real", rng.choice(heldout), rng.choice(others),
+                                       out / "vc"))
+        if heldout:  # from this recording to a held-out corpus voice
+            conversion.append(_vc_pair(f"vc-real-{2 * index + 1:05d}", "real", recording, rng.choice(heldout),
+                                       out / "vc"))
+    mf.write_jsonl(out / "enhancement" / "real.jsonl", enhancement)
+    mf.write_jsonl(out / "vc" / "real.jsonl", conversion)
+    return {"enhancement/real": len(enhancement), "vc/real": len(conversion)}
+
+
+def _vc_pair(item_id: str, split: str, source: dict, reference: dict, folder: Path) -> dict:
+    return {"id": item_id, "split": split, "text": source["normalized_text"], "source_speaker": source["speaker"],
+            "target_speaker": reference["speaker"], "source": _rel(source["abs_path"], folder),
+            "reference": _rel(reference["abs_path"], folder), "ground_truth": None}
 
 
 def _rel(path: str | Path, folder: Path) -> str:
@@ -188,8 +224,8 @@ def _write_pair(folder: Path, item_id: str, signals: dict[str, np.ndarray]) -> d
     return paths
 
 
-def _enhancement_item(index, pool, split, rng, folder):
-    source = rng.choice(pool)
+def _enhancement_item(index, pool, split, rng, folder, source=None):
+    source = source or rng.choice(pool)
     item_id = f"se-{split}-{index:05d}"
     recipe = rng.choice(NOISE_RECIPES[split])
     snr = round(rng.uniform(*SNR_RANGE), 2)

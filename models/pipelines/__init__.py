@@ -35,6 +35,7 @@ from models.pipelines.common import (
 )
 from models.pipelines.fitted_voices import MAX_FITTED_VOICES, TTT_CHECK_TEXTS, clear_fitted_voices, fit_voice
 from models.pipelines.speech import (
+    SPEECH_BASELINES,
     TASK_NAMES,
     acoustic_decoder_controls,
     available_acoustic_decoders,
@@ -65,12 +66,12 @@ from models.vocoder import vocoder_names  # the TTS menus' choice: HiFi-GAN and 
 __all__ = [
     "BATCH_RECORD", "CFG_RANGE", "CODECS", "CODES_FORMAT", "MAX_FITTED_VOICES", "MAX_REFERENCE_SECONDS",
     "MAX_REFERENCE_UPLOAD_SECONDS", "MAX_SEED", "MAX_TTS_CHARS", "PAUSE_SECONDS", "ROLE_NAMES", "SETTINGS",
-    "TASK_NAMES", "TTS_VOCODER_PRECISION", "TTT_CHECK_TEXTS", "TTT_LR", "TTT_LR_RANGE", "acoustic_decoder_controls",
-    "all_tts_controls", "available_acoustic_decoders", "available_codecs", "available_latent_codecs",
-    "available_speech_models", "available_token_codecs", "available_tts_models", "available_vocoders", "check_sampling",
-    "check_seed",
-    "checkpoint_tasks", "clear_fitted_voices", "codec_bitrate", "codec_layers", "codec_windows", "convert",
-    "cut_reference", "decode_file", "encode_file", "encode_latents", "encode_tokens", "enhance", "extract", "fit_voice",
-    "fits_voices", "read_tts_lines", "reconstruct", "semantic_resynthesis", "speech_controls", "tts", "tts_batch",
-    "tts_capabilities", "tts_controls", "tts_kind", "vocoder_names",
+    "SPEECH_BASELINES", "TASK_NAMES", "TTS_VOCODER_PRECISION", "TTT_CHECK_TEXTS", "TTT_LR", "TTT_LR_RANGE",
+    "acoustic_decoder_controls", "all_tts_controls", "available_acoustic_decoders", "available_codecs",
+    "available_latent_codecs", "available_speech_models", "available_token_codecs", "available_tts_models",
+    "available_vocoders", "check_sampling", "check_seed", "checkpoint_tasks", "clear_fitted_voices", "codec_bitrate",
+    "codec_layers", "codec_windows", "convert", "cut_reference", "decode_file", "encode_file", "encode_latents",
+    "encode_tokens", "enhance", "extract", "fit_voice", "fits_voices", "read_tts_lines", "reconstruct",
+    "semantic_resynthesis", "speech_controls", "tts", "tts_batch", "tts_capabilities", "tts_controls", "tts_kind",
+    "vocoder_names",
 ]

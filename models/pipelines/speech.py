@@ -8,7 +8,7 @@ import random
 
 import numpy as np
 
-from models import audio, registry
+from models import audio, registry, speech_baselines
 from models.pipelines.codecs import fit_length, token_codec
 from models.pipelines.common import check_controls, check_seed, checkpoint_model, declared
 from models.roles import (
@@ -24,19 +24,28 @@ from models.roles import (
 TASK_NAMES = {"convert": "voice-conversion", "enhance": "speech-enhancement", "extract": "target-speaker-extraction"}
 
 
+SPEECH_BASELINES = tuple(speech_baselines.BASELINES)  # built in: training-free, always available
+
+
 def checkpoint_tasks(name: str) -> tuple[str, ...]:
-    """The tasks a speech-to-speech checkpoint serves (its config's `tasks`), read without loading it."""
+    """The tasks a speech-to-speech checkpoint (or a built-in baseline) serves: its config's `tasks`, read
+    without loading it."""
+    if name in speech_baselines.BASELINES:
+        return speech_baselines.BASELINES[name].tasks
     config = registry.checkpoint_config(name) or {}
     return tuple(task for task in config.get("tasks", ()) if task in SPEECH_TASKS)
 
 
 def available_speech_models(task: str) -> list[str]:
-    """Local speech-to-speech checkpoints that serve `task` (for menus)."""
-    return [name for name in registry.checkpoints_with_role(SPEECH_TO_SPEECH) if task in checkpoint_tasks(name)]
+    """Local speech-to-speech checkpoints that serve `task`, then the built-in baselines that do (for menus)."""
+    return [name for name in (*registry.checkpoints_with_role(SPEECH_TO_SPEECH), *SPEECH_BASELINES)
+            if task in checkpoint_tasks(name)]
 
 
 def speech_controls(model: str) -> dict[str, Control]:
-    """The controls a speech-to-speech checkpoint's model declares (its class's CONTROLS)."""
+    """The controls a speech-to-speech checkpoint's model (or a built-in baseline) declares: its CONTROLS."""
+    if model in speech_baselines.BASELINES:
+        return dict(speech_baselines.BASELINES[model].CONTROLS)
     return dict(declared(model, SPEECH_TO_SPEECH, "CONTROLS", {}))
 
 
@@ -46,7 +55,10 @@ def _backend(task: str, model: str | None, device: str | None):
     names = [model] if model else available_speech_models(task)
     if not names:
         raise ValueError(f"no {TASK_NAMES[task]} backend is installed (train and publish one, e.g. Metis)")
-    backend, _ = checkpoint_model(names[0], SPEECH_TO_SPEECH, device)
+    if names[0] in speech_baselines.BASELINES:
+        backend = speech_baselines.baseline(names[0], registry.pick_device(device))
+    else:
+        backend, _ = checkpoint_model(names[0], SPEECH_TO_SPEECH, device)
     if task not in checkpoint_tasks(names[0]):
         raise ValueError(f"{names[0]} does not do {TASK_NAMES[task]} "
                          f"(it does: {', '.join(checkpoint_tasks(names[0])) or 'nothing its config lists'})")

@@ -117,10 +117,10 @@ def tts(
     guidance scale (1.0 = none, which runs the conditional model alone: the same output at half
     the cost); `controls` are the model's own sampling settings (its CONTROLS, e.g. SLED's
     stop_threshold), each checked against its range. Streaming yields audio as a STREAMING backend
-    generates frames: the first chunk after chunk_frames[0] frames, then every chunk_frames[1]
-    (another backend yields each sentence whole); `info` gains timings as it runs. With
-    ttt_samples > 0 and a reference, a backend that declares TEST_TIME_TRAINING is first fitted to
-    the reference's voice (`fit_voice` at learning rate ttt_lr, checked with `scorers`, cached per
+    generates frames: the first chunk after chunk_frames[0] frames (or the decoder's lag, when longer),
+    then every chunk_frames[1] (another backend yields each sentence whole); `info` gains timings as it
+    runs. With ttt_samples > 0 and a reference, a backend that declares TEST_TIME_TRAINING is first
+    fitted to the reference's voice (`fit_voice` at learning rate ttt_lr, checked with `scorers`, cached per
     reference and owner). `vocoder` names the mel vocoder of a backend that ends in one (None: the one chosen
     for this thread, models.vocoder.current_vocoder).
     """
@@ -223,7 +223,9 @@ def _streamed(backend, requests: list[TTSRequest], voice, chunk_frames: tuple[in
             total += len(out)
             yield out
             continue
-        decoder, waiting, target = backend.streaming_decoder(TTS_VOCODER_PRECISION), [], chunk_frames[0]
+        decoder = backend.streaming_decoder(TTS_VOCODER_PRECISION)
+        # the first push once the decoder can give audio back: a vocoder with a wider receptive field lags more
+        waiting, target = [], max(chunk_frames[0], decoder.lag)
         with voice():
             for z in backend.frames(request):
                 waiting.append(z)

@@ -1,5 +1,8 @@
 import csv
 import json
+import threading
+import time
+import zlib
 from collections import Counter
 
 import numpy as np
@@ -25,13 +28,17 @@ def seen(mini):
 @pytest.fixture
 def fake_metric():
     """A registered metric whose scorer can be told to crash or to refuse items."""
-    state = {"calls": 0, "crash_at": None}
+    state = {"calls": 0, "crash_at": None, "workers": 1, "threads": set()}
 
     class Scorer:
         info = {"model": "fake"}
+        workers = state["workers"]
 
         def __call__(self, sample):
             state["calls"] += 1
+            state["threads"].add(threading.get_ident())
+            if self.workers > 1:  # later units finish first: the order written must not follow completion
+                time.sleep(0.02 * (zlib.crc32(sample.key.encode()) % 3))
             if state["calls"] == state["crash_at"]:
                 raise KeyboardInterrupt  # Ctrl-C in the middle of a run
             if sample.key.endswith("602"):
@@ -42,7 +49,7 @@ def fake_metric():
             pass
 
     register = metric("fake", ("duration",), needs=(), higher_is_better=False, description="test")
-    register(lambda device, options: Scorer())
+    register(lambda device, options: type("Configured", (Scorer,), {"workers": state["workers"]})())
     yield state
     METRICS.pop("fake")
 
@@ -215,6 +222,19 @@ def test_resume_after_a_crash_has_no_duplicates(tmp_path, seen, fake_metric):
     run_eval(config(seen, out, systems=("gt", "input=gt"), metrics=["fake"], limit=6, resume=True))
     counts = units(out)
     assert len(counts) == 12 and set(counts.values()) == {1}
+
+
+def test_a_scorer_with_workers_scores_units_side_by_side_and_writes_them_in_order(tmp_path, seen, fake_metric):
+    runs = {}
+    for workers in (1, 3):
+        fake_metric.update(workers=workers, threads=set())
+        out = tmp_path / f"workers{workers}"
+        run_eval(config(seen, out, systems=("gt", "input=gt"), metrics=["fake"], limit=7, report=False))
+        runs[workers] = [(r["system"], r["key"], r["values"], r.get("reason")) for r in read_results(out)]
+        assert (len(fake_metric["threads"]) > 1) == (workers > 1)
+    assert runs[3] == runs[1] and len(runs[1]) == 14  # the same rows, in the same order
+    refused = [r for r in runs[3] if r[3] == "refused on purpose"]  # a scorer's refusal stays with its unit
+    assert refused and all(key.endswith("602") and values is None for _, key, values, _ in refused)
 
 
 def test_shards_merge_to_the_single_run(tmp_path, seen):

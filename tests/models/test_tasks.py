@@ -62,6 +62,21 @@ def test_conversion_triples(task_dir):
         assert truth.is_file() and truth.name == mf.resolve_audio(manifest, row["source"]).name
 
 
+def test_the_real_split_puts_every_recording_in_noise_and_converts_to_and_from_real_voices(task_dir, mini):
+    real = mf.read_jsonl(mini[0] / "eval" / "real_speech.jsonl")
+    noisy = mf.read_jsonl(task_dir / "enhancement" / "real.jsonl")
+    assert sorted(row["source_id"] for row in noisy) == sorted(row["id"] for row in real)
+    assert {row["noise"] for row in noisy} <= set(tasks.NOISE_RECIPES["test"])
+    speakers = {row["speaker"] for row in real}
+    converted = mf.read_jsonl(task_dir / "vc" / "real.jsonl")
+    to_real = [row for row in converted if row["target_speaker"] in speakers]
+    from_real = [row for row in converted if row["source_speaker"] in speakers]
+    assert to_real and len(from_real) == len(real) and not {r["id"] for r in to_real} & {r["id"] for r in from_real}
+    for row in to_real:  # the reference is the speaker's other recording
+        assert row["source_speaker"] not in speakers and row["ground_truth"] is None
+        assert mf.resolve_audio(task_dir / "vc" / "real.jsonl", row["reference"]).is_file()
+
+
 def test_rerun_resumes_without_rewriting(task_dir, mini):
     manifest = task_dir / "enhancement" / "train.jsonl"
     before = manifest.read_text()
@@ -106,7 +121,7 @@ def test_audio_manifest_lists_every_task_file_once(task_dir):
              if row.get(field)}
     assert len({r["id"] for r in rows}) == len(rows) == len(files)
     assert {mf.resolve_audio(manifest, r["path"]).resolve() for r in rows} == files
-    assert all(r["duration"] > 0 and r["split"] in ("train", "valid", "test") for r in rows)
+    assert all(r["duration"] > 0 and r["split"] in ("train", "valid", "test", "real") for r in rows)
     stamp = manifest.stat().st_mtime_ns
     assert tasks.audio_manifest(task_dir) == manifest and manifest.stat().st_mtime_ns == stamp  # not rebuilt
 

@@ -2,6 +2,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import gradio as gr
 import numpy as np
 import pytest
 import soundfile as sf
@@ -40,7 +41,8 @@ def test_app_builds_with_stable_api_names():
     names = {dep.api_name for dep in demo.fns.values()}
     assert {"resynthesize", "synthesize", "synthesize_stream", "tts_controls", "ab_new_pair", "ab_played_a",
             "ab_played_b", "ab_vote_A", "ab_vote_B", "ab_vote_tie", "ab_vote_both_bad", "ab_leaderboard",
-            "ab_export", "evaluate", "evaluate_plot", "cfg_sweep", "latents", "latents_view", "latents_audio"} <= names
+            "ab_export", "evaluate", "evaluate_plot", "cfg_sweep", "latents", "latents_view", "latents_audio",
+            "convert", "enhance", "extract", "convert_controls", "enhance_controls"} <= names
     assert not any("lambda" in name for name in names)  # every handler has a stable, chosen name
 
 
@@ -78,6 +80,27 @@ def test_resynthesis_handler(arctic_path):
     assert rate == 22050 and samples.dtype == np.int16 and np.abs(samples).max() > 1000
     assert scores["pesq_wb"] >= 2.5 and scores["stoi"] >= 0.88 and scores["rtf"] > 0
     assert len(figure.data) == 2
+
+
+def test_speech_tabs_run_the_baselines_and_name_what_is_missing(arctic_path):
+    from studio.common import user_errors
+    from studio.tabs.speech import EXAMPLES, task_controls, transform, visible_controls
+
+    noisy = EXAMPLES["enhance"][0][0]
+    names = list(task_controls("enhance"))
+    assert names == ["floor_db", "strength"]  # wiener's, then noisereduce's
+    shown = visible_controls(names, "noisereduce")
+    assert [update.get("visible") for update in shown] == [False, True]
+    (rate, samples), figure, info = transform("enhance", names, "wiener", noisy, None, 3, False, -20, 1.0)
+    assert rate == 22050 and np.abs(samples).max() > 1000 and len(figure.data) == 2
+    assert info["model"] == "wiener" and info["floor_db"] == -20 and "strength" not in info and info["rtf"] > 0
+    source, voice = EXAMPLES["convert"][0]
+    (_, converted), _, info = transform("convert", ["k"], "knn_vc", source, voice, 0, True, 2)
+    assert info["k"] == 2 and len(converted) > 3 * 22050
+    with pytest.raises(gr.Error, match="No voice clip"):
+        user_errors(transform)("convert", ["k"], "knn_vc", source, None, 0, False, 4)
+    with pytest.raises(gr.Error, match="No speaker extraction model is installed"):
+        user_errors(transform)("extract", [], None, source, voice, 0, False)
 
 
 def test_bad_input_becomes_a_gradio_error(tmp_path):

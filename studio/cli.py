@@ -378,15 +378,30 @@ def _speech(args: argparse.Namespace) -> int:
 
     from models import audio, pipelines
 
-    _output(args.output, args.overwrite, args.input, args.voice)
-    if (args.task == "enhance") != (args.voice is None):
-        raise ValueError("enhance takes no --voice" if args.voice else f"{args.task} needs --voice (the "
-                         + ("target voice)" if args.task == "convert" else "enrollment clip of the speaker to keep)"))
+    batch = Path(args.input).is_dir() or args.input.endswith(".jsonl")
+    if not batch:
+        _output(args.output, args.overwrite, args.input, args.voice)
+    elif Path(args.output).suffix.lower() in OUTPUT_FORMATS:
+        raise ValueError(f"a folder or manifest of recordings writes one file each: give an output folder, "
+                         f"not {args.output}")
+    if args.task == "enhance" and args.voice:
+        raise ValueError("enhance takes no --voice")
+    if args.task != "enhance" and not args.voice and not batch:
+        raise ValueError(f"{args.task} needs --voice (the " + ("target voice)" if args.task == "convert" else
+                                                              "enrollment clip of the speaker to keep)"))
     model = args.model or next(iter(pipelines.available_speech_models(args.task)), None)
     if model is None:
         raise ValueError(f"no {pipelines.TASK_NAMES[args.task]} backend is installed (train and publish one, "
                          "e.g. Metis)")
     settings = _model_controls(model, args.extra, pipelines.speech_controls(model), f"speech {args.task}")
+    if batch:
+        from tqdm import tqdm
+
+        rows = pipelines.read_speech_inputs(args.input, args.voice)
+        summary = pipelines.speech_batch(args.task, rows, args.output, model=model, seed=args.seed,
+                                         progress=lambda todo: tqdm(todo, desc=args.task, unit="file"), **settings)
+        print(json.dumps(summary, indent=1))
+        return 0
     wav = audio.load_audio(args.input, audio.SAMPLE_RATE)
     voice = (audio.load_audio(args.voice, audio.SAMPLE_RATE), audio.SAMPLE_RATE) if args.voice else ()
     out, info = getattr(pipelines, args.task)(wav, audio.SAMPLE_RATE, *voice, model=model, seed=args.seed, **settings)
@@ -787,9 +802,12 @@ def build_parser() -> argparse.ArgumentParser:
                                                 "extract a speaker from a mixture; a model's own settings are "
                                                 "options too")
     speech.add_argument("task", choices=SPEECH_TASKS)
-    speech.add_argument("input", help="the speech to convert, the noisy recording, or the mixture")
-    speech.add_argument("output", help="output .wav, .flac or .ogg (22.05 kHz)")
-    speech.add_argument("--voice", help="convert: the target voice; extract: an enrollment clip of the speaker")
+    speech.add_argument("input", help="the speech to convert, the noisy recording, or the mixture; or a folder of "
+                                      "them, or a JSONL manifest (input, optional voice, id, seed): a batch, resumable")
+    speech.add_argument("output", help="output .wav, .flac or .ogg (22.05 kHz); for a batch, a folder (with "
+                                       "speech.jsonl: each file's settings)")
+    speech.add_argument("--voice", help="convert: the target voice; extract: an enrollment clip of the speaker "
+                                        "(in a batch, for every recording whose row names none)")
     speech.add_argument("--model", help="a checkpoint that serves the task (default: the first local one)")
     speech.add_argument("--seed", type=_number(int, 0, MAX_SEED), help="random seed (default: drawn and printed)")
     speech.add_argument("--overwrite", action="store_true", help="replace the output file if it exists")

@@ -7,7 +7,7 @@ token views), `codes_file` (the .npz of a recording's codes), `synthesis` (TTS) 
 training), `speech` (speech to speech, semantic resynthesis) and `batch` (resumable batch synthesis).
 """
 
-from models.pipelines.batch import BATCH_RECORD, read_tts_lines, tts_batch
+from models.pipelines.batch import BATCH_RECORD, read_speech_inputs, read_tts_lines, speech_batch, tts_batch
 from models.pipelines.codecs import (
     CODECS,
     available_codecs,
@@ -71,7 +71,7 @@ __all__ = [
     "available_latent_codecs", "available_speech_models", "available_token_codecs", "available_tts_models",
     "available_vocoders", "check_sampling", "check_seed", "checkpoint_tasks", "clear_fitted_voices", "codec_bitrate",
     "codec_layers", "codec_windows", "convert", "cut_reference", "decode_file", "encode_file", "encode_latents",
-    "encode_tokens", "enhance", "extract", "fit_voice", "fits_voices", "read_tts_lines", "reconstruct",
-    "semantic_resynthesis", "speech_controls", "tts", "tts_batch", "tts_capabilities", "tts_controls", "tts_kind",
-    "vocoder_names",
+    "encode_tokens", "enhance", "extract", "fit_voice", "fits_voices", "read_speech_inputs", "read_tts_lines",
+    "reconstruct", "semantic_resynthesis", "speech_batch", "speech_controls", "tts", "tts_batch", "tts_capabilities",
+    "tts_controls", "tts_kind", "vocoder_names",
 ]

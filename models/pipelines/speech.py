@@ -69,12 +69,50 @@ def _speech_input(wav: np.ndarray, sr: int, name: str) -> np.ndarray:
     return audio.prepare_audio(wav, sr, max_seconds=audio.MAX_SECONDS, name=name)
 
 
+CHUNK_SECONDS = 20.0  # a backend hears at most this much at once: a longer input is cut at its pauses
+FADE_SECONDS = 0.05  # the pieces overlap by this much, cross-faded, so the joins do not click
+
+
+def pause_cuts(wav: np.ndarray, sr: int, chunk_seconds: float = CHUNK_SECONDS) -> list[int]:
+    """Where to cut a long input (samples), so that no piece is longer than `chunk_seconds`: each cut at the
+    quietest 20 ms of the last third of its piece (a pause, where speech has one)."""
+    frame, limit = int(0.02 * sr), int(chunk_seconds * sr)
+    power = np.concatenate([[0.0], np.cumsum(np.asarray(wav, np.float64) ** 2)])
+    cuts, start = [], 0
+    while len(wav) - start > limit:
+        lo, hi = start + 2 * limit // 3, start + limit - frame
+        energy = power[lo + frame:hi + frame] - power[lo:hi]  # of the frame starting at each sample
+        start = lo + int(np.argmin(energy)) + frame // 2
+        cuts.append(start)
+    return cuts
+
+
+def in_chunks(transform, wav: np.ndarray, sr: int, chunk_seconds: float = CHUNK_SECONDS) -> np.ndarray:
+    """`transform` (samples -> samples) over an input of any length: pieces cut at pauses, each heard with
+    FADE_SECONDS / 2 of its neighbours and its output fitted to its input's length, joined by cross-fades.
+    An input no longer than `chunk_seconds` goes in whole."""
+    cuts = pause_cuts(wav, sr, chunk_seconds)
+    if not cuts:
+        return transform(wav)
+    half = int(FADE_SECONDS * sr / 2)
+    bounds = [0, *cuts, len(wav)]
+    out = np.zeros(0, np.float32)
+    for a, b in zip(bounds, bounds[1:]):
+        lo, hi = max(0, a - half), min(len(wav), b + half)
+        piece = fit_length(np.asarray(transform(wav[lo:hi]), np.float32), hi - lo)
+        overlap = len(out) - lo  # what the previous piece already covers of this one
+        ramp = (np.arange(overlap, dtype=np.float32) + 0.5) / max(overlap, 1)
+        out = np.concatenate([out[:lo], out[lo:] * (1 - ramp) + piece[:overlap] * ramp, piece[overlap:]])
+    return out
+
+
 def _run(task: str, source: np.ndarray, reference: np.ndarray | None, model: str | None, device: str | None,
          seed: int | None, controls: dict[str, float]) -> tuple[np.ndarray, dict]:
     backend, name = _backend(task, model, device)
     settings = check_controls(name, backend.CONTROLS, controls)
     seed = random.randrange(2**31) if seed is None else check_seed(seed)
-    out = backend.transform(SpeechRequest(task, source, reference, seed, settings))
+    out = in_chunks(lambda piece: backend.transform(SpeechRequest(task, piece, reference, seed, settings)),
+                    source, audio.SAMPLE_RATE)
     return out, {"model": name, "task": task, "seed": seed, **settings}
 
 

@@ -147,8 +147,12 @@ class Arena:
             match = uuid.uuid4().hex
             seconds = sum(len(w) for w in wavs.values()) / audio.SAMPLE_RATE
             self.matches[match] = Listening(visitor, seconds, created=now)
+        # A speech-to-speech item: the listener hears what both systems were given (and the voice they were to
+        # take) before the two outputs; these are no system's output, so served as they are.
+        given = [served_audio(audio.load_audio(path, audio.SAMPLE_RATE, max_seconds=None), audio.SAMPLE_RATE)
+                 if path is not None and item.input is not None else None for path in (item.input, item.enrollment)]
         return {"match": match, "testset": testset, "key": item.key, "text": item.text, "a": a, "b": b,
-                "paths": paths, "played": [], "voted": None}
+                "paths": paths, "given": given, "played": [], "voted": None}
 
     def _record(self, match: dict | None, visitor: str) -> Listening:
         if not match:
@@ -236,7 +240,8 @@ def build(config: StudioConfig) -> Arena:
 
     def start(testset, prompt, request: gr.Request):
         match = arena.new_match(testset, prompt, visitor(request))
-        return (*match["paths"], match, reveal(match), *lock_state(False))
+        given = [gr.update(value=path, visible=path is not None) for path in match["given"]]
+        return (*match["paths"], match, reveal(match), *lock_state(False), *given)
 
     def heard(side):
         def handler(match, request: gr.Request):
@@ -264,6 +269,11 @@ def build(config: StudioConfig) -> Arena:
                                  label="Prompt", allow_custom_value=True)  # any test set's: new_match checks it
             new = gr.Button("New pair", variant="primary")
         status = gr.Markdown(reveal(None), elem_id="ab-status")
+        with gr.Row():  # for a speech-to-speech test set: what the two systems were given
+            given = [gr.Audio(label="Input (what both systems were given)", type="filepath", interactive=False,
+                              visible=False, elem_id="ab-input"),
+                     gr.Audio(label="Voice clip (the voice to take, or the speaker to keep)", type="filepath",
+                              interactive=False, visible=False, elem_id="ab-voice")]
         with gr.Row():
             clip_a = gr.Audio(label="A", type="filepath", interactive=False, elem_id="ab-a")
             clip_b = gr.Audio(label="B", type="filepath", interactive=False, elem_id="ab-b")
@@ -281,8 +291,8 @@ def build(config: StudioConfig) -> Arena:
 
         testset.change(user_errors(lambda t: gr.update(choices=arena.prompts(t), value=RANDOM)), [testset],
                        [prompt], api_name="ab_prompts")
-        new.click(user_errors(start), [testset, prompt], [clip_a, clip_b, match, status, *buttons],
-                  api_name="ab_new_pair")
+        new.click(user_errors(start), [testset, prompt], [clip_a, clip_b, match, status, *buttons, *given],
+                  api_name="ab_new_pair")  # the input players last: clients that read outputs by position keep working
         clip_a.play(user_errors(heard("A")), [match], [match, *buttons], api_name="ab_played_a")
         clip_b.play(user_errors(heard("B")), [match], [match, *buttons], api_name="ab_played_b")
         for outcome, button in zip(BUTTONS, buttons):

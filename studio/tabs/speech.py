@@ -80,9 +80,10 @@ def build(task: str) -> None:
                     f"{title}: no backend is installed yet (Metis's fine-tune is to come).")
         with gr.Row():
             with gr.Column():
-                source = gr.Audio(sources=["upload", "microphone"], type="filepath", label=source_label)
+                source = gr.Audio(sources=["upload", "microphone"], type="filepath", label=source_label,
+                                  elem_id=f"{task}-source")
                 voice = gr.Audio(sources=["upload", "microphone"], type="filepath", label=voice_label or "Voice clip",
-                                 visible=voice_label is not None)
+                                 visible=voice_label is not None, elem_id=f"{task}-voice")
                 model = gr.Dropdown(models, value=models[0] if models else None, label="Model")
                 widgets = [setting_widget(declared.get(name, control), visible=name in declared)
                            for name, control in controls.items()]
@@ -93,7 +94,7 @@ def build(task: str) -> None:
                 if task in EXAMPLES:
                     gr.Examples(EXAMPLES[task], inputs=[source, voice][: len(EXAMPLES[task][0])], label="Example")
             with gr.Column():
-                result = gr.Audio(label="Output", type="numpy", interactive=False)
+                result = gr.Audio(label="Output", type="numpy", interactive=False, elem_id=f"{task}-output")
                 info = gr.JSON(label="Settings used")
         mels = gr.Plot(label="Mel spectrograms, input and output")
         names = list(controls)  # the widgets, as built: a checkpoint published later does not shift them

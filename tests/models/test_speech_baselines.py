@@ -75,3 +75,47 @@ def test_the_semantic_encoder_reads_past_its_30_second_window(arctic_wav):
     features = encode_wavs(semantic_encoder(), [long, arctic_wav])
     for wav, feature in zip((long, arctic_wav), features):
         assert abs(len(feature) - 50 * len(wav) / SR) <= 2 and feature.shape[1] == 384
+
+
+def test_long_inputs_go_in_pieces_cut_at_pauses_and_join_without_a_seam():
+    from models.pipelines.speech import FADE_SECONDS, in_chunks, pause_cuts
+
+    wav = np.random.default_rng(0).standard_normal(50 * SR).astype(np.float32) * 0.1
+    pauses = [int(t * SR) for t in range(7, 50, 7)]  # 0.3 s of silence every 7 s
+    for start in pauses:
+        wav[start:start + int(0.3 * SR)] = 0
+    cuts = pause_cuts(wav, SR, 20.0)
+    assert len(cuts) == 3 and all(any(p <= c < p + int(0.3 * SR) for p in pauses) for c in cuts)
+    heard = []
+    same = in_chunks(lambda piece: heard.append(len(piece)) or piece, wav, SR, 20.0)
+    assert np.allclose(same, wav, atol=1e-6) and len(heard) == 4 and max(heard) <= (20 + FADE_SECONDS) * SR
+    tone = 0.5 * np.sin(2 * np.pi * 200 * np.arange(50 * SR) / SR).astype(np.float32)  # no pause to cut at
+    gains = iter([1.0, 0.5, 1.0, 0.5])  # pieces that come back changed differently still join without a click
+    varied = in_chunks(lambda piece: piece * next(gains), tone, SR, 20.0)
+    assert len(varied) == len(tone) and np.abs(np.diff(varied)).max() < 1.1 * np.abs(np.diff(tone)).max()
+    assert in_chunks(lambda piece: piece[: len(piece) // 2], wav[: 5 * SR], SR, 20.0).shape == (5 * SR // 2,)
+
+
+def test_the_speech_command_runs_a_folder_or_manifest_as_a_resumable_batch(arctic_wav, tmp_path, capsys):
+    from studio.cli import main
+
+    folder = tmp_path / "noisy"
+    for seed in (1, 2):
+        audio.save_audio(folder / f"take{seed}.wav", noisy(arctic_wav[: 2 * SR], 5.0, seed), SR)
+    out = tmp_path / "clean"
+    assert main(["speech", "enhance", str(folder), str(out), "--model", "wiener", "--seed", "5"]) == 0
+    capsys.readouterr()
+    record = [json.loads(line) for line in (out / "speech.jsonl").read_text().splitlines()]
+    assert sorted(r["id"] for r in record) == ["take1", "take2"] and {r["seed"] for r in record} == {5, 6}
+    assert all(len(audio.load_audio(out / r["audio"])) == 2 * SR for r in record)
+    assert main(["speech", "enhance", str(folder), str(out), "--model", "wiener"]) == 0  # resumed: nothing to do
+    assert '"skipped": 2' in capsys.readouterr().out
+    manifest = tmp_path / "vc.jsonl"
+    rows = [{"id": "a", "source": str(folder / "take1.wav"), "reference": str(folder / "take2.wav")},
+            {"id": "b", "source": str(folder / "take2.wav")}]
+    manifest.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    assert main(["speech", "convert", str(manifest), str(tmp_path / "vc")]) == 2
+    assert "b has none (give --voice" in capsys.readouterr().err
+    assert main(["speech", "convert", str(manifest), str(tmp_path / "vc"), "--voice", str(folder / "take1.wav"),
+                 "--k", "2"]) == 0
+    assert sorted(p.name for p in (tmp_path / "vc").glob("*.wav")) == ["a.wav", "b.wav"]

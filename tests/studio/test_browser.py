@@ -177,3 +177,27 @@ def test_saved_voices_stay_in_this_browser_and_only_this_one(page, studio_url, a
     finally:
         page.screenshot(path=str(artifacts / "saved_voices.png"), full_page=True)
         other.context.close()
+
+
+@pytest.mark.parametrize("task, tab, button", [("convert", "Voice conversion", "Voice conversion"),
+                                               ("enhance", "Enhancement", "Enhancement")])
+def test_a_speech_tab_takes_an_uploaded_clip_and_plays_the_result(page, task, tab, button, artifacts):
+    from studio.tabs.speech import EXAMPLES
+
+    page.get_by_role("tab", name=tab, exact=True).click()
+    files = EXAMPLES[task][0]
+    for field, path in zip(("source", "voice"), files):
+        page.locator(f"#{task}-{field} input[type=file]").set_input_files(path)
+    page.get_by_role("button", name=button, exact=True).click()
+    output = f"#{task}-output a[data-testid=download-link]"
+    try:
+        page.wait_for_selector(output, state="attached", timeout=120_000)
+    finally:
+        page.screenshot(path=str(artifacts / f"{task}.png"), full_page=True)
+    assert page.evaluate(PEAK_OF_AUDIO, output) > 0.001
+    assert "rtf" in page.locator("body").inner_text()  # the settings used, with the real-time factor
+
+
+def test_the_extraction_tab_says_no_backend_is_installed(page):
+    page.get_by_role("tab", name="Speaker extraction", exact=True).click()
+    page.get_by_text("no backend is installed yet").wait_for(timeout=30_000)

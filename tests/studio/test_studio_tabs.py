@@ -298,3 +298,26 @@ def test_a_setting_two_models_declare_takes_the_selected_models_range_and_defaul
     temperature, top_k, *_ = tab.visible_controls("b")
     assert (temperature["maximum"], temperature["value"]) == (2.0, 0.9)
     assert top_k["visible"] and (top_k["maximum"], top_k["value"], top_k["step"]) == (1024, 20, 1)
+
+
+def test_ab_on_a_speech_to_speech_set_serves_what_the_systems_were_given(ab_config, tmp_path):
+    import numpy as np
+
+    from models import audio
+    from studio.tabs.listen import Arena
+
+    tone = 0.3 * np.sin(2 * np.pi * 220 * np.arange(audio.SAMPLE_RATE) / audio.SAMPLE_RATE)
+    noisy = tone + 0.05 * np.random.default_rng(0).standard_normal(len(tone))
+    audio.save_audio(tmp_path / "clean.wav", tone)
+    audio.save_audio(tmp_path / "noisy.wav", noisy)
+    (tmp_path / "se.jsonl").write_text(json.dumps({"id": "s0", "text": "a tone", "clean": "clean.wav",
+                                                   "noisy": "noisy.wav"}) + "\n")
+    ab_config.testsets["se"] = str(tmp_path / "se.jsonl")
+    ab_config.systems = ["gt", "wiener"]
+    arena = Arena(ab_config)
+    match = arena.new_match("se", None, "ann")
+    heard, voice = match["given"]
+    assert voice is None and np.allclose(audio.load_audio(heard), audio.load_audio(tmp_path / "noisy.wav"), atol=1e-3)
+    assert {match["a"], match["b"]} == {"gt", "wiener"}
+    ab_config.systems = ["gt", f"other={Path(ab_config.testsets['set']).parent / 'other'}"]
+    assert Arena(ab_config).new_match("set", None, "ann")["given"] == [None, None]  # a TTS prompt has no input

@@ -19,8 +19,8 @@ at a window, `alm=alm_tokenizer:window=3`, or from its first layers alone, `rvq4
 reconstructs the reference, its bitrate recorded; a TTS checkpoint (`sled`)
 speaks the item's text, continuing the enrollment clip (with its prompt_text) when the
 manifest gives one; a speech-to-speech checkpoint (`se=metis_se:seed=1`) or built-in baseline (`wiener`,
-`noisereduce`, `knn_vc`: models/speech_baselines.py) does the first task its config lists on the item's input
-recording (with its enrollment clip as the voice); a folder holds
+`noisereduce`, `deepfilternet`, `knn_vc`: models/speech_baselines.py) does the first task its config lists
+on the item's input recording (with its enrollment clip as the voice); a folder holds
 `<key>.wav` files made elsewhere. Generated systems
 take options after the source, `NAME=SOURCE:cfg=1.5:seed=3` (TTS: cfg, seed, vocoder=NAME (hifigan or a
 vocoder checkpoint) and the controls the model declares, e.g. SLED's stop_threshold, alias stop; and ttt=N,

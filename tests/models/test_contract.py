@@ -435,7 +435,7 @@ def test_every_role_appears_in_the_pipelines(test_backends, tmp_path):
     assert rms(prompted) > 10 * rms(out)  # the prompt's loudness, not the control's
     # speech to speech: the tasks come from each checkpoint's config, the controls from the class
     # (trained checkpoints first, so a trained backend is the default over the built-in baselines)
-    assert pipelines.available_speech_models("enhance") == ["level_enhance", "wiener", "noisereduce"]
+    assert pipelines.available_speech_models("enhance") == ["level_enhance", "wiener", "noisereduce", "deepfilternet"]
     assert pipelines.available_speech_models("convert") == ["level_convert", "knn_vc"]
     louder, info = pipelines.enhance(wav, SR, gain_db=6, seed=2)
     assert info == {"model": "level_enhance", "task": "enhance", "seed": 2, "gain_db": 6.0}

@@ -88,10 +88,10 @@ def test_speech_tabs_run_the_baselines_and_name_what_is_missing(arctic_path):
 
     noisy = EXAMPLES["enhance"][0][0]
     names = list(task_controls("enhance"))
-    assert names == ["floor_db", "strength"]  # wiener's, then noisereduce's
+    assert names == ["floor_db", "strength", "atten_lim_db"]  # wiener's, noisereduce's, then deepfilternet's
     shown = visible_controls(names, "noisereduce")
-    assert [update.get("visible") for update in shown] == [False, True]
-    (rate, samples), figure, info = transform("enhance", names, "wiener", noisy, None, 3, False, -20, 1.0)
+    assert [update.get("visible") for update in shown] == [False, True, False]
+    (rate, samples), figure, info = transform("enhance", names, "wiener", noisy, None, 3, False, -20, 1.0, 100)
     assert rate == 22050 and np.abs(samples).max() > 1000 and len(figure.data) == 2
     assert info["model"] == "wiener" and info["floor_db"] == -20 and "strength" not in info and info["rtf"] > 0
     source, voice = EXAMPLES["convert"][0]

@@ -152,7 +152,7 @@ def _generate(config: RunConfig, items: list[Item], done: set, writer: ResultWri
 def _sample(system: System, item: Item, run: Path) -> Sample:
     return Sample(key=item.key, audio_path=system.audio_path(item, run / "audio"), system=system.name,
                   text=item.text, reference_path=item.reference, enrollment_path=item.enrollment,
-                  input_path=item.input, speaker=item.speaker)
+                  input_path=item.input, interferer_path=item.interferer, speaker=item.speaker)
 
 
 def _score_unit(scorer, metric: str, system: System, item: Item, run: Path, failed: set) -> dict:

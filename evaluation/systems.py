@@ -9,6 +9,7 @@ JSONL rows from the corpus and task sets. Field names map onto one item:
     enrollment  prompt_wav | enrollment | reference               (the target voice)
     prompt_text prompt_text                                       (the enrollment's transcript)
     input       noisy | mixture | source                          (what a system is given)
+    interferer  interferer                                        (the other voice in a mixture)
     speaker     speaker | target_speaker | the reference's folder name
 
 Systems: `gt` and `input` read the manifest's own audio; a codec (`vocoder`, the shared
@@ -50,9 +51,10 @@ FIELDS = {
     "enrollment": ("prompt_wav", "enrollment", "reference"),
     "prompt_text": ("prompt_text",),
     "input": ("noisy", "mixture", "source"),
+    "interferer": ("interferer",),
     "speaker": ("speaker", "target_speaker"),
 }
-AUDIO_FIELDS = ("reference", "enrollment", "input")
+AUDIO_FIELDS = ("reference", "enrollment", "input", "interferer")
 
 
 @dataclass(frozen=True)
@@ -62,6 +64,7 @@ class Item:
     reference: Path | None = None
     enrollment: Path | None = None
     input: Path | None = None
+    interferer: Path | None = None
     speaker: str | None = None
     prompt_text: str | None = None
 

@@ -171,13 +171,13 @@ def arena_load(voters: int = 20, votes: int = 5, prompts: int = 4) -> dict:
 
 # The main action of each tab, called with the values its widgets start with.
 TAB_ACTIONS = ("synthesize", "synthesize_stream", "ab_new_pair", "cfg_sweep", "evaluate", "latents", "resynthesize",
-               "convert", "enhance")  # extraction has no backend yet: its tab answers that, nothing to time
+               "convert", "enhance", "extract")
 
 
 def tab_defaults(config: StudioConfig | None = None) -> dict:
     """Every tab's main action through the served studio with its starting values, plus the
-    Synthesize example, and the Resynthesis, Voice conversion and Enhancement examples (those tabs start with
-    no audio): whether each gives a result, what, and in how long."""
+    Synthesize example, and the Resynthesis, Voice conversion, Enhancement and Speaker extraction examples (those
+    tabs start with no audio): whether each gives a result, what, and in how long."""
     import gradio as gr
     from gradio_client import Client, handle_file
 
@@ -193,7 +193,8 @@ def tab_defaults(config: StudioConfig | None = None) -> dict:
     example = list(starting["synthesize"])
     example[2:4] = [handle_file(str(EXAMPLE_REFERENCE)), EXAMPLE_REFERENCE_TEXT]
     calls.insert(2, ("synthesize (example reference)", example))
-    examples = {"resynthesize": [str(EXAMPLE)], "convert": EXAMPLES["convert"][0], "enhance": EXAMPLES["enhance"][0]}
+    examples = {"resynthesize": [str(EXAMPLE)], **{task: EXAMPLES[task][0] for task in ("convert", "enhance",
+                                                                                        "extract")}}
     for action, files in examples.items():
         first = 0 if action == "resynthesize" else 1  # the speech tabs' first input is the model menu
         values = list(starting[action])

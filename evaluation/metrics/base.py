@@ -47,6 +47,7 @@ class Sample:
     reference_path: Path | None = None  # clean ground truth, for intrusive metrics
     enrollment_path: Path | None = None  # another recording of the target voice, for SIM
     input_path: Path | None = None  # what the system was given (noisy, mixture, source)
+    interferer_path: Path | None = None  # the other voice in a mixture (target speaker extraction)
     speaker: str | None = None
     _cache: dict = field(default_factory=dict, repr=False)
 

@@ -102,21 +102,31 @@ class SimilarityScorer:
         which = "enrollment" if sample.enrollment_path is not None else "reference"
         if getattr(sample, f"{which}_path") is None:
             raise MetricError("the manifest gives neither an enrollment nor a reference recording")
-        return {"sim": cosine(self.embed(sample.audio()), self.embed(sample.audio(which)))}
+        output = self.embed(sample.audio())
+        values = {"sim": cosine(output, self.embed(sample.audio(which)))}
+        if sample.interferer_path is not None:  # extraction: whose voice the output is closer to
+            values["sim_interferer"] = cosine(output, self.embed(sample.audio("interferer")))
+            values["target_closer"] = float(values["sim"] > values["sim_interferer"])
+        return values
 
     def close(self) -> None:
         self.embed = None
 
 
-@metric("sim", ("sim",), needs=("enrollment",), higher_is_better=True,
-        description="speaker similarity, Resemblyzer GE2E cosine (-1..1)")
+SIM_COLUMNS = ("sim", "sim_interferer", "target_closer")  # the last two only where a mixture's interferer is known
+SIM_BETTER = {"sim": True, "sim_interferer": False, "target_closer": True}
+
+
+@metric("sim", SIM_COLUMNS, needs=("enrollment",), higher_is_better=SIM_BETTER,
+        description="speaker similarity, Resemblyzer GE2E cosine (-1..1); with an interferer, the similarity "
+                    "to it and whether the output is closer to the target voice")
 def _sim(device: str, options: dict) -> SimilarityScorer:
     encoder = load_ge2e(device)
     return SimilarityScorer(encoder.embed, {"speaker_model": f"Resemblyzer GE2E ({RESEMBLYZER}, pretrained.pt)",
                                             "speaker_note": "volume-normalized to -30 dBFS, no VAD trimming"})
 
 
-@metric("sim_ecapa", ("sim",), needs=("enrollment",), higher_is_better=True,
+@metric("sim_ecapa", SIM_COLUMNS, needs=("enrollment",), higher_is_better=SIM_BETTER,
         description="speaker similarity, speechbrain ECAPA-TDNN (VoxCeleb) cosine")
 def _sim_ecapa(device: str, options: dict) -> SimilarityScorer:
     source = options.get("ecapa_model") or "speechbrain/spkrec-ecapa-voxceleb"
@@ -134,7 +144,7 @@ def _sim_ecapa(device: str, options: dict) -> SimilarityScorer:
     return SimilarityScorer(embed, {"speaker_model": f"{source} (speechbrain {package_version('speechbrain')})"})
 
 
-@metric("sim_wavlm", ("sim",), needs=("enrollment",), higher_is_better=True,
+@metric("sim_wavlm", SIM_COLUMNS, needs=("enrollment",), higher_is_better=SIM_BETTER,
         description="speaker similarity, WavLM-base-plus-SV x-vector cosine")
 def _sim_wavlm(device: str, options: dict) -> SimilarityScorer:
     source = options.get("wavlm_model") or "microsoft/wavlm-base-plus-sv"

@@ -84,6 +84,13 @@ def conditioned_mel(wav: np.ndarray) -> torch.Tensor:
     return audio.mel_spectrogram(apply_conditions(wav, audio.SAMPLE_RATE, rng))
 
 
+def conditioned_wav(wav: np.ndarray) -> torch.Tensor:
+    """The whole waveform (1, samples) under a random recording condition, seeded as conditioned_mel."""
+    rng = np.random.default_rng(int(torch.randint(2**62, (1,))))
+    return torch.from_numpy(apply_conditions(wav, audio.SAMPLE_RATE, rng))[None]
+
+
 # A different draw at every read: never cached (the dataset caches only `cached` features).
 MEL_CONDITIONS = Feature("mel_conditions", conditioned_mel, audio.SAMPLE_RATE / audio.MelConfig().hop_length,
                          cached=False)
+WAV_CONDITIONS = Feature("wav_conditions", conditioned_wav, audio.SAMPLE_RATE, cached=False)

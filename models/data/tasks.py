@@ -8,7 +8,8 @@ TSE  mixture = target + interferer (another person) at an SIR drawn from [-5, 5]
 VC   (source utterance, reference of another voice, ground truth = that voice reading the
      source sentence when the corpus has it: always for test sentences, which every voice reads).
 The `real` split, when the corpus has its real-speech set (eval/real_speech.jsonl, recordings of
-people): SE on each recording under the test noise recipes; VC to each real voice from a held-out
+people): SE on each recording under the test noise recipes; TSE of each recording under another
+person's, enrolled with the speaker's other recording; VC to each real voice from a held-out
 corpus utterance and from each real recording to a held-out corpus voice (no ground truth: SIM is
 to the reference clip).
 Paths in a manifest are relative to the manifest's folder. Finished items are skipped on
@@ -182,11 +183,12 @@ def build_tasks(corpus_dir: str | Path, out_dir: str | Path, seed: int = 0, size
 
 
 def _build_real(real_manifest: Path, rows: list[dict], out: Path, seed: int) -> dict:
-    """The `real` split: every recording of a person in noise, and converted to and from a held-out voice."""
+    """The `real` split: every recording of a person in noise, under another person's voice, and converted
+    to and from a held-out voice."""
     real = [{"id": r["id"], "speaker": r["speaker"], "normalized_text": r["text"],
              "abs_path": str(mf.resolve_audio(real_manifest, r["gt_wav"]))} for r in mf.read_jsonl(real_manifest)]
     heldout = [r for r in rows if r["split"] == "heldout"] or [r for r in rows if r["split"] == "test"]
-    enhancement, conversion = [], []
+    enhancement, conversion, extraction = [], [], []
     for index, recording in enumerate(real):
         rng = random.Random(f"{seed}/real/enhancement/{index}")
         enhancement.append(_enhancement_item(index, real, "real", rng, out / "enhancement", source=recording))
@@ -198,9 +200,15 @@ def _build_real(real_manifest: Path, rows: list[dict], out: Path, seed: int) -> 
         if heldout:  # from this recording to a held-out corpus voice
             conversion.append(_vc_pair(f"vc-real-{2 * index + 1:05d}", "real", recording, rng.choice(heldout),
                                        out / "vc"))
+        rng = random.Random(f"{seed}/real/tse/{index}")
+        interferers = [r for r in real if r["speaker"] != recording["speaker"]]
+        if others and interferers:  # this recording under another person's, its other recording as enrollment
+            extraction.append(_tse_mixture(f"tse-real-{index:05d}", "real", recording, rng.choice(others),
+                                           rng.choice(interferers), rng, out / "tse"))
     mf.write_jsonl(out / "enhancement" / "real.jsonl", enhancement)
     mf.write_jsonl(out / "vc" / "real.jsonl", conversion)
-    return {"enhancement/real": len(enhancement), "vc/real": len(conversion)}
+    mf.write_jsonl(out / "tse" / "real.jsonl", extraction)
+    return {"enhancement/real": len(enhancement), "vc/real": len(conversion), "tse/real": len(extraction)}
 
 
 def _vc_pair(item_id: str, split: str, source: dict, reference: dict, folder: Path) -> dict:
@@ -255,12 +263,17 @@ def _tse_item(index, pool, split, rng, folder):
     if not enrollments or not interferers:
         return None
     enrollment, interferer = rng.choice(enrollments), rng.choice(interferers)
-    item_id = f"tse-{split}-{index:05d}"
+    return _tse_mixture(f"tse-{split}-{index:05d}", split, target, enrollment, interferer, rng, folder)
+
+
+def _tse_mixture(item_id, split, target, enrollment, interferer, rng, folder):
+    """The target utterance and the interferer's (cropped or padded to its length) at an SIR drawn from
+    SIR_RANGE."""
     sir = round(rng.uniform(*SIR_RANGE), 2)
     row = {"id": item_id, "split": split, "sir_db": sir, "target_speaker": target["speaker"],
            "interferer_speaker": interferer["speaker"], "text": target["normalized_text"],
            "target_id": target["id"], "interferer_id": interferer["id"],
-           "enrollment": _rel(enrollment["abs_path"], folder)}
+           "enrollment": _rel(enrollment["abs_path"], folder), "interferer": _rel(interferer["abs_path"], folder)}
     done = [folder / "audio" / f"{item_id}_{n}.flac" for n in ("mixture", "target")]
     if all(p.is_file() for p in done):
         return {**row, "mixture": _rel(done[0], folder), "target": _rel(done[1], folder)}
@@ -293,7 +306,8 @@ def _vc_item(index, pool, split, rng, folder):
 
 # Each audio field of a task row, and the row field naming whose voice it is.
 AUDIO_FIELDS = {"clean": "speaker", "noisy": "speaker", "mixture": "target_speaker", "target": "target_speaker",
-                "enrollment": "target_speaker", "source": "source_speaker", "reference": "target_speaker",
+                "enrollment": "target_speaker",
+                "interferer": "interferer_speaker", "source": "source_speaker", "reference": "target_speaker",
                 "ground_truth": "target_speaker"}
 
 

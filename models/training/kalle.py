@@ -5,38 +5,18 @@ sentences in a voice drawn from a validation speaker and scores them with the ha
 
 from __future__ import annotations
 
-from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch import nn
-from torch.nn import functional as F
-from tqdm import tqdm
 
 from models import audio, registry
-from models.data.dataset import MEL, Feature, SpeechDataset
+from models.data.dataset import Feature, SpeechDataset
 from models.kalle import KALLE, KALLEConfig
 from models.training import Scorers, Task, task, unwrap
 from models.training.latents import codec_latents, fit_latent_statistics, voice_sequences
-
-SEGMENT_SECONDS = 3.0
-
-
-def speaker_segments(encoder_name: str, segments: int = 3) -> Feature:
-    """Speaker embeddings of up to `segments` windows of SEGMENT_SECONDS (start, middle, end) of an
-    utterance, from the cached mel: a (embedding_dim, windows) feature, cached per encoder."""
-    encoder, _, _ = registry.load_model(encoder_name, "cpu")
-    width = int(SEGMENT_SECONDS * MEL.frames_per_second)
-
-    def compute(mel: torch.Tensor) -> torch.Tensor:
-        frames = mel.shape[-1]
-        starts = sorted({int(s) for s in np.linspace(0, max(0, frames - width), segments)})
-        windows = torch.stack([mel[:, s: s + width] for s in starts])  # equal widths, or one short window
-        with torch.no_grad():
-            return F.normalize(encoder(windows).float(), dim=-1).T
-
-    return Feature(f"speaker-{registry.weights_digest(encoder)}", compute, 1.0 / SEGMENT_SECONDS, source=MEL)
+from models.training.speakers import SpeakerWindows
 
 
 @task("kalle")
@@ -62,25 +42,10 @@ class KALLETask(Task):
                              f"{encoder.embedding_dim}-dim embeddings")
         self.model_config["speaker_dim"] = encoder.embedding_dim
         self.config = KALLEConfig.from_dict(self.model_config)
-        feature = speaker_segments(self.config.speaker_encoder)
-        self.speaker_index = train_set.speaker_index
-        self.segments: dict[int, list[tuple[str, torch.Tensor]]] = defaultdict(list)
-        for row in tqdm(train_set.rows, desc="speaker segments", mininterval=30):
-            self.segments[train_set.speaker_index[row["speaker"]]].append(
-                (row["id"], train_set.features(row, feature).T))
+        self.windows = SpeakerWindows(train_set, self.config.speaker_encoder)
 
     def build(self) -> KALLE:
         return KALLE(self.config)
-
-    def speaker_embeddings(self, batch: dict, step: int) -> torch.Tensor:
-        """(batch, speaker_dim): a random segment of another training utterance of each item's speaker."""
-        generator = torch.Generator().manual_seed(step * 104729 + 3)
-        out = []
-        for utterance, speaker in zip(batch["ids"], batch["speaker"].tolist()):
-            pool = [e for i, e in self.segments[speaker] if i != utterance] or [e for _, e in self.segments[speaker]]
-            segments = pool[int(torch.randint(len(pool), (1,), generator=generator))]
-            out.append(segments[int(torch.randint(len(segments), (1,), generator=generator))])
-        return torch.stack(out)
 
     def losses(self, model: nn.Module, batch: dict, step: int) -> tuple[torch.Tensor, dict, None]:
         core = unwrap(model)
@@ -88,7 +53,7 @@ class KALLETask(Task):
         texts, features = voice_sequences(batch, c.prompt_pairs, c.text_dropout, core.null_id,
                                           core.frontend.symbols.encode(" "), step)
         posteriors = [(f[:, : c.latent_dim], f[:, c.latent_dim:]) for f in features]
-        embeddings = self.speaker_embeddings(batch, step)
+        embeddings = self.windows.draw(batch, step)
         out = core.loss(embeddings, texts, posteriors) if model is core else model(embeddings, texts, posteriors)
         logs = {k: v.item() for k, v in out.items()}
         if not model.training:  # how much the text helps: the loss gap to the CFG null text
@@ -108,7 +73,7 @@ class KALLETask(Task):
         out_dir.mkdir(parents=True, exist_ok=True)
         for n, item in enumerate(items):
             ids = model.frontend.encode([item["normalized_text"]])[0]
-            pool = self.segments.get(self.speaker_index.get(item["speaker"], -1)) or next(iter(self.segments.values()))
+            pool = self.windows.of_voice(item["speaker"])
             embedding = pool[n % len(pool)][1][0]  # a segment of a training utterance of this voice
             voice = model.voice_distribution(embedding)[0].detach()
             z = list(model.generate(ids, voice, cfg=2.0, seed=0))

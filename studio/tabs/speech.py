@@ -20,10 +20,13 @@ TABS = {  # task -> (tab title, what the input is, what the voice clip is, or No
     "extract": ("Speaker extraction", "Mixture (the speaker to keep, and others)",
                 "Enrollment (another clip of the speaker to keep)"),
 }
-EXAMPLES = {  # assets/audio/README.md: CMU ARCTIC slt, it in brown noise at 5 dB SNR, a recorded telephone voice
+EXAMPLES = {  # assets/audio/README.md: CMU ARCTIC slt, it in brown noise at 5 dB SNR and under a recorded
+    # telephone voice, that voice, and another slt clip
     "convert": [[str(ASSETS / "audio" / "arctic_a0007.wav"),
                  str(ASSETS / "audio" / "real" / "pyannote_sample_07_sheila.flac")]],
     "enhance": [[str(ASSETS / "audio" / "arctic_a0007_noisy.flac")]],
+    "extract": [[str(ASSETS / "audio" / "arctic_a0007_sheila_mixture.flac"),
+                 str(ASSETS / "audio" / "real" / "arctic_slt_a0009.flac")]],
 }
 
 

@@ -558,9 +558,10 @@ def test_a_registered_backend_appears_everywhere_without_other_edits(tmp_path, m
         pipelines.tts("hello", model="ident")
 
 
-def test_speech_to_speech_answers_until_a_backend_registers():
+def test_speech_to_speech_answers_until_a_backend_registers(tmp_path, monkeypatch):
     wav = tone(1.0)
-    # enhancement and conversion have training-free baselines built in; extraction has none
+    monkeypatch.setattr(registry, "CHECKPOINT_DIR", tmp_path)  # no checkpoint installed
+    # enhancement and conversion have training-free baselines built in; extraction needs a trained model
     assert pipelines.enhance(wav, audio.SAMPLE_RATE, seed=0)[1]["model"] == "wiener"
     with pytest.raises(ValueError, match="no target-speaker-extraction backend is installed"):
         pipelines.extract(wav, audio.SAMPLE_RATE, wav, audio.SAMPLE_RATE)

@@ -47,6 +47,7 @@ def test_extraction_mixtures_hit_the_requested_sir(task_dir):
         assert abs(_ratio_of_parts(manifest, row, "target", "mixture") - row["sir_db"]) < 0.5
         assert mf.resolve_audio(manifest, row["enrollment"]).is_file()
         assert row["enrollment"].rsplit("/", 1)[1] != row["target_id"].rsplit("_", 1)[1] + ".wav"
+        assert mf.resolve_audio(manifest, row["interferer"]).is_file()  # for SIM to the interferer
 
 
 def test_conversion_triples(task_dir):
@@ -75,6 +76,19 @@ def test_the_real_split_puts_every_recording_in_noise_and_converts_to_and_from_r
     for row in to_real:  # the reference is the speaker's other recording
         assert row["source_speaker"] not in speakers and row["ground_truth"] is None
         assert mf.resolve_audio(task_dir / "vc" / "real.jsonl", row["reference"]).is_file()
+    # extraction: each recording whose speaker has another (the enrollment) under another person's voice
+    manifest = task_dir / "tse" / "real.jsonl"
+    mixed = mf.read_jsonl(manifest)
+    by_id = {row["id"]: row for row in real}
+    paired = [row for row in real if sum(r["speaker"] == row["speaker"] for r in real) > 1]
+    assert sorted(row["target_id"] for row in mixed) == sorted(row["id"] for row in paired)
+    for row in mixed:
+        assert by_id[row["interferer_id"]]["speaker"] != row["target_speaker"] == by_id[row["target_id"]]["speaker"]
+        recordings = {r["id"]: mf.resolve_audio(mini[0] / "eval" / "real_speech.jsonl", r["gt_wav"]).resolve()
+                      for r in real if r["speaker"] == row["target_speaker"]}
+        enrollment = mf.resolve_audio(manifest, row["enrollment"]).resolve()
+        assert enrollment in recordings.values() and enrollment != recordings[row["target_id"]]
+        assert abs(_ratio_of_parts(manifest, row, "target", "mixture") - row["sir_db"]) < 0.5
 
 
 def test_rerun_resumes_without_rewriting(task_dir, mini):
@@ -117,7 +131,7 @@ def test_audio_manifest_lists_every_task_file_once(task_dir):
     rows = mf.read_jsonl(manifest)
     files = {mf.resolve_audio(m, row[field]).resolve()
              for m in task_dir.glob("*/*.jsonl") for row in mf.read_jsonl(m)
-             for field in ("clean", "noisy", "mixture", "target", "enrollment", "source", "reference", "ground_truth")
+             for field in tasks.AUDIO_FIELDS
              if row.get(field)}
     assert len({r["id"] for r in rows}) == len(rows) == len(files)
     assert {mf.resolve_audio(manifest, r["path"]).resolve() for r in rows} == files

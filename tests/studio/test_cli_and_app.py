@@ -42,7 +42,7 @@ def test_app_builds_with_stable_api_names():
     assert {"resynthesize", "synthesize", "synthesize_stream", "tts_controls", "ab_new_pair", "ab_played_a",
             "ab_played_b", "ab_vote_A", "ab_vote_B", "ab_vote_tie", "ab_vote_both_bad", "ab_leaderboard",
             "ab_export", "evaluate", "evaluate_plot", "cfg_sweep", "latents", "latents_view", "latents_audio",
-            "convert", "enhance", "extract", "convert_controls", "enhance_controls"} <= names
+            "convert", "enhance", "extract", "convert_controls", "enhance_controls", "extract_controls"} <= names
     assert not any("lambda" in name for name in names)  # every handler has a stable, chosen name
 
 

@@ -275,3 +275,73 @@ def write_json(result: dict, out: str | os.PathLike | None) -> str:
     if out:
         write_text_atomic(out, text + "\n")
     return text
+
+
+def bench_asr(runs: list[str | os.PathLike], candidate: str, baseline: str, per_run: int = 30, seed: int = 0,
+              log=print) -> dict:
+    """Two ASR decodings on the same clips: the outputs and references that stored eval runs scored for WER.
+
+    Each decoding transcribes every clip twice (its repeatability), with the runner's one-utterance-per-core
+    threads; the report has utterances per minute, the mean WER, and the paired WER difference
+    (candidate - baseline) with its 95 % bootstrap interval, overall and per run folder.
+    """
+    import random
+    from concurrent.futures import ThreadPoolExecutor
+
+    import numpy as np
+
+    from evaluation.metrics.asr import load_asr, normalize_for_wer, wer_counts
+    from evaluation.report import bootstrap_ci
+    from evaluation.results import latest_rows, read_results
+    from evaluation.systems import read_items
+
+    clips = []  # (run, text, path)
+    for run in map(Path, runs):
+        metas = sorted((run / "results").glob("*.meta.json"))
+        if not metas:
+            raise FileNotFoundError(f"{run}: not an eval run folder (no results/*.meta.json)")
+        items = {item.key: item for item in read_items(json.loads(metas[0].read_text())["manifest"])}
+        found = {}
+        for row in latest_rows(read_results(run)):
+            item = items.get(row["key"])
+            if row["metric"] != "wer" or row.get("values") is None or item is None or not item.text:
+                continue
+            path = run / "audio" / row["system"] / f"{row['key']}.wav"
+            path = path if path.is_file() else (item.reference if row["system"] == "gt" else None)
+            if path is not None and Path(path).is_file():
+                found[(str(path), item.text)] = (run.name, item.text, Path(path))
+        chosen = sorted(found.values(), key=lambda clip: str(clip[2]))
+        random.Random(seed).shuffle(chosen)
+        clips += chosen[:per_run]
+    if not clips:
+        raise ValueError("no scored WER clips in these run folders")
+    waves = [audio.load_audio(path, 16000) for _, _, path in clips]
+    texts = [text for _, text, _ in clips]
+    result = {"clips": len(clips), "runs": sorted({run for run, _, _ in clips}), "per_run": per_run,
+              "hardware": hardware(), "decodings": {}}
+    wers = {}
+    for spec in (baseline, candidate):
+        asr = load_asr(spec, "cpu", workers=torch.get_num_threads())
+        passes = []
+        for _ in range(2):
+            start = time.perf_counter()
+            with ThreadPoolExecutor(asr.workers) as pool:
+                passes.append(list(pool.map(asr.transcribe, waves)))
+            seconds = time.perf_counter() - start
+            log(f"{spec}: {len(waves) / seconds * 60:.1f} utterances per minute")
+        wers[spec] = np.array([wer_counts(text, hyp).rate for text, hyp in zip(texts, passes[0])])
+        changed = sum(normalize_for_wer(a) != normalize_for_wer(b) for a, b in zip(*passes))
+        result["decodings"][spec] = {**asr.info, "utterances_per_minute": round(len(waves) / seconds * 60, 1),
+                                     "wer": round(float(wers[spec].mean()), 4),
+                                     "transcripts_changed_on_a_second_pass": int(changed)}
+    groups = {"all": np.arange(len(clips))}
+    groups.update({run: np.array([i for i, clip in enumerate(clips) if clip[0] == run]) for run in result["runs"]})
+    result["paired_wer_candidate_minus_baseline"] = {}
+    for name, index in groups.items():
+        diff = wers[candidate][index] - wers[baseline][index]
+        low, high = bootstrap_ci(diff, seed)
+        result["paired_wer_candidate_minus_baseline"][name] = {
+            "n": len(index), "baseline": round(float(wers[baseline][index].mean()), 4),
+            "candidate": round(float(wers[candidate][index].mean()), 4),
+            "difference": round(float(diff.mean()), 4), "ci95": [round(float(low), 4), round(float(high), 4)]}
+    return result

@@ -162,6 +162,16 @@ def _bench_defaults(args: argparse.Namespace) -> dict:
     return studio_bench.tab_defaults()
 
 
+def _bench_asr(args: argparse.Namespace) -> dict:
+    from evaluation import bench
+    from evaluation.metrics.asr import DEFAULT_ASR
+
+    if not args.eval_runs:
+        raise ValueError("bench asr needs --eval-run DIR (an eval run folder that scored wer), once or more")
+    return bench.bench_asr(args.eval_runs, args.asr or DEFAULT_ASR, args.baseline_asr, per_run=args.per_run,
+                           log=lambda line: print(line, file=sys.stderr))
+
+
 def _bench_upload(args: argparse.Namespace) -> dict:
     from studio import bench as studio_bench
 
@@ -183,6 +193,8 @@ BENCH_TARGETS: dict[str, tuple[str, Callable[[argparse.Namespace], dict]]] = {
     "arena": ("the A/B vote store under concurrent voters", _bench_arena),
     "defaults": ("every tab's main action with its starting values through the served studio", _bench_defaults),
     "upload": ("a large upload against the size limit, with the server's peak memory", _bench_upload),
+    "asr": ("two ASR decodings on the clips eval runs scored: speed, repeatability, paired WER (--eval-run DIR ...)",
+            _bench_asr),
 }
 
 
@@ -917,6 +929,12 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--repeats", type=_number(int, 1, 100), default=3,
                        help="vocoder, studio: timed runs after the warm-up (best is kept); startup: fresh processes "
                             "per command (the median is kept)")
+    bench.add_argument("--eval-run", action="append", dest="eval_runs",
+                       help="asr: an eval run folder whose WER clips are transcribed (repeat for more)")
+    bench.add_argument("--per-run", type=_number(int, 1, None), default=30, help="asr: clips drawn per run folder")
+    bench.add_argument("--asr", help="asr: the candidate decoding, BACKEND:MODEL (default faster-whisper:tiny.en)")
+    bench.add_argument("--baseline-asr", default="faster-whisper-30s:tiny.en",
+                       help="asr: the decoding it is compared with")
     bench.add_argument("--out", help="also write the JSON here")
     bench.set_defaults(run=_bench)
     return parser

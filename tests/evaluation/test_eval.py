@@ -346,3 +346,17 @@ def test_a_failing_first_item_does_not_warm_up_the_timed_run(tmp_path, seen, mon
     keys = [item.key for item in read_items(seen)[:3]]
     assert calls == [keys[0], keys[1], *keys]  # the warm-up moved on to the second item
     assert all(r["values"] is not None for r in read_results(tmp_path / "run"))
+
+
+def test_bench_asr_compares_two_decodings_on_a_runs_clips(seen, tmp_path):
+    from evaluation.bench import bench_asr
+
+    out = tmp_path / "run"
+    run_eval(config(seen, out, systems=("gt", "vocoder"), metrics=["wer"], limit=2, report=False))
+    result = bench_asr([out], "faster-whisper:tiny.en", "faster-whisper-30s:tiny.en", per_run=3, log=lambda _: None)
+    assert result["clips"] == 3 and result["runs"] == ["run"]
+    assert result["decodings"]["faster-whisper:tiny.en"]["transcripts_changed_on_a_second_pass"] == 0
+    paired = result["paired_wer_candidate_minus_baseline"]["all"]
+    assert paired["n"] == 3 and paired["ci95"][0] <= paired["difference"] <= paired["ci95"][1]
+    with pytest.raises(FileNotFoundError, match="not an eval run folder"):
+        bench_asr([tmp_path], "faster-whisper:tiny.en", "faster-whisper-30s:tiny.en", log=lambda _: None)

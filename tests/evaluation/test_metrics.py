@@ -4,7 +4,15 @@ import numpy as np
 import pytest
 
 from evaluation.metrics import METRICS, MetricError, Sample, get_metric, pesq_score, si_sdr, stoi_score
-from evaluation.metrics.asr import cer_counts, edit_counts, normalize_for_wer, wer_counts
+from evaluation.metrics.asr import (
+    cer_counts,
+    edit_counts,
+    encoder_window,
+    load_asr,
+    normalize_for_wer,
+    repetition_ratio,
+    wer_counts,
+)
 from evaluation.metrics.latent import frechet_distance, latent_figures, latent_statistics, sample_energy_distance
 from evaluation.metrics.speaker import cosine, load_ge2e
 from models import audio
@@ -85,6 +93,30 @@ def test_whisper_transcribes_the_real_recording(wer_scorer, arctic_path):
     assert values["wer"] == 0.0 and values["reference_words"] == 11
     assert "superlative" in values["transcript"].lower()
     assert wer_scorer.info["asr_model"] == "tiny.en" and "normalizer" in wer_scorer.info
+
+
+def test_encoder_window_fits_the_clip():
+    assert encoder_window(300) == 2000  # 3 s: the 20 s minimum
+    assert encoder_window(2200) == 2500  # 22 s + 1 s of silence, in 5 s steps
+    assert encoder_window(2900) == 3000 and encoder_window(2901) is None  # over 30 s: long-form decoding
+    assert repetition_ratio("thank you " * 30) > 2.4 > repetition_ratio(ARCTIC_TEXT)
+
+
+def test_transcripts_repeat_exactly_and_do_not_loop(wer_scorer, arctic_path):
+    """Degraded speech (the recording under noise at -9.5 dB SNR): faster-whisper's sampled fallback gave it 5
+    different transcripts in 6 calls (faster-whisper-30s, measured when this test was written)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    clean = audio.load_audio(arctic_path, 16000)
+    noisy = clean + np.random.default_rng(0).normal(size=clean.shape).astype(np.float32) * 3 * clean.std()
+    asr = wer_scorer.asr
+    with ThreadPoolExecutor(2) as pool:
+        transcripts = list(pool.map(asr.transcribe, [noisy] * 4 + [clean] * 2))
+    assert len(set(transcripts[:4])) == 1 and len(set(transcripts[4:])) == 1
+    assert repetition_ratio(transcripts[0]) <= 2.4
+    assert wer_scorer.info["asr_decoding"].startswith("v2")
+    long_form = load_asr("faster-whisper-30s:tiny.en", "cpu")  # the earlier decoding, for old reports
+    assert normalize_for_wer(long_form.transcribe(clean)) == normalize_for_wer(transcripts[4])
 
 
 def test_wer_without_text_is_nan_with_reason(wer_scorer, arctic_path):

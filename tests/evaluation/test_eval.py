@@ -354,9 +354,12 @@ def test_bench_asr_compares_two_decodings_on_a_runs_clips(seen, tmp_path):
     out = tmp_path / "run"
     run_eval(config(seen, out, systems=("gt", "vocoder"), metrics=["wer"], limit=2, report=False))
     result = bench_asr([out], "faster-whisper:tiny.en", "faster-whisper-30s:tiny.en", per_run=3, log=lambda _: None)
-    assert result["clips"] == 3 and result["runs"] == ["run"]
+    assert result["clips"] == 3 and result["runs"] == [str(out)]
     assert result["decodings"]["faster-whisper:tiny.en"]["transcripts_changed_on_a_second_pass"] == 0
     paired = result["paired_wer_candidate_minus_baseline"]["all"]
     assert paired["n"] == 3 and paired["ci95"][0] <= paired["difference"] <= paired["ci95"][1]
+    assert result["paired_wer_candidate_minus_baseline"]["by_run"][str(out)] == paired
+    with pytest.raises(ValueError, match="two decodings"):
+        bench_asr([out], "faster-whisper:tiny.en", "faster-whisper:tiny.en", log=lambda _: None)
     with pytest.raises(FileNotFoundError, match="not an eval run folder"):
         bench_asr([tmp_path], "faster-whisper:tiny.en", "faster-whisper-30s:tiny.en", log=lambda _: None)

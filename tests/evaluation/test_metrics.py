@@ -98,7 +98,7 @@ def test_whisper_transcribes_the_real_recording(wer_scorer, arctic_path):
 def test_encoder_window_fits_the_clip():
     assert encoder_window(300) == 2000  # 3 s: the 20 s minimum
     assert encoder_window(2200) == 2500  # 22 s + 1 s of silence, in 5 s steps
-    assert encoder_window(2900) == 3000 and encoder_window(2901) is None  # over 30 s: long-form decoding
+    assert encoder_window(2900) == 3000 and encoder_window(2901) is None  # over 29 s: long-form decoding
 
 
 def test_transcripts_repeat_exactly_and_do_not_loop(wer_scorer, arctic_path):

@@ -26,7 +26,7 @@ on the item's input recording (with its enrollment clip as the voice); a folder 
 take options after the source, `NAME=SOURCE:cfg=1.5:seed=3` (TTS: cfg, seed, vocoder=NAME (hifigan or a
 vocoder checkpoint) and the controls the model declares, e.g. SLED's stop_threshold, alias stop; and ttt=N,
 test-time training on N posterior samples of each item's enrollment clip, with ttt_lr=its learning rate,
-for a model that offers it).
+for a model that offers it; level_reference=0, the enrollment clip not trimmed and levelled like the corpus).
 Other generated systems are entries of `GENERATORS`: name -> a factory
 `factory(device) -> fn(item) -> (wav, sr)`.
 """
@@ -174,15 +174,16 @@ def _resynthesize(decoder: str, device: str, seed: int = 0, **controls: float) -
     return generate
 
 
-TTS_OPTIONS = {"cfg": float, "seed": int}  # plus the model's own controls (a float each)
+TTS_OPTIONS = {"cfg": float, "seed": int, "level_reference": int}  # plus the model's own controls (a float each)
 OPTION_ALIASES = {"stop": "stop_threshold"}  # short names kept from earlier command lines
 
 
 def _speak(model: str, device: str, cfg: float = 2.0, seed: int = 0, ttt: int = 0, ttt_lr: float | None = None,
-           vocoder: str | None = None, **controls: float) -> Generate:
+           vocoder: str | None = None, level_reference: int = 1, **controls: float) -> Generate:
     """TTS of item.text; with an enrollment clip, its voice continued from prompt_text (after fitting
     the model to it with `ttt` samples at learning rate `ttt_lr`, when ttt > 0), decoded by `vocoder`
-    (None: the chosen one).
+    (None: the chosen one); level_reference=0 gives the model the enrollment clip as it is, not trimmed and
+    levelled like the corpus.
 
     Each item's seed is `seed` + a hash of its key, so audio does not depend on the order,
     the shard or a resumed run. `controls` are the model's own sampling settings.
@@ -205,6 +206,7 @@ def _speak(model: str, device: str, cfg: float = 2.0, seed: int = 0, ttt: int = 
         wav, info = pipelines.tts(item.text, model, ref, audio.SAMPLE_RATE, item.prompt_text, cfg=cfg,
                                   seed=seed + zlib.crc32(item.key.encode()) % 100_000, device=device,
                                   ttt_samples=ttt, scorers=training_scorers(device) if ttt else None, vocoder=vocoder,
+                                  level_reference=bool(level_reference),
                                   **({"ttt_lr": ttt_lr} if ttt_lr is not None else {}), **controls)
         if refused := info.get("ttt", {}).get("refused"):  # scored as the unfitted model: said, not hidden
             logging.getLogger(__name__).warning("%s: test-time training refused for %s: %s", model, item.key, refused)

@@ -165,7 +165,10 @@ def normalize_peak(wav: np.ndarray, peak: float = 0.95) -> np.ndarray:
     return wav if top == 0.0 else (wav * (peak / top)).astype(np.float32)
 
 
-def normalize_loudness(wav: np.ndarray, sr: int, target_lufs: float = -23.0) -> np.ndarray:
+CORPUS_LUFS = -23.0  # the loudness every corpus clip is levelled to
+
+
+def normalize_loudness(wav: np.ndarray, sr: int, target_lufs: float = CORPUS_LUFS) -> np.ndarray:
     """Gain to an integrated loudness (ITU-R BS.1770), never clipping past 0.99 peak.
 
     Clips shorter than one 400 ms gating block have no BS.1770 loudness; their RMS level
@@ -191,6 +194,12 @@ def trim_silence(wav: np.ndarray, sr: int, top_db: float = 40.0, pad_seconds: fl
     _, (start, end) = librosa.effects.trim(wav, top_db=top_db, frame_length=1024, hop_length=256)
     pad = int(pad_seconds * sr)
     return wav[max(0, start - pad) : min(wav.shape[0], end + pad)]
+
+
+def like_corpus(wav: np.ndarray, sr: int) -> np.ndarray:
+    """A clip made the way every corpus clip is: silence trimmed to a 0.1 s pad, loudness at CORPUS_LUFS.
+    The codecs saw no other level in training, so a voice prompt is prepared the same way."""
+    return normalize_loudness(trim_silence(wav, sr, top_db=40.0, pad_seconds=0.1), sr, CORPUS_LUFS)
 
 
 def pause_cut(wav: np.ndarray, sr: int, max_seconds: float, quiet_db: float = 35.0, min_pause: float = 0.15,

@@ -343,8 +343,10 @@ def _tts(args: argparse.Namespace) -> int:
     if args.file is None:
         _output(args.out, args.overwrite, args.ref)  # before any model is looked at
     pipelines.check_sampling(args.cfg, args.seed)
+    if args.raw_ref and not args.ref and args.file is None:
+        raise ValueError("--raw-ref applies to a reference clip: give --ref")
     settings = {**_model_controls(args.model, args.extra), "cfg": args.cfg, "ttt_samples": args.ttt,
-                "ttt_lr": args.ttt_lr}
+                "ttt_lr": args.ttt_lr, "level_reference": not args.raw_ref}
     if args.ttt:  # a fitted voice is judged against the unfitted model before it is used
         from evaluation.scorers import training_scorers
 
@@ -795,6 +797,8 @@ def build_parser() -> argparse.ArgumentParser:
     tts.add_argument("--out-dir", help="batch: folder for <id>.wav and synthesis.jsonl (settings and seeds)")
     tts.add_argument("--ref", help="a reference clip whose voice to continue")
     tts.add_argument("--ref-text", help="the reference's transcript (default: transcribed by the bench's ASR)")
+    tts.add_argument("--raw-ref", action="store_true",
+                     help="give the model the reference as it is (default: trimmed and levelled like the corpus)")
     tts.add_argument("--cfg", type=_number(float, *CFG_RANGE), default=2.0,
                      help=f"classifier-free guidance scale, {CFG_RANGE[0]:g}-{CFG_RANGE[1]:g} (1 = none)")
     tts.add_argument("--seed", type=_number(int, 0, MAX_SEED), help="random seed (default: drawn and printed)")

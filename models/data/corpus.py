@@ -34,7 +34,6 @@ from models.text import TextFrontend, normalize_text
 TEXTS = ASSETS / "text"
 CHARS_PER_SECOND = 17.0  # measured over all engines (mini build), to plan hours before synthesis
 CHARS_PER_SECOND_BY_ENGINE = {"kokoro": 14.1}  # its training sentences, v3 build; others use the above
-TARGET_LUFS = -23.0
 RATE_RANGE = (0.9, 1.15)  # duration stretch per utterance
 PITCH_RANGE = (-1.5, 1.5)  # semitones, where the engine can shift pitch
 BATCH = 24
@@ -159,8 +158,7 @@ def _finish(raw: Path, final: Path, voice: Voice) -> None:
     wav = audio.load_audio(raw, audio.SAMPLE_RATE, max_seconds=None)
     if voice.transform is not None:
         wav = speakers.apply_transform(wav, audio.SAMPLE_RATE, voice.transform, zlib.crc32(final.name.encode()))
-    wav = audio.trim_silence(wav, audio.SAMPLE_RATE, top_db=40.0, pad_seconds=0.1)
-    audio.save_audio(final, audio.normalize_loudness(wav, audio.SAMPLE_RATE, TARGET_LUFS), audio.SAMPLE_RATE)
+    audio.save_audio(final, audio.like_corpus(wav, audio.SAMPLE_RATE), audio.SAMPLE_RATE)
 
 
 def _synthesize_batch(task: tuple[list[dict], str, Voice]) -> list[tuple[str, str | None]]:
@@ -192,7 +190,8 @@ def build(
     engines: list[str] | None = None, natural_hours: float | None = None,
 ) -> dict:
     """Synthesize (or finish) a corpus in out_dir; returns the build report (also build.json). `engines`
-    builds part of the profile (a later build without it finishes the rest, keeping what is done)."""
+    builds part of the profile (a later build without it finishes the rest, keeping what is done); the
+    manifest and eval lists still list every finished clip of the profile, the other engines' too."""
     from tqdm import tqdm
 
     if profile not in PROFILES:
@@ -209,7 +208,8 @@ def build(
     if out.exists() and not out.is_dir():
         raise ValueError(f"output {out} exists and is not a folder")
     (out / ".tmp").mkdir(parents=True, exist_ok=True)
-    wanted = [v for v in select_voices(voices, tuple(PROFILES[profile].voices())) if not engines or v.engine in engines]
+    profile_voices = select_voices(voices, tuple(PROFILES[profile].voices()))
+    wanted = [v for v in profile_voices if not engines or v.engine in engines]
     missing = sorted({v.engine for v in wanted if not ENGINES[v.engine].available()})
     for engine in missing:
         log(f"engine {engine} is not installed; skipping its voices. Install: {INSTALL[engine]}")
@@ -224,6 +224,11 @@ def build(
     for voice in usable:
         _forget_stale_pseudo_speaker(out, voice, log)
     rows = plan(PROFILES[profile], usable, seed, train_hours, natural_hours)
+    listed, listed_voices = rows, usable
+    if engines:  # planned with the voices a whole build would use, so the other engines' clips keep their rows
+        listed_voices = [v for v in profile_voices if v in usable or (v.engine not in engines and
+                                                                      ENGINES[v.engine].available())]
+        listed = plan(PROFILES[profile], listed_voices, seed, train_hours, natural_hours)
     todo = [r for r in rows if not (out / r["path"]).is_file()]
     log(f"{len(rows)} utterances planned from {len(usable)} voices; {len(rows) - len(todo)} already done")
     batches, by_speaker = [], {v.speaker: v for v in usable if v.transform}
@@ -246,7 +251,7 @@ def build(
                 bar.update(len(results))
     finally:  # also after Ctrl-C: describe what is finished, so nothing is lost
         wall = time.perf_counter() - start
-        report = _write_outputs(out, rows, todo, failures, wall, profile, seed, usable, missing, workers)
+        report = _write_outputs(out, listed, todo, failures, wall, profile, seed, listed_voices, missing, workers)
         shutil.rmtree(out / ".tmp", ignore_errors=True)
     for utt_id, error in sorted(failures.items()):
         log(f"failed {utt_id}: {error}")

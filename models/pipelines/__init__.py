@@ -56,6 +56,7 @@ from models.pipelines.synthesis import (
     available_tts_models,
     cut_reference,
     fits_voices,
+    prepare_reference,
     tts,
     tts_capabilities,
     tts_controls,
@@ -71,7 +72,7 @@ __all__ = [
     "available_latent_codecs", "available_speech_models", "available_token_codecs", "available_tts_models",
     "available_vocoders", "check_sampling", "check_seed", "checkpoint_tasks", "clear_fitted_voices", "codec_bitrate",
     "codec_layers", "codec_windows", "convert", "cut_reference", "decode_file", "encode_file", "encode_latents",
-    "encode_tokens", "enhance", "extract", "fit_voice", "fits_voices", "read_speech_inputs", "read_tts_lines",
-    "reconstruct", "semantic_resynthesis", "speech_batch", "speech_controls", "tts", "tts_batch", "tts_capabilities",
-    "tts_controls", "tts_kind", "vocoder_names",
+    "encode_tokens", "enhance", "extract", "fit_voice", "fits_voices", "prepare_reference", "read_speech_inputs",
+    "read_tts_lines", "reconstruct", "semantic_resynthesis", "speech_batch", "speech_controls", "tts", "tts_batch",
+    "tts_capabilities", "tts_controls", "tts_kind", "vocoder_names",
 ]

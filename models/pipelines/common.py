@@ -27,6 +27,7 @@ SETTINGS = {
     "seed": Control("Seed", 0, MAX_SEED, 0, 1),
     "ttt": Control("Test-time training samples (N)", 1, 2000, 200, 1),
     "ttt_lr": Control("Test-time training learning rate", 1e-7, 1e-2, TTT_LR, 1e-7),
+    "level_reference": Control("Trim and level the reference like the corpus's clips (1) or not (0)", 0, 1, 1, 1),
 }
 CFG_RANGE = (SETTINGS["cfg"].minimum, SETTINGS["cfg"].maximum)
 TTT_LR_RANGE = (SETTINGS["ttt_lr"].minimum, SETTINGS["ttt_lr"].maximum)

@@ -91,13 +91,17 @@ def cut_reference(ref: np.ndarray, ref_text: str | None, transcribe: Callable[[n
                         "kept_seconds": round(end / audio.SAMPLE_RATE, 2), "transcript_given": bool(ref_text)}
 
 
-def _reference(ref_wav: np.ndarray, ref_sr: int | None, ref_text: str | None,
-               transcribe: Callable[[np.ndarray], str] | None) -> tuple[np.ndarray, str, dict | None]:
-    """An uploaded voice prompt checked, at 22.05 kHz, cut to size, with its transcript (cut_reference)."""
+def prepare_reference(ref_wav: np.ndarray, ref_sr: int | None, ref_text: str | None,
+                      transcribe: Callable[[np.ndarray], str] | None, level: bool = True,
+                      ) -> tuple[np.ndarray, str, dict | None]:
+    """An uploaded voice prompt checked, at 22.05 kHz, cut to size with its transcript (cut_reference), and
+    with `level` made like the corpus's clips (trimmed and levelled, audio.like_corpus): the generators'
+    codec never heard another level. Returns (audio, transcript, what was cut or None)."""
     if ref_sr is None:
         raise ValueError("ref_sr: the reference audio's sample rate is required")
     ref = audio.prepare_audio(ref_wav, ref_sr, max_seconds=MAX_REFERENCE_UPLOAD_SECONDS, name="reference audio")
-    return cut_reference(ref, ref_text, transcribe)
+    ref, ref_text, cut = cut_reference(ref, ref_text, transcribe)
+    return (audio.like_corpus(ref, audio.SAMPLE_RATE) if level else ref), ref_text, cut
 
 
 def tts(
@@ -106,14 +110,16 @@ def tts(
     device: str | None = None, max_chars: int = MAX_TTS_CHARS,
     transcribe: Callable[[np.ndarray], str] | None = None, chunk_frames: tuple[int, int] = (20, 20),
     ttt_samples: int = 0, ttt_progress: Callable[[int, int], None] | None = None, ttt_lr: float = TTT_LR,
-    owner: str = "", scorers: Scorers | None = None, vocoder: str | None = None, **controls: float,
+    owner: str = "", scorers: Scorers | None = None, vocoder: str | None = None, level_reference: bool = True,
+    **controls: float,
 ) -> tuple[np.ndarray, dict] | tuple[Iterator[np.ndarray], dict]:
     """Text to speech at 22.05 kHz with any checkpoint of the TTS role; returns (audio, info), or
     with stream=True (chunk iterator, info).
 
     Text is split into sentences, each generated with seed + its index and joined with a short
     pause. A reference clip (ref_wav at ref_sr) and its transcript prefix every sentence, so the
-    voice continues; without ref_text, `transcribe(wav at 22.05 kHz)` supplies it. cfg is the
+    voice continues; without ref_text, `transcribe(wav at 22.05 kHz)` supplies it. With level_reference
+    the clip is first trimmed and levelled as the training corpus was (audio.like_corpus). cfg is the
     guidance scale (1.0 = none, which runs the conditional model alone: the same output at half
     the cost); `controls` are the model's own sampling settings (its CONTROLS, e.g. SLED's
     stop_threshold), each checked against its range. Streaming yields audio as a STREAMING backend
@@ -132,11 +138,12 @@ def tts(
     seed = random.randrange(2**31) if seed is None else seed
     ref = prompt = prompt_text = None
     if ref_wav is not None:
-        ref, ref_text, cut = _reference(ref_wav, ref_sr, ref_text, transcribe)
+        ref, ref_text, cut = prepare_reference(ref_wav, ref_sr, ref_text, transcribe, level_reference)
         prompt_text = check_text(ref_text)
         prompt = backend.encode_prompt(ref)
     info = {"model": model, "codec": backend.codec, "cfg": cfg, "seed": seed, "sentences": len(sentences),
-            "reference": ref is not None, "ref_text": ref_text, **settings,
+            "reference": ref is not None, "ref_text": ref_text,
+            "reference_levelled": ref is not None and level_reference, **settings,
             "vocoder": vocoder, "vocoder_precision": TTS_VOCODER_PRECISION,
             "device": str(next(backend.parameters()).device)}
     if ref is not None:

@@ -60,6 +60,7 @@ class TrainConfig:
     min_lr_ratio: float = 0.1  # cosine decay ends at lr * min_lr_ratio
     grad_clip: float = 1.0
     batch_size: int = 16  # utterances per batch (per rank)
+    speaker_pairs: bool = False  # batches of same-speaker pairs (epoch_batches), for recipes that continue a voice
     segment_frames: int | None = 128  # random crop per utterance, in feature frames; None = whole
     max_seconds: float = 20.0
     amp: str = "none"  # "bf16", "fp16" (CUDA) or "none"
@@ -305,19 +306,36 @@ def step_generator(step: int, salt: int) -> torch.Generator:
 
 
 def epoch_batches(n_items: int, batch_size: int, epoch: int, seed: int, rank: int, world: int,
-                  lengths: list[int] | None = None) -> list[list[int]]:
+                  lengths: list[int] | None = None, speakers: list | None = None) -> list[list[int]]:
     """A seeded permutation per epoch cut into batches; rank r takes batches r, r+world, ...
 
     With `lengths` (whole, uncropped utterances), items are sorted by length within windows
-    of 50 batches before cutting and the batches shuffled: far less padding per batch.
+    of 50 batches before cutting and the batches shuffled: far less padding per batch. With
+    `speakers` (each item's speaker), a batch is batch_size / 2 pairs of one speaker's utterances
+    (each speaker's odd one out is paired with another's), so a recipe that continues a voice with
+    another utterance of it (voice_sequences) finds a partner for almost every item: in random
+    batches over a few hundred speakers, few items have one.
     """
+    if speakers is not None and (batch_size < 2 or batch_size % 2):
+        raise ValueError(f"speaker pairs need an even batch_size, not {batch_size}")
     rng = random.Random(seed * 1_000_003 + epoch)
     order = list(range(n_items))
     rng.shuffle(order)
+    units = [[i] for i in order]
+    if speakers is not None:
+        by_speaker: dict = {}
+        for i in order:
+            by_speaker.setdefault(speakers[i], []).append(i)
+        odd = [group[-1] for group in by_speaker.values() if len(group) % 2]
+        units = [group[j:j + 2] for group in by_speaker.values() for j in range(0, len(group) - 1, 2)]
+        units += [odd[j:j + 2] for j in range(0, len(odd) - 1, 2)]
+        rng.shuffle(units)
+    per_batch = max(1, batch_size // (2 if speakers is not None else 1))
     if lengths is not None:
-        window = 50 * batch_size
-        order = [i for w in range(0, n_items, window) for i in sorted(order[w:w + window], key=lengths.__getitem__)]
-    batches = [order[i:i + batch_size] for i in range(0, n_items - batch_size + 1, batch_size)]
+        window = 50 * per_batch
+        units = [u for w in range(0, len(units), window)
+                 for u in sorted(units[w:w + window], key=lambda u: max(lengths[i] for i in u))]
+    batches = [[i for u in units[k:k + per_batch] for i in u] for k in range(0, len(units) - per_batch + 1, per_batch)]
     if lengths is not None:
         rng.shuffle(batches)
     usable = len(batches) // world * world
@@ -508,9 +526,11 @@ class Trainer:
                         disable=rank != 0, dynamic_ncols=True)
         started = time.perf_counter() - state["wall_time_s"]
         lengths = [train_set.frames(i) for i in range(len(train_set))] if t.segment_frames is None else None
+        speakers = [row["speaker"] for row in train_set.rows] if t.speaker_pairs else None
         logs: dict[str, list[float]] = {}
         while state["step"] < stop:
-            batches = epoch_batches(len(train_set), t.batch_size, state["epoch"], t.seed, rank, world, lengths)
+            batches = epoch_batches(len(train_set), t.batch_size, state["epoch"], t.seed, rank, world, lengths,
+                                    speakers)
             if not batches:
                 raise ValueError(f"the training split has fewer than {t.batch_size * world} utterances")
             for batch_index in range(state["batch_in_epoch"], len(batches)):

@@ -120,7 +120,8 @@ def fit_voice(model: str | None, reference: str | None, reference_text: str | No
     if not reference:
         raise ValueError("Fitting to a voice needs a reference clip (and its transcript, or the ASR makes one)")
     request = _request(model, "-", reference, reference_text, 0, False, {})
-    ref, ref_text, _ = pipelines.cut_reference(request["ref_wav"], request["ref_text"], request.get("transcribe"))
+    ref, ref_text, _ = pipelines.prepare_reference(request["ref_wav"], request["ref_sr"], request["ref_text"],
+                                                   request.get("transcribe"))  # the clip synthesis will use
     samples = int(pipelines.SETTINGS["ttt"].check("test-time training samples", samples))
     _, info = pipelines.fit_voice(model, ref, ref_text, samples, progress=_fit_progress(progress), owner=owner,
                                   scorers=_fit_checks(samples))

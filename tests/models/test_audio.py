@@ -107,6 +107,16 @@ def test_trim_silence():
     assert 1.0 <= len(trimmed) / sr < 1.25
 
 
+def test_like_corpus_trims_and_levels_a_quiet_padded_clip():
+    import pyloudnorm
+
+    sr = 22050
+    wav = np.concatenate([np.zeros(sr), tone(2.0, amp=0.01), np.zeros(sr)]).astype(np.float32)
+    out = audio.like_corpus(wav, sr)
+    assert 2.0 <= len(out) / sr < 2.3
+    assert abs(pyloudnorm.Meter(sr).integrated_loudness(out.astype(np.float64)) - audio.CORPUS_LUFS) < 0.5
+
+
 def test_pause_cut_lands_in_the_last_pause_before_the_limit():
     from models.audio import pause_cut
 

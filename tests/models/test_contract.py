@@ -411,8 +411,13 @@ def test_every_role_appears_in_the_pipelines(test_backends, tmp_path):
     assert info["codec"] is None and info["pitch"] == 300 and len(out) > 0.5 * SR
     chunks, _ = pipelines.tts("Hi there. Bye now.", "tone", seed=4, pitch=300, stream=True)
     assert np.array_equal(np.concatenate(list(chunks)), out)
-    loud, _ = pipelines.tts("Hi.", "tone", ref_wav=tone(1.0, amp=0.9), ref_sr=SR, ref_text="a loud tone", seed=4)
-    assert np.abs(loud).max() > 0.85
+    # the prompt is made like the corpus's clips first (levelled), unless asked not to
+    loud, info = pipelines.tts("Hi.", "tone", ref_wav=tone(1.0, amp=0.9), ref_sr=SR, ref_text="a loud tone", seed=4)
+    quiet, _ = pipelines.tts("Hi.", "tone", ref_wav=tone(1.0, amp=0.02), ref_sr=SR, ref_text="a quiet tone", seed=4)
+    assert info["reference_levelled"] and np.abs(loud).max() < 0.3 and np.allclose(loud, quiet, atol=1e-3)
+    loud, info = pipelines.tts("Hi.", "tone", ref_wav=tone(1.0, amp=0.9), ref_sr=SR, ref_text="a loud tone", seed=4,
+                               level_reference=False)
+    assert not info["reference_levelled"] and np.abs(loud).max() > 0.85
     with pytest.raises(ValueError, match="pitch must be between 80 and 400"):
         pipelines.tts("Hi.", "tone", pitch=900)
     with pytest.raises(ValueError, match="no test-time training"):

@@ -100,6 +100,15 @@ def test_resume_produces_the_same_manifest(tmp_path):
     assert all(p.stat().st_mtime_ns == t for p, t in kept.items())  # finished files untouched
 
 
+def test_a_build_of_some_engines_keeps_the_others_clips_in_the_manifest(tmp_path):
+    voices = ["flite-kal16", "espeak-en-us-m1"]
+    corpus.build(tmp_path, profile="mini", voices=voices, workers=2, log=lambda _: None)
+    whole = (tmp_path / "manifest.jsonl").read_text()
+    report = corpus.build(tmp_path, profile="mini", voices=voices, engines=["flite"], workers=2, log=lambda _: None)
+    assert (tmp_path / "manifest.jsonl").read_text() == whole and report["complete"]
+    assert {r["engine"] for r in mf.read_jsonl(tmp_path / "manifest.jsonl")} == {"flite", "espeak"}
+
+
 def test_failing_sentence_is_reported_not_fatal(tmp_path):
     class Failing(CommandEngine):
         name, binary = "failing", "false"

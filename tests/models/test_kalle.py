@@ -228,3 +228,6 @@ def test_evaluation_systems_take_test_time_training_where_a_model_offers_it(kall
         parse_system(f"s={sled_run}:ttt=20")
     with pytest.raises(ValueError, match="options are"):
         parse_system(f"s={sled_run}:ttt_lr=1e-4")
+    assert dict(parse_system(f"raw={sled_run}:level_reference=0").options) == {"level_reference": 0}
+    with pytest.raises(ValueError, match="between 0 and 1"):
+        parse_system(f"raw={sled_run}:level_reference=2")

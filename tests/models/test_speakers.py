@@ -58,7 +58,7 @@ def test_the_corpus_levels_a_pseudo_speaker_like_any_voice(tmp_path):
 
     for path in (tmp_path / "out.wav", plain):
         level = pyloudnorm.Meter(SR).integrated_loudness(audio.load_audio(path, SR, max_seconds=None))
-        assert abs(level - corpus.TARGET_LUFS) < 0.5
+        assert abs(level - audio.CORPUS_LUFS) < 0.5
     assert abs(len(out) - 2.0 * SR / voice.transform.formant) < 0.01 * SR
 
 

@@ -68,6 +68,15 @@ def test_batches_shard_one_permutation_across_ranks():
     bucketed = epoch_batches(12, 3, 0, 0, 0, 1, lengths)
     assert sorted(i for b in bucketed for i in b) == list(range(12))
     assert all(max(lengths[i] for i in b) - min(lengths[i] for i in b) == 2 for b in bucketed)  # neighbours
+    speakers = ["a", "b", "c", "a", "b", "c", "a", "b", "c", "a", "b", "c"]
+    for sizes in (None, lengths):
+        paired = epoch_batches(12, 4, 0, 0, 0, 1, sizes, speakers)
+        assert len(paired) == 3 and sorted(i for b in paired for i in b) == list(range(12))
+        assert all(speakers[b[k]] == speakers[b[k + 1]] for b in paired for k in (0, 2))
+    odd = epoch_batches(12, 4, 0, 0, 0, 1, None, ["a"] * 3 + ["b"] * 9)  # a's and b's odd ones are paired
+    assert len(odd) == 3 and sorted(i for b in odd for i in b) == list(range(12))
+    with pytest.raises(ValueError, match="even batch_size"):
+        epoch_batches(12, 3, 0, 0, 0, 1, None, speakers)
 
 
 def test_crops_are_within_each_item():

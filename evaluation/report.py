@@ -144,6 +144,39 @@ def paired_differences(rows: list[dict], seed: int = 0) -> list[dict]:
     return table
 
 
+SEEDED = re.compile(r"^(?P<name>.+)_s(?P<seed>\d+)$")  # one system's run under one seed: NAME_sK
+
+
+def pool_seeds(rows: list[dict]) -> list[dict]:
+    """The rows with every system run under two or more seeds (named NAME_s0, NAME_s1, ...) replaced by one
+    system NAME whose value per item is the mean over its seeds; other systems as they are. Sampled TTS
+    varies per draw as much as the effects compared, so it is compared on per-item means over seeds and
+    bootstrapped over items. A seed whose output could not be scored is left out of its item's mean.
+    Empty when no system has two seeds."""
+    seeds: dict[str, set[str]] = defaultdict(set)
+    for row in rows:
+        if match := SEEDED.match(row["system"]):
+            seeds[match["name"]].add(match["seed"])
+    pooled = {name for name, found in seeds.items() if len(found) > 1}
+    if not pooled:
+        return []
+    groups: dict[tuple[str, str, str], list[dict]] = defaultdict(list)
+    out = []
+    for row in rows:
+        match = SEEDED.match(row["system"])
+        if match and match["name"] in pooled:
+            groups[(match["name"], row["key"], row["metric"])].append(row)
+        else:
+            out.append(row)
+    for (name, key, metric), members in groups.items():
+        scored = [r["values"] for r in members if r["values"] is not None]
+        columns = {c for v in scored for c, x in v.items() if isinstance(x, (int, float)) and not isinstance(x, bool)}
+        values = {c: float(np.mean([v[c] for v in scored if c in v])) for c in sorted(columns)} if scored else None
+        out.append({"system": name, "key": key, "speaker": members[0].get("speaker"), "metric": metric,
+                    "values": values, **({} if scored else {"reason": members[0].get("reason", "?")})})
+    return out
+
+
 def read_meta(out: str | os.PathLike) -> list[dict]:
     return [json.loads(p.read_text()) for p in sorted((Path(out) / "results").glob("shard-*.meta.json"))]
 
@@ -195,11 +228,19 @@ def write_report(out: str | os.PathLike, seed: int = 0, public: bool = False) ->
         writer.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in entry.items()})
     paths = [write_text_atomic(out / "report.csv", buffer.getvalue())]
     paired = paired_differences(rows, seed)
+    pooled_rows = pool_seeds(rows)
+    pooled = {"aggregates": aggregate(pooled_rows, seed), "paired": paired_differences(pooled_rows, seed)}
     document = {"meta": meta, "aggregates": table, "paired": paired, "nan_reasons": nan_reasons(rows),
-                "latents": {codec: stats for codec, (stats, _) in latents.items()}}
+                "latents": {codec: stats for codec, (stats, _) in latents.items()},
+                **({"pooled_over_seeds": pooled} if pooled_rows else {})}
     paths.append(write_text_atomic(out / "report.json", json.dumps(_finite(document), indent=1) + "\n"))
     paths.append(write_text_atomic(out / "report.html", _html(out, rows, table, meta, latents, public)))
-    paths.append(write_text_atomic(out / "report.md", markdown(table, paired)))
+    text = markdown(table, paired)
+    if pooled_rows:
+        text += ("\n## Pooled over seeds\n\nSystems run under several seeds (NAME_s0, NAME_s1, ...) as one system "
+                 "NAME: each item's mean over its seeds, bootstrapped over items.\n\n"
+                 + markdown([e for e in pooled["aggregates"] if e["speaker"] == "all"], pooled["paired"]))
+    paths.append(write_text_atomic(out / "report.md", text))
     return paths
 
 
@@ -222,7 +263,8 @@ def markdown(table: list[dict], paired: list[dict] = ()) -> str:
         n = max((e["n"] for (s, sp, _), e in lookup.items() if s == system and sp == "all"), default=0)
         lines.append(f"| {system} | {n} | " + " | ".join(cell(lookup.get((system, "all", c)), True)
                                                        for c in columns) + " |")
-    lines += ["", "| speaker | system | " + " | ".join(columns) + " |", "|" + " --- |" * (len(columns) + 2)]
+    if speakers[1:]:
+        lines += ["", "| speaker | system | " + " | ".join(columns) + " |", "|" + " --- |" * (len(columns) + 2)]
     for speaker in speakers[1:]:
         for system in systems:
             if any((system, speaker, c) in lookup for c in columns):

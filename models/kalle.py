@@ -115,6 +115,7 @@ class KALLE(LatentLanguageModel):
                                  0.05, 2.0, 0.5, 0.05),
         "prompt_speech": Control("Prefix the reference's speech and transcript (1) or use its voice only (0)",
                                  0, 1, 1, 1),
+        **LatentLanguageModel.SHARED_CONTROLS,
     }
     min_frames = 3  # the end criterion is not read before this many frames
 
@@ -208,16 +209,19 @@ class KALLE(LatentLanguageModel):
             request = replace(request, prompt=None)
         ids, prompt_symbols = self.request_text(request)
         return self.generate(ids, voice, request.prompt, request.cfg, request.seed, controls["temperature"],
-                             controls["end_threshold"], prompt_symbols=prompt_symbols)
+                             controls["end_threshold"], prompt_symbols=prompt_symbols,
+                             anchor_prompt=controls["anchor_prompt"] >= 0.5)
 
     @torch.no_grad()
     def generate(self, text: list[int], voice: torch.Tensor, prompt: torch.Tensor | None = None,
                  cfg: float | None = 2.0, seed: int | None = 0, temperature: float = 1.0, end_threshold: float = 0.5,
-                 max_frames: int | None = None, prompt_symbols: int = 0) -> Iterator[torch.Tensor]:
+                 max_frames: int | None = None, prompt_symbols: int = 0, anchor_prompt: bool = False,
+                 ) -> Iterator[torch.Tensor]:
         """Yield new latent frames (latent_dim,) one at a time, unnormalized, until the end criterion.
 
         text: token ids (a prompt's transcript first); voice: S (voice_dim,); prompt: the reference's
-        latents (frames, latent_dim), forced after EOT; cfg: guidance scale, None = conditional only.
+        latents (frames, latent_dim), forced after EOT; cfg: guidance scale, None = conditional only;
+        anchor_prompt: align the prompt's transcript to its frames (`positions`' anchor).
         """
         device = self.text_embedding.weight.device
         generator = torch.Generator().manual_seed(seed) if seed is not None else None
@@ -228,7 +232,8 @@ class KALLE(LatentLanguageModel):
         ids = torch.tensor(text, device=device)
         streams = [ids, torch.full_like(ids, self.null_id)] if guided else [ids]
         kinds = [SPEAKER] + layout(len(text), len(prompt) + limit + 1, None)
-        where = torch.tensor(positions(kinds, self.text_rate), device=device)
+        anchor = (prompt_symbols, len(prompt)) if anchor_prompt else None
+        where = torch.tensor(positions(kinds, self.text_rate, anchor), device=device)
         prefix = 1 + len(text) + 1 + len(prompt)  # S, text, EOT, forced prompt latents
         x = torch.stack([torch.cat([self.voice_in(voice.to(device))[None], self.text_embedding(s),
                                     self.text_embedding.weight[self.eot_id][None],

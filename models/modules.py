@@ -8,7 +8,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from models import registry
-from models.roles import STREAMING, StreamingDecoder
+from models.roles import STREAMING, Control, StreamingDecoder
 from models.text import TextFrontend
 
 
@@ -262,19 +262,29 @@ def layout(n_text: int, n_frames: int, interleave: tuple[int, int] | None) -> li
     return kinds + [EOT] + [LATENT] * (n_frames - f)
 
 
-def positions(kinds: list[int], text_rate: float | None) -> list[float]:
-    """RoPE positions of a layout: sequence order, or aligned (text i at i x text_rate, frame k at k)."""
+def positions(kinds: list[int], text_rate: float | None, anchor: tuple[int, int] | None = None) -> list[float]:
+    """RoPE positions of a layout: sequence order, or aligned (text i at i x text_rate, frame k at k).
+
+    anchor = (prompt symbols, prompt frames): a voice prompt's transcript is aligned at the prompt's own
+    rate and the new text starts where the prompt's speech ends. One global rate puts the boundary inside
+    the prompt's last words for a speaker faster than average, and the model speaks them again.
+    """
     if text_rate is None:
         return list(range(len(kinds)))
+    symbols, frames = anchor or (0, 0)
+
+    def text_position(t: int) -> float:
+        return t * frames / symbols if t < symbols else frames + (t - symbols) * text_rate
+
     out, t, f = [], 0, 0
     for kind in kinds:
         if kind == LATENT:
             out.append(float(f))
             f += 1
         elif kind == SPEAKER:  # a leading speaker latent sits one symbol before the text
-            out.append((t - 1) * text_rate)
+            out.append(-text_rate)
         else:  # EOT sits where the text ends
-            out.append(t * text_rate)
+            out.append(text_position(t))
             t += kind == TEXT
     return out
 
@@ -289,6 +299,12 @@ class LatentLanguageModel(nn.Module):
     config needs codec, latent_dim, frontend, dim, layers, heads, ff_mult, dropout and fitted
     (models.config.LatentStatistics); text_rate aligns RoPE positions (None: sequence order).
     """
+
+    # A setting both models share (each adds it to its CONTROLS): where a voice prompt's transcript sits
+    SHARED_CONTROLS = {
+        "anchor_prompt": Control("Anchored prompt (1: the reference's transcript on its own speech, the sentence "
+                                 "from where it ends; 0: all text at the model's mean rate)", 0, 1, 0, 1),
+    }
 
     def __init__(self, config, text_rate: float | None, interleave: tuple[int, int] | None = None):
         super().__init__()

@@ -112,7 +112,8 @@ class GenerativeHead(nn.Module):
 class SLED(LatentLanguageModel):
     # Sampling settings beyond guidance and seed (models.roles.TTSBackend); it streams (LatentLanguageModel)
     CONTROLS = {"stop_threshold": Control("Stop threshold (stop-head probability that ends the utterance)",
-                                          0.05, 0.95, 0.5, 0.05)}
+                                          0.05, 0.95, 0.5, 0.05),
+                **LatentLanguageModel.SHARED_CONTROLS}
 
     def __init__(self, config: SLEDConfig):
         super().__init__(config, text_rate=config.fitted.text_rate, interleave=config.interleave)
@@ -192,20 +193,22 @@ class SLED(LatentLanguageModel):
     def frames(self, request: TTSRequest) -> Iterator[torch.Tensor]:
         """The TTS role: the prompt's transcript and the sentence as phonemes, then `generate`."""
         ids, prompt_symbols = self.request_text(request)
-        stop = request.controls.get("stop_threshold", self.CONTROLS["stop_threshold"].default)
-        return self.generate(ids, request.prompt, request.cfg, request.seed, stop, prompt_symbols=prompt_symbols)
+        controls = {name: request.controls.get(name, control.default) for name, control in self.CONTROLS.items()}
+        return self.generate(ids, request.prompt, request.cfg, request.seed, controls["stop_threshold"],
+                             prompt_symbols=prompt_symbols, anchor_prompt=controls["anchor_prompt"] >= 0.5)
 
     @torch.no_grad()
     def generate(self, text: list[int], prompt: torch.Tensor | None = None, cfg: float | None = 2.0,
                  seed: int | None = 0, stop_threshold: float = 0.5, max_frames: int | None = None,
-                 prompt_symbols: int = 0) -> Iterator[torch.Tensor]:
+                 prompt_symbols: int = 0, anchor_prompt: bool = False) -> Iterator[torch.Tensor]:
         """Yield new latent frames (latent_dim,) one at a time, unnormalized, until the stop head fires.
 
         text: token ids (a prompt's transcript first, when there is a prompt); prompt: the
         reference's latents (frames, latent_dim), forced into the first latent positions;
         prompt_symbols: how many of the text ids are the prompt's transcript (the length cap counts the rest).
-        cfg: guidance scale lambda; None runs the conditional model alone. Stop is only read
-        once EOT has been fed (in the streaming layout, text may still be arriving).
+        anchor_prompt: align that transcript to the prompt's frames (`positions`' anchor). cfg: guidance
+        scale lambda; None runs the conditional model alone. Stop is only read once EOT has been fed (in the
+        streaming layout, text may still be arriving).
         """
         device = self.text_embedding.weight.device
         generator = torch.Generator().manual_seed(seed) if seed is not None else None
@@ -227,7 +230,8 @@ class SLED(LatentLanguageModel):
         t = forced = generated = 0
         eot_fed = False
         kinds = layout(len(text), len(prompt) + limit, self.interleave)
-        for kind, position in zip(kinds, positions(kinds, self.text_rate)):
+        anchor = (prompt_symbols, len(prompt)) if anchor_prompt else None
+        for kind, position in zip(kinds, positions(kinds, self.text_rate, anchor)):
             pending_positions.append(position)
             if kind == TEXT:
                 pending.append(torch.stack([s[t] for s in streams]))

@@ -363,3 +363,23 @@ def test_bench_asr_compares_two_decodings_on_a_runs_clips(seen, tmp_path):
         bench_asr([out], "faster-whisper:tiny.en", "faster-whisper:tiny.en", log=lambda _: None)
     with pytest.raises(FileNotFoundError, match="not an eval run folder"):
         bench_asr([tmp_path], "faster-whisper:tiny.en", "faster-whisper-30s:tiny.en", log=lambda _: None)
+
+
+def test_systems_run_under_several_seeds_are_pooled_per_item():
+    def row(system, key, wer):
+        values = None if wer is None else {"wer": wer, "substitutions": 1, "deletions": 0, "insertions": 0,
+                                           "reference_words": 4, "transcript": "x"}
+        return {"system": system, "key": key, "speaker": "a", "metric": "wer", "values": values,
+                **({"reason": "silent"} if wer is None else {})}
+
+    rows = [row("a_s0", "1", 0.2), row("a_s1", "1", 0.4), row("a_s0", "2", 0.0), row("a_s1", "2", None)]
+    rows += [row("b_s0", "1", 0.5), row("b_s1", "1", 0.7), row("b_s0", "2", 0.5), row("b_s1", "2", 0.5)]
+    rows += [row("gt", "1", 0.0), row("gt", "2", 0.1), row("one_s3", "1", 0.9)]  # a single seed stays as it is
+    pooled = {(r["system"], r["key"]): r["values"] for r in report_module.pool_seeds(rows)}
+    assert set(pooled) == {("a", "1"), ("a", "2"), ("b", "1"), ("b", "2"), ("gt", "1"), ("gt", "2"), ("one_s3", "1")}
+    assert pooled[("a", "1")]["wer"] == pytest.approx(0.3)
+    assert pooled[("a", "2")]["wer"] == 0.0  # the seed that failed is left out
+    assert "transcript" not in pooled[("a", "1")]
+    paired = report_module.paired_differences(report_module.pool_seeds(rows))
+    assert ("wer", "a", "b", 2) in [(e["metric"], e["a"], e["b"], e["n"]) for e in paired]
+    assert report_module.pool_seeds([row("a_s0", "1", 0.2), row("gt", "1", 0.0)]) == []

@@ -6,6 +6,7 @@ import torch
 
 from models import registry
 from models.flow_vae import FlowVAE, FlowVAEConfig
+from models.kalle import KALLE
 from models.modules import EOT, LATENT, TEXT, layout, positions
 from models.sled import SLED, GenerativeHead, SLEDConfig, diagonal_alignment, energy_distance
 from models.training import load_config
@@ -84,6 +85,12 @@ def test_aligned_positions_put_text_on_the_frame_axis():
     assert positions(kinds, 1.5) == [0.0, 1.5, 3.0, 4.5, 0.0, 1.0]  # EOT where the text ends
     streaming = layout(4, 3, (2, 2))
     assert positions(streaming, 2.0) == [0.0, 2.0, 0.0, 1.0, 4.0, 6.0, 8.0, 2.0]
+
+
+def test_an_anchored_prompt_starts_the_new_text_where_the_prompt_speech_ends():
+    kinds = layout(5, 8, None)  # 2 prompt symbols spoken in 6 frames, then 3 new symbols
+    assert positions(kinds, 1.5, anchor=(2, 6)) == [0.0, 3.0, 6.0, 7.5, 9.0, 10.5, *map(float, range(8))]
+    assert positions(kinds, 1.5, anchor=(0, 0)) == positions(kinds, 1.5)  # no prompt: unchanged
 
 
 def test_text_saliency_is_the_jacobian_norm_and_sees_only_text_already_read():
@@ -191,6 +198,22 @@ def test_a_voice_prompt_is_forced_and_continued():
     frames = list(model.generate(tokens(model, "one two"), prompt=prompt, seed=0, max_frames=5,
                                  stop_threshold=2.0))
     assert len(frames) == 5  # the prompt is context, not output
+
+
+def test_an_anchored_prompt_moves_the_new_text_and_nothing_without_a_prompt():
+    model = tiny(fitted={"text_rate": 1.3})
+    prompt_ids, new_ids = tokens(model, "a prompt transcript"), tokens(model, "one two")
+
+    def speak(prompt, anchor):
+        ids = prompt_ids + new_ids if prompt is not None else new_ids
+        return torch.stack(list(model.generate(ids, prompt=prompt, seed=0, max_frames=4, stop_threshold=2.0,
+                                               prompt_symbols=len(prompt_ids) if prompt is not None else 0,
+                                               anchor_prompt=anchor)))
+
+    prompt = torch.randn(40, 8)  # far slower than the model's rate: the anchor moves the new text a long way
+    assert not torch.allclose(speak(prompt, True), speak(prompt, False))
+    assert torch.equal(speak(None, True), speak(None, False))
+    assert "anchor_prompt" in SLED.CONTROLS and "anchor_prompt" in KALLE.CONTROLS
 
 
 def test_the_length_cap_counts_only_the_new_text():

@@ -136,9 +136,12 @@ def test_synthesize_handler_reproduces_its_seed_and_streams(sled_run, arctic_pat
     from studio.common import user_errors
     from studio.tabs import synthesize as tab
 
+    from models import pipelines
+
     names = tab.sampling_names()
     assert "stop_threshold" in names
-    values = [0.5 for _ in names]
+    controls = pipelines.all_tts_controls()
+    values = [0.5 if name == "stop_threshold" else controls[name].default for name in names]
     (rate, first), figure, info, seed = tab.synthesize(str(sled_run), "Hello there.", None, None, 1.5, None, True,
                                                        *values)
     assert rate == 22050 and first.dtype == np.int16 and len(figure.data) == 1

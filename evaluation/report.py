@@ -151,13 +151,14 @@ def pool_seeds(rows: list[dict]) -> list[dict]:
     """The rows with every system run under two or more seeds (named NAME_s0, NAME_s1, ...) replaced by one
     system NAME whose value per item is the mean over its seeds; other systems as they are. Sampled TTS
     varies per draw as much as the effects compared, so it is compared on per-item means over seeds and
-    bootstrapped over items. A seed whose output could not be scored is left out of its item's mean.
-    Empty when no system has two seeds."""
+    bootstrapped over items. A seed whose output could not be scored is left out of its item's mean. A
+    name that is also a system of its own is not pooled. Empty when no system has two seeds."""
     seeds: dict[str, set[str]] = defaultdict(set)
     for row in rows:
         if match := SEEDED.match(row["system"]):
             seeds[match["name"]].add(match["seed"])
-    pooled = {name for name, found in seeds.items() if len(found) > 1}
+    names = {row["system"] for row in rows}
+    pooled = {name for name, found in seeds.items() if len(found) > 1 and name not in names}  # NAME itself: ambiguous
     if not pooled:
         return []
     groups: dict[tuple[str, str, str], list[dict]] = defaultdict(list)
@@ -171,7 +172,8 @@ def pool_seeds(rows: list[dict]) -> list[dict]:
     for (name, key, metric), members in groups.items():
         scored = [r["values"] for r in members if r["values"] is not None]
         columns = {c for v in scored for c, x in v.items() if isinstance(x, (int, float)) and not isinstance(x, bool)}
-        values = {c: float(np.mean([v[c] for v in scored if c in v])) for c in sorted(columns)} if scored else None
+        finite = {c: [v[c] for v in scored if c in v and math.isfinite(v[c])] for c in sorted(columns)}
+        values = {c: float(np.mean(x)) if x else math.nan for c, x in finite.items()} if scored else None
         out.append({"system": name, "key": key, "speaker": members[0].get("speaker"), "metric": metric,
                     "values": values, **({} if scored else {"reason": members[0].get("reason", "?")})})
     return out

@@ -383,3 +383,8 @@ def test_systems_run_under_several_seeds_are_pooled_per_item():
     paired = report_module.paired_differences(report_module.pool_seeds(rows))
     assert ("wer", "a", "b", 2) in [(e["metric"], e["a"], e["b"], e["n"]) for e in paired]
     assert report_module.pool_seeds([row("a_s0", "1", 0.2), row("gt", "1", 0.0)]) == []
+    failed = report_module.pool_seeds([row("c_s0", "1", None), row("c_s1", "1", None), row("d_s0", "1", 0.1)])
+    assert failed[-1]["system"] == "c" and failed[-1]["values"] is None and failed[-1]["reason"] == "silent"
+    # a name that is also a system of its own (a baseline `sled` beside sled_s1, sled_s2) is left as it is
+    ambiguous = [row("sled", "1", 0.1), row("sled_s1", "1", 0.3), row("sled_s2", "1", 0.5)]
+    assert report_module.pool_seeds(ambiguous) == []

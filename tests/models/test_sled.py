@@ -214,6 +214,17 @@ def test_an_anchored_prompt_moves_the_new_text_and_nothing_without_a_prompt():
     assert not torch.allclose(speak(prompt, True), speak(prompt, False))
     assert torch.equal(speak(None, True), speak(None, False))
     assert "anchor_prompt" in SLED.CONTROLS and "anchor_prompt" in KALLE.CONTROLS
+    # the control reaches generation through the TTS role
+    from models.roles import TTSRequest
+
+    def request(anchor):
+        return TTSRequest("one two", prompt=prompt, prompt_text="a prompt transcript", seed=0,
+                          controls={"anchor_prompt": anchor, "stop_threshold": 2.0})
+
+    ids, symbols = model.request_text(request(1.0))
+    direct = model.generate(ids, prompt=prompt, seed=0, stop_threshold=2.0, prompt_symbols=symbols, anchor_prompt=True)
+    assert torch.equal(torch.stack(list(model.frames(request(1.0)))), torch.stack(list(direct)))
+    assert not torch.equal(torch.stack(list(model.frames(request(1.0)))), torch.stack(list(model.frames(request(0.0)))))
 
 
 def test_the_length_cap_counts_only_the_new_text():

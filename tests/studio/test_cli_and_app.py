@@ -133,10 +133,9 @@ def test_served_app_answers_the_api(arctic_path, served_studio):
 def test_synthesize_handler_reproduces_its_seed_and_streams(sled_run, arctic_path):
     import gradio as gr
 
+    from models import pipelines
     from studio.common import user_errors
     from studio.tabs import synthesize as tab
-
-    from models import pipelines
 
     names = tab.sampling_names()
     assert "stop_threshold" in names

@@ -192,11 +192,13 @@ def nan_reasons(rows: list[dict]) -> list[dict]:
 
 
 def card_metrics(out: str | os.PathLike, system: str, label: str) -> dict:
-    """One system's overall means from a finished run, keyed `<label>/<metric>`, for a model card."""
+    """One system's overall means from a finished run, keyed `<label>/<metric>`, for a model card; a system
+    run under several seeds (NAME_s0, NAME_s1, ...) is found by NAME, pooled over its seeds."""
     report = Path(out) / "report.json"
     if not report.is_file():
         raise FileNotFoundError(f"{out}: no report.json (run `speech-studio report {out}` first)")
-    table = json.loads(report.read_text())["aggregates"]
+    data = json.loads(report.read_text())
+    table = data["aggregates"] + data.get("pooled_over_seeds", {}).get("aggregates", [])
     metrics = {f"{label}/{row['metric']}": round(row["mean"], 4) for row in table
                if row["system"] == system and row["speaker"] == "all" and row["mean"] is not None}
     if not metrics:

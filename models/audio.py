@@ -187,19 +187,38 @@ def normalize_loudness(wav: np.ndarray, sr: int, target_lufs: float = CORPUS_LUF
     return (out * (0.99 / top) if top > 0.99 else out).astype(np.float32)
 
 
-def trim_silence(wav: np.ndarray, sr: int, top_db: float = 40.0, pad_seconds: float = 0.05) -> np.ndarray:
-    """Cut leading and trailing audio quieter than `top_db` below the peak, keeping a pad."""
-    import librosa
-
-    _, (start, end) = librosa.effects.trim(wav, top_db=top_db, frame_length=1024, hop_length=256)
+def trim_silence(wav: np.ndarray, sr: int, top_db: float = 40.0, pad_seconds: float = 0.05,
+                 fill: bool = False, window: int = 1024) -> np.ndarray:
+    """Cut leading and trailing audio quieter than `top_db` below the loudest moment (power over a sliding
+    `window`), keeping a pad; with `fill`, an end whose margin is shorter than the pad is lengthened to it
+    with silence. The window slides by one sample, so a finished clip finishes again to itself."""
+    if np.ndim(wav) != 1:
+        raise ValueError(f"trim_silence takes mono audio (one dimension), not shape {np.shape(wav)}")
+    x = np.pad(np.asarray(wav, dtype=np.float64), window)  # speech at the very edge is measured as elsewhere
+    half = window // 2
+    total = np.concatenate([[0.0], np.cumsum(np.pad(x * x, (half, window - half)))])
+    power = (total[window:] - total[:-window])[: len(x)] / window  # centred on each sample
+    if not len(wav) or power.max() <= 0:
+        return wav  # silence: nothing to find, nothing to add
+    loud = np.flatnonzero(power >= power.max() * 10 ** (-top_db / 10))
+    start, end = int(loud[0]) - window, int(loud[-1]) + 1 - window
     pad = int(pad_seconds * sr)
-    return wav[max(0, start - pad) : min(wav.shape[0], end + pad)]
+    out = wav[max(0, start - pad) : max(0, min(len(wav), end + pad))]
+    if not fill:
+        return out
+    return np.pad(out, (max(0, pad - start), max(0, end + pad - len(wav))))
+
+
+# Version of the corpus clips' finishing rule (like_corpus); a corpus made under another is refinished.
+FINISH = "margins-0.1s"
 
 
 def like_corpus(wav: np.ndarray, sr: int) -> np.ndarray:
-    """A clip made the way every corpus clip is: silence trimmed to a 0.1 s pad, loudness at CORPUS_LUFS.
-    The codecs saw no other level in training, so a voice prompt is prepared the same way."""
-    return normalize_loudness(trim_silence(wav, sr, top_db=40.0, pad_seconds=0.1), sr, CORPUS_LUFS)
+    """A clip made the way every corpus clip is: 0.1 s of margin before and after the speech (longer
+    silence cut, shorter filled: engines that start speaking at the first sample would otherwise teach the
+    generators abrupt onsets), loudness at CORPUS_LUFS. The codecs saw no other level in training, so a
+    voice prompt is prepared the same way."""
+    return normalize_loudness(trim_silence(wav, sr, top_db=40.0, pad_seconds=0.1, fill=True), sr, CORPUS_LUFS)
 
 
 def pause_cut(wav: np.ndarray, sr: int, max_seconds: float, quiet_db: float = 35.0, min_pause: float = 0.15,

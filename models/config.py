@@ -125,6 +125,10 @@ class LatentLMConfig(ModelConfig):
     # text token in the training data) and latent frame k at k, so the text a frame speaks is near
     # relative offset 0 whatever the text's length.
     aligned_positions: bool = False
+    # Training pairs with the prompt's transcript aligned on the prompt's own frames and the second text
+    # starting where the prompt ends (models.modules.positions' anchor, the `anchor_prompt` control at
+    # inference); off: all text at the mean rate, so anchoring at inference is out of distribution.
+    anchored_pairs: bool = False
     # Std of Gaussian noise on the (normalized) latents fed back as history, in training only. The
     # Flow-VAE encoder is non-causal, so clean past latents already carry much of the next frame: without
     # noise a small model learns to continue the history, leans little on the text, and babbles when
@@ -134,3 +138,7 @@ class LatentLMConfig(ModelConfig):
     # only cuts runs that failed to end.
     frames_per_phoneme: float = 2.5
     fitted: LatentStatistics = field(default_factory=LatentStatistics)
+
+    def check(self, source: str) -> None:
+        if self.anchored_pairs and not self.aligned_positions:
+            raise ValueError(f"{source}: anchored_pairs places text by frames, so it needs aligned_positions")

@@ -78,6 +78,7 @@ class KALLEConfig(LatentLMConfig):
     model: str = field(default="kalle", init=False)
 
     def check(self, source: str) -> None:
+        super().check(source)
         if self.kl_direction not in ("forward", "reverse"):
             raise ValueError(f"{source}: kl_direction must be forward or reverse, not {self.kl_direction!r}")
         if self.voice_free_bits < 0:
@@ -144,8 +145,9 @@ class KALLE(LatentLanguageModel):
     # ------------------------------------------------------------------ training
 
     def loss(self, speaker_embeddings: torch.Tensor, texts: list[torch.Tensor],
-             posteriors: list[tuple[torch.Tensor, torch.Tensor]]) -> dict:
-        """The KL losses for raw posteriors (mu, log sigma), each (frames, latent_dim), per sequence.
+             posteriors: list[tuple[torch.Tensor, torch.Tensor]], anchors: list | None = None) -> dict:
+        """The KL losses for raw posteriors (mu, log sigma), each (frames, latent_dim), per sequence
+        (anchors: a voice prompt's (symbols, frames) per sequence, or None; `embed`).
 
         The history fed back is a posterior sample (reparameterized), as the sampled frames are at
         inference; with `history_noise`, noisier still.
@@ -160,7 +162,7 @@ class KALLE(LatentLanguageModel):
         history = [mu + log_sigma.exp() * torch.randn_like(mu) for mu, log_sigma in normalized]
         if self.training and c.history_noise:
             history = [z + c.history_noise * torch.randn_like(z) for z in history]
-        seq = self.embed(texts, history, lead=self.voice_in(voices))  # [S, text, EOT, z]
+        seq = self.embed(texts, history, lead=self.voice_in(voices), anchors=anchors)  # [S, text, EOT, z]
         h = self.transformer(seq["x"], seq["positions"])
         h_frames, h_last = self.frame_outputs(h, seq["frame_positions"])
         mu_p, log_sigma_p = self.predict(h_frames)

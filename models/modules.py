@@ -8,7 +8,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from models import registry
-from models.roles import STREAMING, Control, StreamingDecoder
+from models.roles import STREAMING, Control, StreamingDecoder, with_defaults
 from models.text import TextFrontend
 
 
@@ -306,9 +306,16 @@ class LatentLanguageModel(nn.Module):
                                  "from where it ends; 0: all text at the model's mean rate)", 0, 1, 0, 1),
     }
 
+    @classmethod
+    def control_defaults(cls, config: dict) -> dict[str, float]:
+        """The defaults a checkpoint's config sets: a model trained on anchored pairs speaks after a prompt
+        anchored, as it learned to."""
+        return {"anchor_prompt": 1.0} if config.get("anchored_pairs") else {}
+
     def __init__(self, config, text_rate: float | None, interleave: tuple[int, int] | None = None):
         super().__init__()
         self.config = c = config
+        self.CONTROLS = with_defaults(type(self).CONTROLS, self.control_defaults(c.to_dict()))
         self.codec = c.codec
         self.frontend = TextFrontend.from_dict(c.frontend) if c.frontend else TextFrontend.default()
         self.eot_id = self.frontend.symbols.eos_id
@@ -359,11 +366,12 @@ class LatentLanguageModel(nn.Module):
         return prompt_ids + self.frontend.encode([request.text])[0], len(prompt_ids)
 
     def embed(self, texts: list[torch.Tensor], latents: list[torch.Tensor], lead: torch.Tensor | None = None,
-              ) -> dict:
+              anchors: list[tuple[int, int] | None] | None = None) -> dict:
         """Padded input embeddings of sequences laid out by `layout`, and where each latent sits.
 
         texts: token ids per sequence; latents: normalized (frames, latent_dim) per sequence;
-        lead: (batch, dim) embeddings of a SPEAKER position before each sequence, or None.
+        lead: (batch, dim) embeddings of a SPEAKER position before each sequence, or None;
+        anchors: per sequence, a voice prompt's (symbols, frames) for `positions`, or None.
         """
         device = self.text_embedding.weight.device
         first = [SPEAKER] if lead is not None else []
@@ -372,8 +380,9 @@ class LatentLanguageModel(nn.Module):
         x = torch.zeros(len(texts), length, self.config.dim, device=device)
         rope = torch.zeros(len(texts), length, device=device)
         frame_positions = []
+        anchors = anchors or [None] * len(texts)
         for i, (kind, text, z) in enumerate(zip(kinds, texts, latents)):
-            rope[i, : len(kind)] = torch.tensor(positions(kind, self.text_rate), device=device)
+            rope[i, : len(kind)] = torch.tensor(positions(kind, self.text_rate, anchors[i]), device=device)
             kind = torch.tensor(kind + [-1] * (length - len(kind)), device=device)  # -1: padding after the end
             if lead is not None:
                 x[i, 0] = lead[i].to(device)

@@ -13,7 +13,7 @@ Audio is mono float32 at models.audio.SAMPLE_RATE (22.05 kHz) unless a backend s
 from __future__ import annotations
 
 from contextlib import AbstractContextManager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Callable, ClassVar, Iterator, Protocol, runtime_checkable
 
 import numpy as np
@@ -201,6 +201,15 @@ class Control:
             raise ValueError(f"{name} must be between {number_text(self.minimum)} and "
                              f"{number_text(self.maximum)}, not {value}")
         return float(value)
+
+
+def with_defaults(controls: dict[str, Control], defaults: dict[str, float]) -> dict[str, Control]:
+    """Controls with some defaults changed: what a checkpoint's own config sets (a TTS class's optional
+    `control_defaults(config: dict) -> {name: value}`, read from config.json without loading weights)."""
+    unknown = sorted(set(defaults) - set(controls))
+    if unknown:
+        raise ValueError(f"a default for {unknown[0]!r}, which is not a control (controls: {', '.join(controls)})")
+    return {name: replace(c, default=float(defaults[name])) if name in defaults else c for name, c in controls.items()}
 
 
 def number_text(x: float) -> str:

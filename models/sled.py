@@ -54,6 +54,7 @@ class SLEDConfig(LatentLMConfig):
     model: str = field(default="sled", init=False)
 
     def check(self, source: str) -> None:
+        super().check(source)
         if self.head not in ("energy", "l2"):
             raise ValueError(f"{source}: head must be energy or l2, not {self.head!r}")
 
@@ -121,13 +122,14 @@ class SLED(LatentLanguageModel):
         self.head = GenerativeHead(c.dim, c.latent_dim, c.noise_dim, c.head_blocks, c.head_mult)
         self.stop_head = nn.Linear(c.dim, 1)
 
-    def loss(self, texts: list[torch.Tensor], latents: list[torch.Tensor]) -> dict:
-        """Energy-distance (or L2) loss on every frame, and the stop loss, for raw (unnormalized) latents."""
+    def loss(self, texts: list[torch.Tensor], latents: list[torch.Tensor], anchors: list | None = None) -> dict:
+        """Energy-distance (or L2) loss on every frame, and the stop loss, for raw (unnormalized) latents
+        (anchors: a voice prompt's (symbols, frames) per sequence, or None; `embed`)."""
         latents = [self.normalize(z) for z in latents]
         history = latents
         if self.training and self.config.history_noise:
             history = [z + self.config.history_noise * torch.randn_like(z) for z in latents]
-        seq = self.embed(texts, history)
+        seq = self.embed(texts, history, anchors=anchors)
         h = self.transformer(seq["x"], seq["positions"])
         h_frames, h_last = self.frame_outputs(h, seq["frame_positions"])  # predict each frame; predict "stop"
         target = torch.cat(latents).to(h.device)

@@ -70,6 +70,23 @@ def edit_counts(reference: list[str], hypothesis: list[str]) -> EditCounts:
     return EditCounts(out.substitutions, out.deletions, out.insertions, len(reference))
 
 
+ONSET_WORDS = 2
+
+
+def onset_error(reference: str, hypothesis: str, words: int = ONSET_WORDS) -> float:
+    """The share of the reference's first `words` words that the minimal alignment does not match in the
+    transcript (substituted or deleted): a generator that starts abruptly loses its first words."""
+    ref, hyp = normalize_for_wer(reference).split(), normalize_for_wer(hypothesis).split()
+    first = min(words, len(ref))
+    if first == 0:
+        raise MetricError("the reference text is empty after normalization")
+    if not hyp:
+        return 1.0
+    chunks = jiwer.process_words(" ".join(ref), " ".join(hyp)).alignments[0]
+    matched = sum(max(0, min(c.ref_end_idx, first) - c.ref_start_idx) for c in chunks if c.type == "equal")
+    return 1.0 - matched / first
+
+
 def wer_counts(reference: str, hypothesis: str) -> EditCounts:
     return edit_counts(normalize_for_wer(reference).split(), normalize_for_wer(hypothesis).split())
 
@@ -225,15 +242,17 @@ class WerScorer:
         words, chars = wer_counts(sample.text, hypothesis), cer_counts(sample.text, hypothesis)
         return {"wer": words.rate, "cer": chars.rate, "substitutions": words.substitutions,
                 "deletions": words.deletions, "insertions": words.insertions,
-                "reference_words": words.reference_length, "transcript": hypothesis}
+                "reference_words": words.reference_length, "onset_error": onset_error(sample.text, hypothesis),
+                "transcript": hypothesis}
 
     def close(self) -> None:
         self.asr = None
 
 
-@metric("wer", ("wer", "cer", "substitutions", "deletions", "insertions", "reference_words"),
+@metric("wer", ("wer", "cer", "substitutions", "deletions", "insertions", "reference_words", "onset_error"),
         needs=("text",), higher_is_better=False,
-        description="word and character error rate of an ASR transcript against the text")
+        description="word and character error rate of an ASR transcript against the text, and the share of "
+                    f"its first {ONSET_WORDS} words missed (onset_error)")
 def _wer(device: str, options: dict) -> WerScorer:
     # the runner scores one utterance per core at once (evaluation/runner.py): 1.9x the throughput here
     return WerScorer(load_asr(options.get("asr") or DEFAULT_ASR, device, workers=torch.get_num_threads()))

@@ -223,6 +223,7 @@ def build(
 
     for voice in usable:
         _forget_stale_pseudo_speaker(out, voice, log)
+    _refinish(out, workers or multiprocessing.cpu_count(), log)
     rows = plan(PROFILES[profile], usable, seed, train_hours, natural_hours)
     listed, listed_voices = rows, usable
     if engines:  # planned with the voices a whole build would use, so the other engines' clips keep their rows
@@ -251,6 +252,9 @@ def build(
                 bar.update(len(results))
     finally:  # also after Ctrl-C: describe what is finished, so nothing is lost
         wall = time.perf_counter() - start
+        for folder in (out / "wavs").glob("*/"):  # what this build made was finished by today's rule
+            if folder.is_dir() and not (folder / FINISH_MARK).is_file():
+                mf.write_text_atomic(folder / FINISH_MARK, audio.FINISH + "\n")
         report = _write_outputs(out, listed, todo, failures, wall, profile, seed, listed_voices, missing, workers)
         shutil.rmtree(out / ".tmp", ignore_errors=True)
     for utt_id, error in sorted(failures.items()):
@@ -273,6 +277,48 @@ def _forget_stale_pseudo_speaker(out: Path, voice: Voice, log) -> None:
         for path in stale:
             path.unlink()
     mf.write_text_atomic(stored, record)
+
+
+REFINISH_TOLERANCE = 0.02  # seconds
+FINISH_MARK = "finish.txt"  # per voice folder: the finishing rule (audio.FINISH) its clips were made under
+
+
+def _refinish(out: Path, workers: int, log) -> None:
+    """Clips finished under an older rule are finished again from themselves, in place, one voice folder at
+    a time (its mark is written last, so an interrupted build resumes). A clip whose audio changes loses its
+    cached features (cache/*/<id>.npy), which training computes again; the manifest's durations follow at
+    the end of the build."""
+    stale = [f for f in sorted((out / "wavs").glob("*/")) if f.is_dir() and (
+             not (f / FINISH_MARK).is_file() or (f / FINISH_MARK).read_text().strip() != audio.FINISH)]
+    if not stale:
+        return
+    from tqdm import tqdm
+
+    caches = [d for d in (out / "cache").glob("*/") if d.is_dir()]
+    changed = 0
+    with multiprocessing.get_context("spawn").Pool(workers) as pool:
+        for folder in tqdm(stale, unit="voice", desc=f"refinishing clips ({audio.FINISH})"):
+            jobs = [(path, [cache / f"{folder.name}_{path.stem}.npy" for cache in caches])
+                    for path in sorted(folder.glob("*.wav"))]
+            changed += sum(pool.map(_refinish_clip, jobs, chunksize=16))
+            mf.write_text_atomic(folder / FINISH_MARK, audio.FINISH + "\n")
+    log(f"refinished {len(stale)} voice folders under {audio.FINISH}: {changed} clips changed, "
+        "their cached features dropped")
+
+
+def _refinish_clip(job: tuple[Path, list[Path]]) -> bool:
+    """Worker: one finished clip through today's like_corpus; rewritten (atomically) only where its length
+    changes by more than REFINISH_TOLERANCE (an older rule's margins, measured on a coarser grid, differ by
+    less). Its cached features go first, so an interrupted build never leaves them beside new audio."""
+    path, cached = job
+    wav = audio.load_audio(path, audio.SAMPLE_RATE, max_seconds=None)
+    again = audio.like_corpus(wav, audio.SAMPLE_RATE)
+    if abs(len(again) - len(wav)) <= REFINISH_TOLERANCE * audio.SAMPLE_RATE:
+        return False
+    for stale in cached:
+        stale.unlink(missing_ok=True)
+    audio.save_audio(path, again, audio.SAMPLE_RATE)
+    return True
 
 
 def _group(rows, key) -> dict:

@@ -22,7 +22,7 @@ from models.pipelines.common import (
     turn,
 )
 from models.pipelines.fitted_voices import fit_voice
-from models.roles import STREAMING, TEST_TIME_TRAINING, TTS, Control, Scorers, TTSRequest
+from models.roles import STREAMING, TEST_TIME_TRAINING, TTS, Control, Scorers, TTSRequest, with_defaults
 from models.text import check_text, split_sentences, transcript_prefix
 from models.vocoder import check_vocoder, current_vocoder, use_vocoder
 
@@ -44,8 +44,11 @@ def tts_kind(model: str) -> str:
 
 
 def tts_controls(model: str) -> dict[str, Control]:
-    """The sampling controls a TTS checkpoint's model declares (its class's CONTROLS)."""
-    return dict(declared(model, TTS, "CONTROLS", {}))
+    """The sampling controls a TTS checkpoint offers: its class's CONTROLS, at the defaults its own config
+    sets where the class derives some from it (`control_defaults`)."""
+    controls = dict(declared(model, TTS, "CONTROLS", {}))
+    derive = declared(model, TTS, "control_defaults", None)
+    return with_defaults(controls, derive(registry.checkpoint_config(model))) if derive else controls
 
 
 def tts_capabilities(model: str) -> frozenset[str]:
@@ -134,7 +137,7 @@ def tts(
     vocoder = check_vocoder(vocoder or current_vocoder())
     sentences = split_sentences(check_text(text, max_chars))
     backend, _ = checkpoint_model(model, TTS, device)
-    settings = check_controls(model, backend.CONTROLS, controls)
+    settings = check_controls(model, tts_controls(model), controls)
     seed = random.randrange(2**31) if seed is None else seed
     ref = prompt = prompt_text = None
     if ref_wav is not None:

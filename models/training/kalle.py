@@ -50,14 +50,16 @@ class KALLETask(Task):
     def losses(self, model: nn.Module, batch: dict, step: int) -> tuple[torch.Tensor, dict, None]:
         core = unwrap(model)
         c = self.config
-        texts, features = voice_sequences(batch, c.prompt_pairs, c.text_dropout, core.null_id,
-                                          core.frontend.symbols.encode(" "), step)
+        texts, features, anchors = voice_sequences(batch, c.prompt_pairs, c.text_dropout, core.null_id,
+                                                   core.frontend.symbols.encode(" "), step)
+        anchors = anchors if c.anchored_pairs else None
         posteriors = [(f[:, : c.latent_dim], f[:, c.latent_dim:]) for f in features]
         embeddings = self.windows.draw(batch, step)
-        out = core.loss(embeddings, texts, posteriors) if model is core else model(embeddings, texts, posteriors)
+        out = (core.loss(embeddings, texts, posteriors, anchors) if model is core
+               else model(embeddings, texts, posteriors, anchors))
         logs = {k: v.item() for k, v in out.items()}
         if not model.training:  # how much the text helps: the loss gap to the CFG null text
-            null = core.loss(embeddings, [torch.full_like(t, core.null_id) for t in texts], posteriors)
+            null = core.loss(embeddings, [torch.full_like(t, core.null_id) for t in texts], posteriors, anchors)
             logs["text_gain"] = null["kl"].item() - logs["kl"]
         return out["total"], logs, None
 

@@ -40,26 +40,29 @@ def fit_latent_statistics(train_set: SpeechDataset, latent_dim: int, aligned: bo
 
 
 def voice_sequences(batch: dict, prompt_pairs: float, text_dropout: float, null_id: int, space: list[int],
-                    step: int) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
-    """Per item (text ids, features (frames, channels)); with probability `prompt_pairs` an item becomes
-    [another utterance of its voice in the batch, this one] (text joined by `space`), so voice
-    continuation is in-distribution; with probability `text_dropout` its text becomes null tokens
-    (classifier-free guidance)."""
+                    step: int) -> tuple[list[torch.Tensor], list[torch.Tensor], list[tuple[int, int] | None]]:
+    """Per item (text ids, features (frames, channels), anchor); with probability `prompt_pairs` an item
+    becomes [another utterance of its voice in the batch, this one] (text joined by `space`), so voice
+    continuation is in-distribution, and its anchor is (the prompt's symbols with the space, its frames),
+    as a TTS request's prompt has (None for a single utterance); with probability `text_dropout` its text
+    becomes null tokens (classifier-free guidance)."""
     generator = torch.Generator().manual_seed(step * 7919 + 17)
     n = len(batch["ids"])
     texts = [batch["text"][i, : batch["text_lengths"][i]] for i in range(n)]
     features = [batch["features"][i, :, : batch["feature_lengths"][i]].T for i in range(n)]
     speakers = batch["speaker"].tolist()
     space = torch.tensor(space, device=texts[0].device)
-    out_texts, out_features = [], []
+    out_texts, out_features, anchors = [], [], []
     for i in range(n):
-        text, z = texts[i], features[i]
+        text, z, anchor = texts[i], features[i], None
         others = [j for j in range(n) if j != i and speakers[j] == speakers[i]]
         if others and float(torch.rand(1, generator=generator)) < prompt_pairs:
             j = others[int(torch.randint(len(others), (1,), generator=generator))]
             text, z = torch.cat([texts[j], space, text]), torch.cat([features[j], z])
+            anchor = (len(texts[j]) + len(space), len(features[j]))
         if float(torch.rand(1, generator=generator)) < text_dropout:
             text = torch.full_like(text, null_id)
         out_texts.append(text)
         out_features.append(z)
-    return out_texts, out_features
+        anchors.append(anchor)
+    return out_texts, out_features, anchors

@@ -47,24 +47,25 @@ class SLEDTask(Task):
     def build(self) -> SLED:
         return SLED(self.config)
 
-    def sequences(self, model: SLED, batch: dict, step: int) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
-        """Per-item (text ids, latents); some become [other utterance of the voice, this one]."""
+    def sequences(self, model: SLED, batch: dict, step: int) -> tuple[list[torch.Tensor], list[torch.Tensor], list]:
+        """Per-item (text ids, latents, anchor); some become [other utterance of the voice, this one], whose
+        anchor places the prompt's transcript when the config trains `anchored_pairs` (else None)."""
         c = self.config
-        texts, features = voice_sequences(batch, c.prompt_pairs, c.text_dropout, model.null_id,
-                                          model.frontend.symbols.encode(" "), step)
-        return texts, [f[:, : c.latent_dim] for f in features]
+        texts, features, anchors = voice_sequences(batch, c.prompt_pairs, c.text_dropout, model.null_id,
+                                                   model.frontend.symbols.encode(" "), step)
+        return texts, [f[:, : c.latent_dim] for f in features], anchors if c.anchored_pairs else None
 
     def losses(self, model: nn.Module, batch: dict, step: int) -> tuple[torch.Tensor, dict, None]:
         core = unwrap(model)
-        texts, latents = self.sequences(core, batch, step)
+        texts, latents, anchors = self.sequences(core, batch, step)
         if model is core:
-            out = core.loss(texts, latents)
+            out = core.loss(texts, latents, anchors)
         else:  # DDP: the forward must go through the wrapper so gradients are averaged
-            out = model(texts, latents)
+            out = model(texts, latents, anchors)
         loss = out["generative"] + out["stop"]
         logs = {k: v.item() for k, v in out.items()}
         if not model.training:  # how much the text helps: the loss gap to the CFG null text
-            null = core.loss([torch.full_like(t, core.null_id) for t in texts], latents)
+            null = core.loss([torch.full_like(t, core.null_id) for t in texts], latents, anchors)
             logs["text_gain"] = null["generative"].item() - logs["generative"]
             logs["skill"] = 1.0 - logs["generative"] / marginal_energy(core.normalize(torch.cat(latents)), step)
         return loss, logs, None

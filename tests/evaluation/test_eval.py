@@ -388,3 +388,17 @@ def test_systems_run_under_several_seeds_are_pooled_per_item():
     # a name that is also a system of its own (a baseline `sled` beside sled_s1, sled_s2) is left as it is
     ambiguous = [row("sled", "1", 0.1), row("sled_s1", "1", 0.3), row("sled_s2", "1", 0.5)]
     assert report_module.pool_seeds(ambiguous) == []
+
+
+def test_a_model_card_finds_a_seeded_system_by_its_pooled_name(tmp_path):
+    import json
+
+    def entry(system, mean):
+        return {"system": system, "speaker": "all", "metric": "wer", "mean": mean}
+
+    (tmp_path / "report.json").write_text(json.dumps({"aggregates": [entry("a_s0", 0.2), entry("a_s1", 0.4)],
+                                                      "pooled_over_seeds": {"aggregates": [entry("a", 0.3)]}}))
+    assert report_module.card_metrics(tmp_path, "a", "real") == {"real/wer": 0.3}
+    assert report_module.card_metrics(tmp_path, "a_s1", "real") == {"real/wer": 0.4}
+    with pytest.raises(ValueError, match="no results for system 'b'"):
+        report_module.card_metrics(tmp_path, "b", "real")

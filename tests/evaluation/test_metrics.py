@@ -11,6 +11,7 @@ from evaluation.metrics.asr import (
     encoder_window,
     load_asr,
     normalize_for_wer,
+    onset_error,
     wer_counts,
 )
 from evaluation.metrics.latent import frechet_distance, latent_figures, latent_statistics, sample_energy_distance
@@ -73,6 +74,17 @@ def test_wer_counts_known_edits():
     assert cer_counts("abc", "abd").rate == pytest.approx(1 / 3)
     with pytest.raises(MetricError, match="empty"):
         wer_counts("...", "anything").rate
+
+
+def test_onset_error_counts_only_the_first_words():
+    assert onset_error("the cat sat on the mat", "the cat sat on the mat") == 0
+    assert onset_error("the cat sat on the mat", "a cat sat on the mat") == 0.5
+    assert onset_error("the cat sat on the mat", "sat on the mat") == 1.0  # both deleted
+    assert onset_error("the cat sat on the mat", "stranger the cat sat on the hat") == 0  # an insertion before
+    assert onset_error("the cat sat on the mat", "") == 1.0
+    assert onset_error("hello", "hello") == 0
+    with pytest.raises(MetricError, match="empty"):
+        onset_error("...", "anything")
 
 
 def test_normalizer_is_shared_by_reference_and_hypothesis():

@@ -117,6 +117,28 @@ def test_like_corpus_trims_and_levels_a_quiet_padded_clip():
     assert abs(pyloudnorm.Meter(sr).integrated_loudness(out.astype(np.float64)) - audio.CORPUS_LUFS) < 0.5
 
 
+def test_like_corpus_gives_an_abrupt_clip_its_margins_and_keeps_them():
+    sr = 22050
+    wav = np.concatenate([tone(1.0), np.zeros(int(0.3 * sr))]).astype(np.float32)  # speech from sample 0
+
+    def margins(clip):
+        loud = np.flatnonzero(np.abs(clip) > 0.01 * np.abs(clip).max())
+        return loud[0] / sr, (len(clip) - 1 - loud[-1]) / sr
+
+    once = audio.like_corpus(wav, sr)
+    lead, tail = margins(once)
+    assert 0.1 <= lead < 0.13 and 0.1 <= tail < 0.13
+    twice = audio.like_corpus(once, sr)
+    assert len(twice) == len(once) and np.allclose(twice, once, atol=1e-3)  # finishing again changes nothing
+    # speech to the last sample gets its tail; silence and an empty clip come back as they are
+    ends = audio.like_corpus(np.concatenate([np.zeros(int(0.5 * sr)), tone(1.0)]).astype(np.float32), sr)
+    assert 0.1 <= margins(ends)[1] < 0.13 and 0.1 <= margins(ends)[0] < 0.13
+    for quiet in (np.zeros(sr, np.float32), np.zeros(0, np.float32)):
+        assert len(audio.trim_silence(quiet, sr, pad_seconds=0.1, fill=True)) == len(quiet)
+    with pytest.raises(ValueError, match="mono"):
+        audio.trim_silence(np.zeros((2, sr), np.float32), sr)
+
+
 def test_pause_cut_lands_in_the_last_pause_before_the_limit():
     from models.audio import pause_cut
 

@@ -214,6 +214,10 @@ class ToneTTS(torch.nn.Module):
     CAPABILITIES = frozenset()
     codec = None
 
+    @staticmethod
+    def control_defaults(config: dict) -> dict[str, float]:  # a checkpoint may be trained for another pitch
+        return {"pitch": config["pitch"]} if "pitch" in config else {}
+
     def __init__(self, config: dict):
         super().__init__()
         self.level = torch.nn.Parameter(torch.full((1,), 0.3))
@@ -464,6 +468,17 @@ def test_every_role_appears_in_the_pipelines(test_backends, tmp_path):
         assert np.allclose(IdentityCodec({}).decode_wav(pipelines.encode_latents(wav, SR)[0]), hummed, atol=1e-6)
     with pytest.raises(ValueError, match="'tone' is a tts checkpoint, not a vocoder"):
         pipelines.tts("Hi.", "tone", vocoder="tone")
+
+
+def test_a_checkpoint_config_sets_its_control_defaults(test_backends):
+    config = {"model": "tone_tts_for_test", "pitch": 120}
+    registry.save_checkpoint(ToneTTS(config), config, CARD, test_backends / "tone_low")
+    assert pipelines.tts_controls("tone_low")["pitch"].default == 120
+    assert pipelines.tts_controls("tone")["pitch"].default == 220
+    _, info = pipelines.tts("Hi.", "tone_low", seed=4)
+    assert info["pitch"] == 120
+    _, info = pipelines.tts("Hi.", "tone_low", seed=4, pitch=300)  # a request still sets its own
+    assert info["pitch"] == 300
 
 
 def test_every_role_appears_in_the_cli(test_backends, tmp_path, capsys):

@@ -100,6 +100,38 @@ def test_resume_produces_the_same_manifest(tmp_path):
     assert all(p.stat().st_mtime_ns == t for p, t in kept.items())  # finished files untouched
 
 
+def test_clips_finished_under_an_older_rule_are_refinished_and_lose_their_caches(tmp_path):
+    import numpy as np
+
+    from models import audio
+
+    corpus.build(tmp_path, profile="mini", voices=["espeak-en-us-m1"], workers=2, log=lambda _: None)
+    folder = next((tmp_path / "wavs").glob("*/"))
+    assert (folder / corpus.FINISH_MARK).read_text().strip() == audio.FINISH
+    clips = sorted(folder.glob("*.wav"))
+    # An older rule: trimmed only, so the speech starts at the first sample.
+    wav, sr = sf.read(clips[0], dtype="float32")
+    loud = np.flatnonzero(np.abs(wav) > 0.05 * np.abs(wav).max())
+    sf.write(clips[0], wav[loud[0]:], sr, subtype="PCM_16")
+    (folder / corpus.FINISH_MARK).write_text("an older rule\n")
+    stale, kept = (tmp_path / "cache" / "mel" / f"{folder.name}_{clips[i].stem}.npy" for i in (0, 1))
+    for path in (stale, kept):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        np.save(path, np.zeros(3))
+    untouched = {p: p.stat().st_mtime_ns for p in clips[1:]}
+    logged = []
+    corpus.build(tmp_path, profile="mini", voices=["espeak-en-us-m1"], workers=2, log=logged.append)
+    wav, sr = sf.read(clips[0], dtype="float32")
+    assert np.flatnonzero(np.abs(wav) > 0.05 * np.abs(wav).max())[0] / sr >= 0.09
+    assert not stale.exists() and kept.exists()
+    assert all(p.stat().st_mtime_ns == t for p, t in untouched.items())
+    row = next(r for r in mf.read_jsonl(tmp_path / "manifest.jsonl") if r["path"].endswith(clips[0].name)
+               and folder.name in r["path"])
+    assert abs(row["duration"] - len(wav) / sr) < 0.01
+    assert (folder / corpus.FINISH_MARK).read_text().strip() == audio.FINISH
+    assert any("1 clips changed" in line for line in logged)
+
+
 def test_a_build_of_some_engines_keeps_the_others_clips_in_the_manifest(tmp_path):
     voices = ["flite-kal16", "espeak-en-us-m1"]
     corpus.build(tmp_path, profile="mini", voices=voices, workers=2, log=lambda _: None)

@@ -227,6 +227,40 @@ def test_an_anchored_prompt_moves_the_new_text_and_nothing_without_a_prompt():
     assert not torch.equal(torch.stack(list(model.frames(request(1.0)))), torch.stack(list(model.frames(request(0.0)))))
 
 
+def test_anchored_training_pairs_place_the_prompt_text_as_generation_does():
+    from models.training.latents import voice_sequences
+
+    model = tiny(fitted={"text_rate": 1.3})
+    texts = [torch.tensor(tokens(model, t)) for t in ("a prompt transcript", "one two", "three")]
+    frames = [torch.randn(n, 16) for n in (40, 9, 7)]
+    batch = {"ids": ["a", "b", "c"], "speaker": torch.tensor([0, 0, 1]),
+             "text": torch.nn.utils.rnn.pad_sequence(texts, batch_first=True),
+             "text_lengths": torch.tensor([len(t) for t in texts]),
+             "features": torch.nn.utils.rnn.pad_sequence([f for f in frames], batch_first=True).transpose(1, 2),
+             "feature_lengths": torch.tensor([len(f) for f in frames])}
+    space = model.frontend.symbols.encode(" ")
+    out_texts, out_frames, anchors = voice_sequences(batch, 1.0, 0.0, model.null_id, space, step=0)
+    assert anchors[2] is None and torch.equal(out_texts[2], texts[2])  # no other utterance of its voice
+    assert anchors[1] == (len(texts[0]) + len(space), 40) and len(out_frames[1]) == 49  # the pair [a, b]
+    assert anchors[0] == (len(texts[1]) + len(space), 9)
+    # a TTS request with that prompt gives generation the same ids and the same anchor
+    from models.roles import TTSRequest
+
+    request = TTSRequest("one two", prompt=out_frames[0][:40, :8], prompt_text="a prompt transcript")
+    assert model.request_text(request) == (out_texts[1].tolist(), anchors[1][0])
+    # the layout a training pair is embedded with is the one generation gives a prompt of that length
+    seq = model.embed(out_texts[1:2], [out_frames[1][:, :8]], anchors=anchors[1:2])
+    kinds = layout(len(out_texts[1]), 49, model.interleave)
+    assert seq["positions"][0].tolist() == pytest.approx(positions(kinds, 1.3, anchor=(anchors[1])))
+    assert seq["positions"][0].tolist() != pytest.approx(positions(kinds, 1.3))
+    with pytest.raises(ValueError, match="aligned_positions"):
+        SLEDConfig.from_dict({**TINY["model"], "anchored_pairs": True, "aligned_positions": False}).check("x")
+    # a model trained so generates anchored unless asked not to; the class default stays off
+    anchored = tiny(fitted={"text_rate": 1.3}, anchored_pairs=True, aligned_positions=True)
+    assert anchored.CONTROLS["anchor_prompt"].default == 1 and SLED.CONTROLS["anchor_prompt"].default == 0
+    assert model.CONTROLS["anchor_prompt"].default == 0
+
+
 def test_the_length_cap_counts_only_the_new_text():
     """A run whose stop head never fires ends after 20 + frames_per_phoneme x the new text's symbols."""
     model = tiny()

@@ -40,6 +40,10 @@ class VocosConfig(ModelConfig):
     # Training (models/training/vocos.py). The target waveform: the recording, or "hifigan", HiFi-GAN's
     # output for the same mel (distillation: a deterministic target, so the phase can be learnt by regression)
     teacher: str | None = None
+    # Recording conditions (models/data/augment.py: microphone colouration, band limits, a small room, low noise)
+    # on the training audio: input mel and target alike, so that a vocoder trained on clean synthetic voices
+    # also hears what real recordings carry
+    conditions: bool = False
     lambda_mel: float = 45.0  # log-mel L1 of the output against the target's
     lambda_stft: float = 1.0  # multi-resolution STFT: spectral convergence + log-magnitude L1 (512, 1024, 2048)
     lambda_spectrum: float = 1.0  # the predicted spectrum against the target's, power-law compressed, with phase

@@ -1,4 +1,5 @@
-"""Training recipe of the Vocos vocoder (models/vocos.py), on random waveform crops (`data.feature: wav`).
+"""Training recipe of the Vocos vocoder (models/vocos.py), on random waveform crops (under random recording
+conditions with `conditions: true`).
 
 The input is the shared log-mel of the crop; the target is the crop itself or, with `teacher: hifigan`,
 HiFi-GAN's synthesis of that mel (distillation). Losses: log-mel L1 of the output, a multi-resolution STFT
@@ -15,6 +16,7 @@ import torch
 from torch import nn
 
 from models import audio
+from models.data.augment import WAV_CONDITIONS
 from models.data.dataset import Feature
 from models.data.manifest import resolve_audio
 from models.modules import (
@@ -69,7 +71,7 @@ class VocosTask(Task):
         self._discriminator: MultiDiscriminator | None = None
 
     def feature(self) -> Feature:
-        return WAVEFORM
+        return WAV_CONDITIONS if self.config.conditions else WAVEFORM
 
     def build(self) -> Vocos:
         return Vocos(self.config)

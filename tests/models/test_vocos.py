@@ -102,3 +102,19 @@ def test_the_recipe_trains_and_exports_a_vocoder(mini, tmp_path):
     assert model(torch.zeros(1, 80, 5) - 5).shape == (1, 5 * 256)
     assert np.isfinite(registry.read_card(out / "export" / "README.md")["steps"])
     assert vocoder_module.HIFIGAN in vocoder_module.vocoder_names()
+
+
+def test_recording_conditions_give_each_read_its_own_audio(arctic_wav):
+    from models.training.vocos import VocosTask
+
+    clean = VocosTask({"model": "vocos", "dim": 32, "intermediate": 64, "layers": 2}).feature()
+    conditioned = VocosTask({"model": "vocos", "dim": 32, "intermediate": 64, "layers": 2,
+                             "conditions": True}).feature()
+    assert conditioned.name != clean.name and not conditioned.cached  # a new draw at every read, never cached
+    wav = arctic_wav[: audio.SAMPLE_RATE]
+    assert np.allclose(clean.compute(wav).numpy(), wav)
+    torch.manual_seed(0)
+    draws = [conditioned.compute(wav) for _ in range(6)]
+    assert all(d.shape == (1, len(wav)) and torch.isfinite(d).all() and d.abs().max() <= 1 for d in draws)
+    assert sum(not torch.allclose(d[0], torch.from_numpy(wav)) for d in draws) >= 2
+    assert not torch.allclose(draws[0], draws[1]) or not torch.allclose(draws[1], draws[2])
